@@ -1,0 +1,211 @@
+"""The `recoverlm` command: parse, validate, call one function per stage."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from .errors import RecoverLMError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Degrade, recover, evaluate and analyse LLMs by self-distillation.")
+
+
+def _offline() -> None:
+    # Runs never touch the network: models are local folders or embedded packages.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def cli_errors(fn):
+    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _offline()
+        try:
+            return fn(*args, **kwargs)
+        except RecoverLMError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            typer.echo("interrupted; finished stages are kept and a rerun resumes", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RecoverLMError(f"--param expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+@app.command()
+@cli_errors
+def models() -> None:
+    """List the embedded models, where each is cached, and whether it is ready."""
+    from .models import EMBEDDED_MODELS, embedded_status, recoverlm_home
+
+    typer.echo(f"cache: {recoverlm_home()}  (set RECOVERLM_HOME to move it)")
+    for name in EMBEDDED_MODELS:
+        st = embedded_status(name)
+        typer.echo(f"{name:24s} {'ready' if st['ready'] else 'not converted yet'}")
+        typer.echo(f"  {st['description']}")
+        typer.echo(f"  source: {st['source']}")
+        typer.echo(f"  cache:  {st['cache']}")
+    typer.echo("Any local Hugging Face folder (config.json + safetensors) works wherever a model is expected.")
+
+
+@app.command()
+@cli_errors
+def degrade(
+    model: str = typer.Option(..., help="Embedded model name or HF folder."),
+    method: str = typer.Option("prune.magnitude", help="Degradation method, e.g. prune.magnitude, quant.rtn."),
+    out: Path = typer.Option(..., help="Output HF folder for the degraded model."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of weights to prune, in [0, 1)."),
+    bits: Optional[int] = typer.Option(None, help="Quantization bits, 2..8."),
+    group_size: Optional[int] = typer.Option(None, help="Quantization group size (0 = per channel)."),
+    param: list[str] = typer.Option([], help="Any other method parameter as key=value (repeatable)."),
+) -> None:
+    """Damage a model; save it with its Constraint and degradation.json."""
+    from .degrade import degrade as run_degrade
+
+    params = _parse_params(param)
+    for key, value in {"sparsity": sparsity, "bits": bits, "group_size": group_size}.items():
+        if value is not None:
+            params[key] = value
+    record = run_degrade(model, method, params, out)
+    typer.echo(json.dumps({k: record[k] for k in ("method", "params", "seconds")}))
+    typer.echo(f"degraded model written to {out}")
+
+
+def _stage_configs(config: Optional[Path]):
+    from .config import DataConfig, RecoverConfig, load_yaml, parse_config
+
+    raw = load_yaml(config) if config else {}
+    unknown = set(raw) - {"recover", "data", "model", "degrade", "evaluate", "cka"}
+    if unknown:
+        raise RecoverLMError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}")
+    return (parse_config(RecoverConfig, raw.get("recover", {}), f"{config}: recover"),
+            parse_config(DataConfig, raw.get("data", {}), f"{config}: data"))
+
+
+@app.command()
+@cli_errors
+def recover(
+    teacher: str = typer.Option(..., help="The undamaged model (embedded name or HF folder)."),
+    student: Path = typer.Option(..., help="The damaged model folder (from `degrade`)."),
+    out: Path = typer.Option(..., help="Output HF folder for the recovered model."),
+    config: Optional[Path] = typer.Option(None, help="YAML with `recover:` and `data:` sections."),
+    steps: Optional[int] = typer.Option(None, help="Override recover.steps."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (overrides data.prompts)."),
+) -> None:
+    """Self-distil the teacher into the damaged student, keeping its Constraint."""
+    from .recover.trainer import recover as run_recover
+
+    rec_cfg, data_cfg = _stage_configs(config)
+    if steps is not None:
+        rec_cfg = rec_cfg.model_copy(update={"steps": steps})
+    if prompts is not None:
+        data_cfg = data_cfg.model_copy(update={"prompts": prompts})
+    summary = run_recover(teacher, student, out, rec_cfg, data_cfg)
+    last = summary["history"][-1]
+    typer.echo(f"recovered model written to {out} (held-out teacher KL {last['kl']:.4f} at step {last['step']})")
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    model: Path = typer.Option(..., help="The model to evaluate (usually the recovered one)."),
+    teacher: str = typer.Option(..., help="The teacher (embedded name or HF folder)."),
+    degraded: Optional[Path] = typer.Option(None, help="The degraded model, for recovery ratios."),
+    out: Path = typer.Option(..., help="Where to write the metrics JSON."),
+    config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
+) -> None:
+    """Teacher-fidelity metrics (KL, NLL, top-1 agreement) and recovery ratios."""
+    from .evaluate.compare import evaluate_models
+    from .io import write_json_atomic
+
+    _, data_cfg = _stage_configs(config)
+    students = {"recovered": model} if degraded else {"model": model}
+    if degraded:
+        students = {"degraded": degraded, **students}
+    report = evaluate_models(teacher, students, data_cfg)
+    write_json_atomic(out, report)
+    for name, m in report["metrics"].items():
+        typer.echo(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    for k, v in report.get("recovery_ratio", {}).items():
+        typer.echo(f"recovery ratio {k}: {'n/a' if v is None else f'{v:.3f}'}")
+
+
+@app.command()
+@cli_errors
+def cka(
+    teacher: str = typer.Option(..., help="The teacher (embedded name or HF folder)."),
+    student: list[Path] = typer.Option(..., help="Student folder(s) to compare (repeatable)."),
+    out: Path = typer.Option(..., help="Where to write cka.json."),
+    config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
+) -> None:
+    """Per-layer linear CKA between teacher and student hidden states."""
+    from .analysis.layers import cka_models
+    from .io import write_json_atomic
+
+    _, data_cfg = _stage_configs(config)
+    names = {p.name or str(p): p for p in student}
+    result = cka_models(teacher, names, data_cfg)
+    write_json_atomic(out, result)
+    for name, r in result["cka"].items():
+        mean = sum(r["linear"]) / len(r["linear"])
+        typer.echo(f"{name}: mean CKA {mean:.4f}, last layer {r['linear'][-1]:.4f} over {r['tokens']} tokens")
+
+
+@app.command()
+@cli_errors
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/demo.yaml)."),
+    out: Path = typer.Option(..., help="Run folder; an interrupted run resumes here."),
+) -> None:
+    """The whole experiment: degrade, recover, evaluate, CKA, summary."""
+    from .config import load_run_config
+    from .pipeline import run_experiment
+
+    cfg = load_run_config(config)
+    result = run_experiment(cfg, out)
+    typer.echo("")
+    typer.echo(result["summary"])
+    typer.echo(f"run folder: {out}")
+
+
+@app.command()
+@cli_errors
+def report(run_dir: Path = typer.Argument(..., help="A run folder written by `recoverlm run`.")) -> None:
+    """Rewrite summary.md for a run folder and print it."""
+    from .io import write_text_atomic
+    from .report.summary import summary_markdown
+
+    if not (run_dir / "metrics.json").exists():
+        raise RecoverLMError(f"{run_dir} is not a finished run folder (no metrics.json)")
+    text = summary_markdown(run_dir)
+    write_text_atomic(run_dir / "summary.md", text)
+    typer.echo(text)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""What a degraded model must keep while it is being recovered.
+
+A Constraint is handed out by a degradation method and honoured by the trainer:
+`attach` before training, `enforce` after every optimizer step, `finalize` before export,
+`verify` to prove (exactly) that the exported weights still obey it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import RecoverLMError
+from .io import read_json, write_json_atomic
+
+MASKS_FILE = "masks.safetensors"
+GRID_FILE = "quant_grid.safetensors"
+CONSTRAINT_FILE = "constraint.json"
+
+
+def linear_weights(model) -> dict[str, torch.nn.Parameter]:
+    """The weight matrices of the decoder blocks: what pruning and quantization act on.
+
+    Embeddings and the LM head are left alone, as in Wanda, SparseGPT and GPTQ.
+    """
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}" and "lm_head" not in name:
+            out[f"{name}.weight"] = module.weight
+    return out
+
+
+def _param(model, name: str) -> torch.nn.Parameter:
+    params = dict(model.named_parameters())
+    if name not in params:
+        # PEFT and parametrizations rename parameters; match on the suffix.
+        hits = [p for n, p in params.items() if n.endswith(name) or n.replace(".base_layer", "").endswith(name)]
+        if len(hits) != 1:
+            raise RecoverLMError(f"constraint names parameter {name!r}, which the model does not have")
+        return hits[0]
+    return params[name]
+
+
+class Constraint:
+    kind = "none"
+
+    def attach(self, model) -> None:
+        """Prepare the model for training under the constraint."""
+
+    def enforce(self, model) -> None:
+        """Restore the constraint after an optimizer step."""
+
+    def finalize(self, model) -> None:
+        """Bake the constraint into plain weights before export."""
+
+    def verify(self, model) -> dict:
+        """Check the constraint exactly; raise RecoverLMError if it is broken, else return a summary."""
+        return {"kind": self.kind}
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(Path(folder) / CONSTRAINT_FILE, {"kind": self.kind})
+
+
+@dataclass
+class SparsityConstraint(Constraint):
+    """Binary masks (True = kept). Pruned weights stay exactly zero through recovery."""
+
+    masks: dict[str, torch.Tensor]
+    kind: str = field(default="sparsity", init=False)
+
+    @torch.no_grad()
+    def enforce(self, model) -> None:
+        for name, mask in self.masks.items():
+            weight = _param(model, name)
+            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+
+    def attach(self, model) -> None:
+        self.enforce(model)
+
+    @torch.no_grad()
+    def verify(self, model) -> dict:
+        per_matrix = {}
+        for name, mask in self.masks.items():
+            weight = _param(model, name)
+            leaked = (weight[~mask.to(weight.device)] != 0).sum().item()
+            if leaked:
+                raise RecoverLMError(f"sparsity broken: {leaked} pruned weights of {name} are non-zero")
+            per_matrix[name] = 1.0 - mask.float().mean().item()
+        total = sum(m.numel() for m in self.masks.values())
+        zeros = sum((~m).sum().item() for m in self.masks.values())
+        return {"kind": self.kind, "sparsity": zeros / max(total, 1), "per_matrix": per_matrix}
+
+    def save(self, folder: Path) -> None:
+        save_file({k: v.to(torch.uint8).contiguous() for k, v in self.masks.items()}, str(Path(folder) / MASKS_FILE))
+        write_json_atomic(Path(folder) / CONSTRAINT_FILE, {"kind": self.kind, "file": MASKS_FILE})
+
+
+class _FakeQuant(torch.autograd.Function):
+    """Round to the fixed grid in the forward pass; pass the gradient straight through."""
+
+    @staticmethod
+    def forward(ctx, weight, scale, zero, qmin, qmax):
+        return fake_quantize(weight, scale, zero, qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Project `weight` (out, in) on a group-wise grid: scale and zero are (out, in // group)."""
+    out_features, in_features = weight.shape
+    groups = scale.shape[1]
+    w = weight.reshape(out_features, groups, in_features // groups)
+    s = scale.unsqueeze(-1).to(w.dtype)
+    z = zero.unsqueeze(-1).to(w.dtype)
+    q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
+    return ((q - z) * s).reshape(out_features, in_features)
+
+
+class _GridParametrization(torch.nn.Module):
+    def __init__(self, scale, zero, qmin, qmax):
+        super().__init__()
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("zero", zero, persistent=False)
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, weight):
+        return _FakeQuant.apply(weight, self.scale, self.zero, self.qmin, self.qmax)
+
+
+@dataclass
+class QuantGridConstraint(Constraint):
+    """Weights live on a fixed integer grid: w = (q - zero) * scale with q in [qmin, qmax].
+
+    Training uses fake quantization with a straight-through estimator over latent float weights
+    (QAT); `finalize` rounds the latent weights onto the grid, so the export is exactly on it.
+    """
+
+    scales: dict[str, torch.Tensor]
+    zeros: dict[str, torch.Tensor]
+    bits: int
+    symmetric: bool
+    kind: str = field(default="quant_grid", init=False)
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        if self.symmetric:
+            return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        return 0, 2**self.bits - 1
+
+    def _modules(self, model):
+        named = dict(model.named_modules())
+        for name in self.scales:
+            module_name = name.rsplit(".", 1)[0]
+            if module_name not in named:
+                raise RecoverLMError(f"quantization grid names {module_name!r}, which the model does not have")
+            yield name, named[module_name]
+
+    def attach(self, model) -> None:
+        from torch.nn.utils import parametrize
+
+        qmin, qmax = self.qrange
+        for name, module in self._modules(model):
+            if not parametrize.is_parametrized(module, "weight"):
+                w = module.weight
+                parametrize.register_parametrization(
+                    module, "weight",
+                    _GridParametrization(self.scales[name].to(w.device), self.zeros[name].to(w.device), qmin, qmax),
+                )
+
+    def finalize(self, model) -> None:
+        from torch.nn.utils import parametrize
+
+        for _, module in self._modules(model):
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+    @torch.no_grad()
+    def enforce(self, model) -> None:
+        """Nothing to do while attached: the forward pass always sees grid values."""
+
+    @torch.no_grad()
+    def verify(self, model) -> dict:
+        qmin, qmax = self.qrange
+        for name, module in self._modules(model):
+            w = module.weight.float()
+            projected = fake_quantize(w, self.scales[name].float(), self.zeros[name].float(), qmin, qmax)
+            off = (projected != w).sum().item()
+            if off:
+                raise RecoverLMError(f"quantization grid broken: {off} weights of {name} are off the grid")
+        return {"kind": self.kind, "bits": self.bits, "symmetric": self.symmetric, "matrices": len(self.scales)}
+
+    def save(self, folder: Path) -> None:
+        tensors = {f"{k}.scale": v.contiguous() for k, v in self.scales.items()}
+        tensors.update({f"{k}.zero": v.contiguous() for k, v in self.zeros.items()})
+        save_file(tensors, str(Path(folder) / GRID_FILE))
+        write_json_atomic(
+            Path(folder) / CONSTRAINT_FILE,
+            {"kind": self.kind, "file": GRID_FILE, "bits": self.bits, "symmetric": self.symmetric},
+        )
+
+
+def load_constraint(folder: Path) -> Constraint:
+    """Read the constraint saved beside a degraded model; a folder without one is unconstrained."""
+    folder = Path(folder)
+    meta_path = folder / CONSTRAINT_FILE
+    if not meta_path.exists():
+        return Constraint()
+    meta = read_json(meta_path)
+    kind = meta.get("kind")
+    if kind == "sparsity":
+        masks = load_file(str(folder / meta["file"]))
+        return SparsityConstraint({k: v.bool() for k, v in masks.items()})
+    if kind == "quant_grid":
+        tensors = load_file(str(folder / meta["file"]))
+        scales = {k[: -len(".scale")]: v for k, v in tensors.items() if k.endswith(".scale")}
+        zeros = {k[: -len(".zero")]: v for k, v in tensors.items() if k.endswith(".zero")}
+        return QuantGridConstraint(scales, zeros, bits=int(meta["bits"]), symmetric=bool(meta["symmetric"]))
+    if kind == "none":
+        return Constraint()
+    raise RecoverLMError(f"{meta_path}: unknown constraint kind {kind!r}")

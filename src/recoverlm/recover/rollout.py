@@ -1,0 +1,96 @@
+"""Batched generation and teacher scoring: the two places where the teacher does real work."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Batch, collate
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 16, seed: int = 0, desc: str = "generating",
+             progress: bool = True) -> list[list[int]]:
+    """Responses to tokenised prompts: KV-cached, left-padded, stopping at EOS.
+
+    Prompts are bucketed by length so little compute goes to padding. The EOS token, when
+    produced, is kept as the last response token so that students learn to stop.
+    Returns response token ids in the order of `prompt_ids`.
+    """
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    out: list[list[int] | None] = [None] * len(prompt_ids)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        width = max(len(prompt_ids[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for row, i in enumerate(chunk):
+            p = prompt_ids[i]
+            ids[row, width - len(p):] = torch.tensor(p)
+            attn[row, width - len(p):] = 1
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        sample = temperature > 0
+        result = model.generate(
+            input_ids=ids.to(model.device), attention_mask=attn.to(model.device), max_new_tokens=max_new_tokens,
+            do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
+            top_k=None, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+        )
+        for row, i in enumerate(chunk):
+            new = result[row, width:].tolist()
+            if eos in new:
+                new = new[: new.index(eos) + 1]
+            out[i] = new
+        bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def completion_logits(model, batch: Batch) -> torch.Tensor:
+    """Next-token logits at the positions that predict response tokens only, shape (N, V).
+
+    Running the LM head (and later the softmax) over response positions alone is what keeps a
+    distillation step close to the cost of a plain SFT step. Row order is sequence-major, which
+    matches `completion_targets`.
+    """
+    device = next(model.parameters()).device
+    decoder = model.get_decoder()
+    hidden = decoder(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False
+    ).last_hidden_state
+    predicts = batch.completion[:, 1:].to(device)
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def completion_targets(batch: Batch) -> torch.Tensor:
+    return batch.input_ids[:, 1:][batch.completion[:, 1:]]
+
+
+@torch.no_grad()
+def teacher_topk(teacher, prompt_ids: list[list[int]], response_ids: list[list[int]], k: int, pad_id: int,
+                 batch_size: int = 16, temperature: float = 1.0, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's top-k log-probabilities (+ tail bucket) at every response token, concatenated.
+
+    Returns (indices (N, k) int32, bucket log-probs (N, k+1) float32), rows in sequence order.
+    """
+    from .losses import bucket_logprobs
+
+    all_idx, all_lp = [], []
+    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="teacher top-k", disable=not progress, leave=False):
+        batch = collate(prompt_ids[start: start + batch_size], response_ids[start: start + batch_size], pad_id)
+        logits = completion_logits(teacher, batch).float()
+        idx = torch.topk(logits, k, dim=-1).indices
+        all_lp.append(bucket_logprobs(logits, idx, temperature).cpu())
+        all_idx.append(idx.to(torch.int32).cpu())
+    return torch.cat(all_idx), torch.cat(all_lp)

@@ -1,0 +1,75 @@
+"""The run's headline numbers as a Markdown table: what `run` prints and writes to summary.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import read_json
+
+LABELS = {
+    "kl": "teacher KL (nats/token) ↓",
+    "reverse_kl": "reverse KL (nats/token) ↓",
+    "nll": "NLL of teacher responses ↓",
+    "top1_agreement": "top-1 agreement ↑",
+}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def metrics_table(metrics: dict) -> str:
+    m, ratios = metrics["metrics"], metrics.get("recovery_ratio", {})
+    lines = ["| metric | teacher | degraded | recovered | recovery ratio |", "|---|---|---|---|---|"]
+    for key, label in LABELS.items():
+        lines.append(f"| {label} | {_fmt(m['teacher'][key])} | {_fmt(m['degraded'][key])} | "
+                     f"{_fmt(m['recovered'][key])} | {_fmt(ratios.get(key))} |")
+    return "\n".join(lines)
+
+
+def cka_table(cka: dict) -> str:
+    deg, rec = cka["cka"]["degraded"], cka["cka"]["recovered"]
+    lines = ["| layer | CKA degraded | CKA recovered |", "|---|---|---|"]
+    for layer, a, b in zip(deg["layers"], deg["linear"], rec["linear"]):
+        name = "embeddings" if layer == 0 else f"block {layer}"
+        lines.append(f"| {name} | {a:.4f} | {b:.4f} |")
+    mean_d = sum(deg["linear"]) / len(deg["linear"])
+    mean_r = sum(rec["linear"]) / len(rec["linear"])
+    lines.append(f"| **mean** | **{mean_d:.4f}** | **{mean_r:.4f}** |")
+    return "\n".join(lines)
+
+
+def summary_markdown(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    degradation = read_json(run_dir / "degraded" / "degradation.json")
+    recovery = read_json(run_dir / "recovered" / "recovery.json")
+    params = ", ".join(f"{k}={v}" for k, v in degradation["params"].items())
+    held = metrics["heldout"]
+    parts = [
+        f"# recoverlm run: {run_dir.name}",
+        "",
+        f"- teacher: `{metrics['teacher']}`",
+        f"- degradation: `{degradation['method']}` ({params}); constraint after recovery: {_constraint(recovery['constraint'])}",
+        f"- recovery: {recovery['recover']['steps']} steps of {recovery['recover']['loss']} on "
+        f"{recovery.get('train_sequences', '?')} teacher responses ({recovery.get('tokens', 0)} trained tokens, "
+        f"{recovery.get('seconds', 0):.0f} s); best checkpoint at step {recovery.get('best_step', '?')}",
+        f"- held-out set: {held['sequences']} prompts never used in training, {held['tokens']} teacher response tokens",
+        "",
+        "## Teacher fidelity",
+        "",
+        metrics_table(metrics),
+        "",
+        "Recovery ratio = (recovered - degraded) / (teacher - degraded); 1 is full recovery.",
+    ]
+    if (run_dir / "cka.json").exists():
+        parts += ["", "## Linear CKA with the teacher, layer by layer", "", cka_table(read_json(run_dir / "cka.json"))]
+    return "\n".join(parts) + "\n"
+
+
+def _constraint(check: dict) -> str:
+    if check.get("kind") == "sparsity":
+        return f"sparsity {check['sparsity']:.4f} (verified exactly)"
+    if check.get("kind") == "quant_grid":
+        return f"{check['bits']}-bit grid, {check['matrices']} matrices on grid (verified exactly)"
+    return "none"

@@ -1,0 +1,121 @@
+"""End-to-end through the CLI on a tiny random model, and the one-line errors for bad input."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from recoverlm.cli import app
+
+runner = CliRunner()
+
+
+def _config(tmp_path, tiny_model, prompt_file, **degrade):
+    cfg = {
+        "model": str(tiny_model),
+        "degrade": degrade or {"method": "prune.magnitude", "params": {"sparsity": 0.5}},
+        "data": {"prompts": str(prompt_file), "n_heldout": 4, "max_new_tokens": 8, "top_k_logits": 8,
+                 "teacher_generation_dtype": "float32"},
+        "recover": {"steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "warmup_steps": 1},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_end_to_end(tmp_path, tiny_model, prompt_file):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(_config(tmp_path, tiny_model, prompt_file)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "metrics.json", "cka.json", "summary.md", "degraded/degradation.json",
+                 "degraded/masks.safetensors", "recovered/recovery.json", "recovered/metrics.jsonl"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metrics"]["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["metrics"]["degraded"]["kl"] > 0
+    assert set(metrics["recovery_ratio"]) == {"kl", "reverse_kl", "nll", "top1_agreement"}
+    recovery = json.loads((out / "recovered" / "recovery.json").read_text())
+    assert recovery["constraint"]["sparsity"] == pytest.approx(0.5)
+    cka = json.loads((out / "cka.json").read_text())["cka"]
+    assert len(cka["recovered"]["linear"]) == 3  # embeddings + 2 blocks
+    assert cka["degraded"]["linear"][0] == pytest.approx(1.0)  # embeddings are not pruned
+    assert "recovery ratio" in result.output.lower()
+    # A rerun resumes: every stage is reused.
+    again = runner.invoke(app, ["run", str(_config(tmp_path, tiny_model, prompt_file)), "--out", str(out)])
+    assert again.exit_code == 0 and again.output.count("reusing") == 4
+
+
+def test_stage_commands(tmp_path, tiny_model, prompt_file):
+    cfg = _config(tmp_path, tiny_model, prompt_file)
+    deg, rec = tmp_path / "deg", tmp_path / "rec"
+    r = runner.invoke(app, ["degrade", "--model", str(tiny_model), "--method", "quant.rtn", "--bits", "4",
+                            "--group-size", "32", "--out", str(deg)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out", str(rec),
+                            "--config", str(cfg), "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((rec / "recovery.json").read_text())["constraint"]["kind"] == "quant_grid"
+    r = runner.invoke(app, ["evaluate", "--model", str(rec), "--degraded", str(deg), "--teacher", str(tiny_model),
+                            "--out", str(tmp_path / "eval.json"), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "recovery_ratio" in json.loads((tmp_path / "eval.json").read_text())
+    r = runner.invoke(app, ["cka", "--teacher", str(tiny_model), "--student", str(rec), "--out",
+                            str(tmp_path / "cka.json"), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0 and "smollm2-135m-instruct" in r.output
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_missing_model_path(tmp_path):
+    r = runner.invoke(app, ["degrade", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    _one_line_error(r, "model not found")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sparsity_out_of_range(tmp_path, tiny_model):
+    r = runner.invoke(app, ["degrade", "--model", str(tiny_model), "--sparsity", "1.5", "--out", str(tmp_path / "o")])
+    _one_line_error(r, "sparsity")
+    assert not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".o.partial-*"))
+
+
+def test_missing_prompt_file(tmp_path, tiny_model):
+    deg = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(deg)]).exit_code == 0
+    r = runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out",
+                            str(tmp_path / "rec"), "--prompts", str(tmp_path / "missing.jsonl")])
+    _one_line_error(r, "missing.jsonl")
+    assert not (tmp_path / "rec").exists()
+
+
+def test_invalid_config_field(tmp_path, tiny_model):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_model), "recover": {"steps": -3}}))
+    _one_line_error(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "r")]), "recover.steps")
+
+
+def test_pickle_only_model_is_refused(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    _one_line_error(runner.invoke(app, ["degrade", "--model", str(bad), "--out", str(tmp_path / "o")]), "safetensors")
+
+
+def test_corrupt_weights(tmp_path, tiny_model):
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tiny_model, bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    _one_line_error(runner.invoke(app, ["degrade", "--model", str(bad), "--out", str(tmp_path / "o")]), "cannot load model")

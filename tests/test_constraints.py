@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from recoverlm.constraints import SparsityConstraint, linear_weights, load_constraint
+from recoverlm.degrade.prune import magnitude_mask, prune_magnitude
+from recoverlm.degrade.quantize import quantize_rtn
+from recoverlm.errors import RecoverLMError
+from recoverlm.models import load_model
+
+
+def _train(model, constraint, steps=3, lr=1e-2):
+    constraint.attach(model)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        constraint.enforce(model)
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    constraint.finalize(model)
+    return changed
+
+
+def test_magnitude_mask_prunes_exactly_per_row():
+    w = torch.randn(6, 10)
+    mask = magnitude_mask(w, 0.5, "row")
+    assert (mask.sum(1) == 5).all()
+    kept_min = (w.abs() * mask).masked_fill(~mask, float("inf")).amin(1)
+    pruned_max = (w.abs() * ~mask).amax(1)
+    assert (kept_min >= pruned_max).all()
+
+
+def test_masks_survive_training_steps(tiny_model, tmp_path):
+    model = load_model(tiny_model)
+    model, constraint = prune_magnitude(model, 0.5)
+    assert _train(model, constraint)
+    summary = constraint.verify(model)
+    assert summary["sparsity"] == pytest.approx(0.5)
+    for name, w in linear_weights(model).items():
+        assert (w == 0).float().mean().item() >= 0.5
+    constraint.save(tmp_path)
+    reloaded = load_constraint(tmp_path)
+    assert isinstance(reloaded, SparsityConstraint)
+    assert all(torch.equal(reloaded.masks[k], v) for k, v in constraint.masks.items())
+
+
+def test_broken_mask_is_detected(tiny_model):
+    model = load_model(tiny_model)
+    model, constraint = prune_magnitude(model, 0.5)
+    name = next(iter(constraint.masks))
+    with torch.no_grad():
+        linear_weights(model)[name].fill_(1.0)
+    with pytest.raises(RecoverLMError, match="sparsity broken"):
+        constraint.verify(model)
+
+
+def test_quant_grid_survives_training_steps(tiny_model, tmp_path):
+    model = load_model(tiny_model)
+    model, constraint = quantize_rtn(model, bits=4, group_size=32)
+    constraint.verify(model)
+    before = {k: v.clone() for k, v in linear_weights(model).items()}
+    assert _train(model, constraint, lr=5e-2)
+    constraint.verify(model)
+    moved = sum(int((before[k] != v).sum()) for k, v in linear_weights(model).items())
+    assert moved > 0, "QAT with a large learning rate should move some weights to other grid points"
+    constraint.save(tmp_path)
+    load_constraint(tmp_path).verify(model)
+
+
+def test_quant_args_are_checked(tiny_model):
+    model = load_model(tiny_model)
+    with pytest.raises(RecoverLMError, match="bits"):
+        quantize_rtn(model, bits=9)
+    with pytest.raises(RecoverLMError, match="group_size"):
+        quantize_rtn(model, bits=4, group_size=7)
