@@ -17,7 +17,7 @@ def _config(tmp_path, tiny_model, prompt_file, **degrade):
         "degrade": degrade or {"method": "prune.magnitude", "params": {"sparsity": 0.5}},
         "data": {"prompts": str(prompt_file), "n_heldout": 4, "max_new_tokens": 8, "top_k_logits": 8,
                  "teacher_generation_dtype": "float32"},
-        "recover": {"steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "warmup_steps": 1},
+        "recover": {"offpolicy_steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "warmup_steps": 1},
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -100,8 +100,8 @@ def test_missing_prompt_file(tmp_path, tiny_model):
 
 def test_invalid_config_field(tmp_path, tiny_model):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(tiny_model), "recover": {"steps": -3}}))
-    _one_line_error(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "r")]), "recover.steps")
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_model), "recover": {"offpolicy_steps": -3}}))
+    _one_line_error(runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "r")]), "recover.offpolicy_steps")
 
 
 def test_pickle_only_model_is_refused(tmp_path):

@@ -110,18 +110,23 @@ def recover(
     student: Path = typer.Option(..., help="The damaged model folder (from `degrade`)."),
     out: Path = typer.Option(..., help="Output HF folder for the recovered model."),
     config: Optional[Path] = typer.Option(None, help="YAML with `recover:` and `data:` sections."),
-    steps: Optional[int] = typer.Option(None, help="Override recover.steps."),
+    steps: Optional[int] = typer.Option(None, help="Override recover.offpolicy_steps (stage 1)."),
+    onpolicy_steps: Optional[int] = typer.Option(None, help="Override recover.onpolicy_steps (stage 2)."),
+    method: Optional[str] = typer.Option(None, help="distill | sft-replay | none (overrides recover.method)."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (overrides data.prompts)."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUT.work/."),
 ) -> None:
     """Self-distil the teacher into the damaged student, keeping its Constraint."""
+    from .config import RecoverConfig, parse_config
     from .recover.trainer import recover as run_recover
 
     rec_cfg, data_cfg = _stage_configs(config)
-    if steps is not None:
-        rec_cfg = rec_cfg.model_copy(update={"steps": steps})
+    overrides = {k: v for k, v in {"offpolicy_steps": steps, "onpolicy_steps": onpolicy_steps, "method": method}.items()
+                 if v is not None}
+    rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
     if prompts is not None:
         data_cfg = data_cfg.model_copy(update={"prompts": prompts})
-    summary = run_recover(teacher, student, out, rec_cfg, data_cfg)
+    summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
     typer.echo(f"recovered model written to {out} (held-out teacher KL {last['kl']:.4f} at step {last['step']})")
 

@@ -33,22 +33,64 @@ class DataConfig(_Strict):
     temperature: float = Field(0.0, ge=0.0)  # teacher sampling for the training responses; 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k_logits: int = Field(64, ge=1)  # cached teacher logits per token (+ one tail bucket)
+    responses_per_prompt: int = Field(1, ge=1)
+    task_prompts: Optional[Path] = None  # SFT forgetting: prompts of the new task, answered by `task_teacher`
+    task_teacher: Optional[str] = None  # default: the student as it was before recovery (keeps the new skill)
+    replay_data: Optional[Path] = None  # sft-replay with replay_source=data: JSONL of prompt/response pairs
     teacher_generation_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     generation_batch_size: int = Field(16, ge=1)
 
 
+class LoraConfig(_Strict):
+    """A PEFT LoRA adapter. Under sparsity masks the adapter is trained as (W + s*B@A) * M, so the
+    merge keeps what was learned; under a quantization grid the base stays frozen on its grid."""
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
 class RecoverConfig(_Strict):
-    steps: int = Field(100, ge=0)
-    batch_size: int = Field(8, ge=1)
+    """Stage 1 (off-policy, cached teacher top-k) for `offpolicy_steps`, then stage 2 (on-policy)
+    for `onpolicy_steps`. Names follow TRL's GKD where they mean the same thing."""
+
+    method: Literal["distill", "sft-replay", "none"] = "distill"
+    offpolicy_steps: int = Field(100, ge=0)
+    onpolicy_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)  # sequences per optimizer step, over all processes
+    grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(5, ge=0)
-    loss: Literal["forward_kl", "sft"] = "forward_kl"  # sft = cross-entropy on the teacher's tokens
-    temperature: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"  # stage 1
+    onpolicy_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "reverse_kl"  # stage 2
+    beta: float = Field(0.5, gt=0.0, lt=1.0)  # generalised JSD mixture weight (jsd only)
+    temperature: float = Field(1.0, gt=0)  # applied to both models' logits in the loss
+    lmbda: float = Field(1.0, ge=0.0, le=1.0)  # fraction of stage-2 batches sampled by the student
+    ce_weight: float = Field(0.0, ge=0.0)  # + ce_weight * cross-entropy on the teacher's tokens (seq-KD)
+    skip_first_tokens: int = Field(0, ge=0)  # leave the first response tokens out of the loss
+    teacher_mode: Literal["base", "ema"] = "base"  # stage-2 teacher: the fixed teacher or an EMA of the student
+    ema_rate: float = Field(0.99, gt=0.0, lt=1.0)
+    onpolicy_max_new_tokens: int = Field(64, ge=1)
+    onpolicy_temperature: float = Field(1.0, ge=0.0)
+    replay_source: Literal["teacher_text", "data"] = "teacher_text"  # sft-replay: teacher text or user data
+    lora: Optional[LoraConfig] = None
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
-    select_best: bool = True  # keep the checkpoint with the lowest held-out teacher KL
+    select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"
+    select_best: bool = True  # export the best checkpoint by select_metric on held-out prompts
+    cka_every_eval: bool = True  # record the per-layer CKA trajectory at each evaluation
+    save_every: int = Field(0, ge=0)  # training checkpoints for --resume; 0 = never
+    bf16: bool = False
+    gradient_checkpointing: bool = False
     seed: int = 0
     threads: Optional[int] = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.offpolicy_steps + self.onpolicy_steps
 
 
 class EvalConfig(_Strict):

@@ -45,8 +45,10 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     if models.is_model_dir(recovered):
         log(f"[2/5] recover: reusing {recovered}")
     else:
-        log(f"[2/5] recover: {cfg.recover.steps} steps of {cfg.recover.loss}")
-        recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log)
+        r = cfg.recover
+        log(f"[2/5] recover ({r.method}): {r.offpolicy_steps} off-policy + {r.onpolicy_steps} on-policy steps")
+        resume = (recovered.with_name(recovered.name + ".work") / "checkpoint").exists()
+        recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log, resume=resume)
 
     students = {"degraded": degraded, "recovered": recovered}
     metrics_path = out / "metrics.json"

@@ -31,6 +31,7 @@ class ResponseSet:
     topk_indices: torch.Tensor | None = None  # (N_response_tokens, k) int32
     topk_logprobs: torch.Tensor | None = None  # (N_response_tokens, k+1) float32
     offsets: list[int] = field(default_factory=list)  # row of each sequence's first response token
+    sources: list[int] = field(default_factory=list)  # which teacher answers each prompt (0 = the main teacher)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -38,6 +39,9 @@ class ResponseSet:
     @property
     def n_response_tokens(self) -> int:
         return sum(len(r) for r in self.response_ids)
+
+    def source(self, i: int) -> int:
+        return self.sources[i] if self.sources else 0
 
     def topk_rows(self, seq_indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.cat([torch.arange(self.offsets[i], self.offsets[i] + len(self.response_ids[i])) for i in seq_indices])
@@ -87,6 +91,8 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
     tokenizer = models.load_tokenizer(path)
     settings = {
         "teacher_hash": models.model_hash(path), "prompts_hash": texts_hash(prompts),
+        "tokenizer_hash": texts_hash([str(getattr(tokenizer, "chat_template", None)), str(len(tokenizer)),
+                                      str(tokenizer.eos_token_id), str(tokenizer.pad_token_id)]),
         "max_prompt_tokens": max_prompt_tokens, "max_new_tokens": max_new_tokens, "temperature": temperature,
         "top_p": top_p, "top_k_logits": top_k_logits, "use_chat_template": use_chat_template, "overflow": overflow,
         "generation_dtype": generation_dtype, "seed": seed, "version": 1,
@@ -118,14 +124,52 @@ def _common(data_cfg: DataConfig) -> dict:
                 generation_dtype=data_cfg.teacher_generation_dtype, batch_size=data_cfg.generation_batch_size)
 
 
-def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print) -> ResponseSet:
-    """Teacher responses to the training prompts, with the teacher's top-k logits cached."""
-    train, _ = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
-    return build_response_set(teacher_ref, train, temperature=data_cfg.temperature, top_p=data_cfg.top_p,
-                              top_k_logits=data_cfg.top_k_logits, teacher=teacher, log=log, **_common(data_cfg))
+def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prompts: list[str] | None = None) -> ResponseSet:
+    """Teacher responses to the training prompts, with the teacher's top-k logits cached.
+
+    With responses_per_prompt > 1 every prompt is answered several times (different seeds).
+    """
+    if prompts is None:
+        prompts, _ = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
+    parts = [build_response_set(teacher_ref, prompts, temperature=data_cfg.temperature, top_p=data_cfg.top_p,
+                                top_k_logits=data_cfg.top_k_logits, teacher=teacher, log=log, seed=seed,
+                                **_common(data_cfg))
+             for seed in range(data_cfg.responses_per_prompt)]
+    merged = concat(parts)
+    merged.sources = []  # one teacher answered all of them
+    return merged
 
 
 def heldout_set(teacher_ref, data_cfg: DataConfig, log=print) -> ResponseSet:
     """Greedy teacher responses to the held-out prompts, which training never sees."""
     _, heldout = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
     return build_response_set(teacher_ref, heldout, temperature=0.0, log=log, **_common(data_cfg))
+
+
+def concat(sets: list[ResponseSet]) -> ResponseSet:
+    """One set from several; sequence i of sets[s] gets source s (its teacher)."""
+    if len(sets) == 1:
+        return sets[0]
+    out = ResponseSet([], [], [], {"parts": [s.meta for s in sets]})
+    for source, part in enumerate(sets):
+        out.prompts += part.prompts
+        out.prompt_ids += part.prompt_ids
+        out.response_ids += part.response_ids
+        out.sources += [source] * len(part)
+    if all(s.topk_indices is not None for s in sets):
+        out.topk_indices = torch.cat([s.topk_indices for s in sets])
+        out.topk_logprobs = torch.cat([s.topk_logprobs for s in sets])
+        out._index()
+    return out
+
+
+def replay_set(tokenizer, path: Path, data_cfg: DataConfig) -> ResponseSet:
+    """User prompt/response pairs as a set without teacher logits (the sft-replay baseline on original data)."""
+    from ..data import read_jsonl
+
+    rows = read_jsonl(path, required=("prompt", "response"))
+    prompt_ids, kept, _ = encode_prompts(tokenizer, [r["prompt"] for r in rows], data_cfg.max_prompt_tokens,
+                                         data_cfg.use_chat_template, data_cfg.overflow)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    responses = [tokenizer(rows[i]["response"], add_special_tokens=False)["input_ids"] + eos for i in kept]
+    return ResponseSet([rows[i]["prompt"] for i in kept], prompt_ids, responses, {"replay_data": str(path)})

@@ -56,21 +56,17 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
 def completion_logits(model, batch: Batch) -> torch.Tensor:
     """Next-token logits at the positions that predict response tokens only, shape (N, V).
 
-    Running the LM head (and later the softmax) over response positions alone is what keeps a
-    distillation step close to the cost of a plain SFT step. Row order is sequence-major, which
-    matches `completion_targets`.
+    The LM head runs only over the sequence positions that some row needs (`logits_to_keep`),
+    which keeps a distillation step close to the cost of a plain SFT step; the call goes through
+    the model's own forward, so DDP and PEFT wrappers see it. Rows are sequence-major, matching
+    `completion_targets`.
     """
-    device = next(model.parameters()).device
-    decoder = model.get_decoder()
-    hidden = decoder(
-        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False
-    ).last_hidden_state
-    predicts = batch.completion[:, 1:].to(device)
-    logits = model.get_output_embeddings()(hidden[:, :-1][predicts])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    device = batch.input_ids.device if not hasattr(model, "parameters") else next(model.parameters()).device
+    predicts = batch.completion[:, 1:]
+    cols = predicts.any(0).nonzero().squeeze(1)
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                logits_to_keep=cols.to(device), use_cache=False)
+    return out.logits[predicts[:, cols].to(device)]
 
 
 def completion_targets(batch: Batch) -> torch.Tensor:

@@ -1,10 +1,18 @@
-"""Off-policy self-distillation: the student learns the teacher's token distributions on the
-teacher's own responses, while the degradation's Constraint is kept after every step."""
+"""Self-distillation recovery: stage 1 off-policy on the teacher's cached responses and top-k
+logits, stage 2 on-policy on the student's own samples scored by the teacher. The degradation's
+Constraint holds after every optimizer step. One loop serves one CPU process and
+`accelerate launch` (DDP) alike.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import random
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,26 +20,29 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..config import DataConfig, RecoverConfig
-from ..constraints import load_constraint
-from ..data import collate
+from ..constraints import Constraint, QuantGridConstraint, load_constraint
+from ..data import Batch, collate
 from ..errors import RecoverLMError
-from ..evaluate.fidelity import fidelity
+from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import atomic_dir, write_json_atomic
-from .losses import token_nll, topk_forward_kl
-from .response_set import ResponseSet, distill_set, heldout_set
-from .rollout import completion_logits, completion_targets
+from .checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from .losses import divergence, token_nll, topk_divergence
+from .lora import ADAPTER_DIR, merged_for_export, wrap_lora
+from .response_set import ResponseSet, concat, distill_set, heldout_set, replay_set
+from .rollout import completion_logits, completion_targets, generate
 
 
 def lr_at(step: int, cfg: RecoverConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    """Linear warm-up, then cosine decay to a tenth of the peak, over both stages."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Sequence indices for every step: reshuffled each epoch, deterministic in the seed."""
+    """Sequence indices for every step: reshuffled each epoch, deterministic in the seed, so a
+    resumed run sees exactly the batches it would have seen."""
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     while len(order) < steps * batch_size:
@@ -39,102 +50,346 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
 
 
-def distill_loss(student, train_set: ResponseSet, seq_indices: list[int], pad_id: int, cfg: RecoverConfig):
-    """Sum of per-token losses over the batch's response tokens, and the token count."""
-    batch = collate([train_set.prompt_ids[i] for i in seq_indices], [train_set.response_ids[i] for i in seq_indices], pad_id)
-    logits = completion_logits(student, batch)
-    if cfg.loss == "forward_kl":
-        idx, lp = train_set.topk_rows(seq_indices)
-        per_token = topk_forward_kl(logits, lp.to(logits.device), idx.to(logits.device), cfg.temperature)
-    else:
-        per_token = token_nll(logits, completion_targets(batch).to(logits.device))
-    return per_token.sum(), per_token.numel()
+def loss_mask(response_lengths: list[int], skip_first: int) -> torch.Tensor:
+    """Which response tokens count in the loss (sequence-major, like completion_logits rows)."""
+    return torch.cat([torch.arange(n) >= skip_first for n in response_lengths]) if response_lengths else torch.zeros(0, dtype=torch.bool)
+
+
+@dataclass
+class MicroBatch:
+    batch: Batch
+    seq_indices: list[int]
+    response_lengths: list[int]
+    sources: list[int]
+    on_policy: bool
+    keep: torch.Tensor  # bool per response token
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.keep.sum())
+
+
+class Recovery:
+    """The training state of one recovery run; `run()` executes the schedule."""
+
+    def __init__(self, teacher_ref, student_ref, out: Path, cfg: RecoverConfig, data_cfg: DataConfig,
+                 progress: bool = True, log=print, resume: bool = False):
+        from accelerate import Accelerator
+
+        self.cfg, self.data_cfg, self.out, self.log, self.progress = cfg, data_cfg, Path(out), log, progress
+        self.work = self.out.with_name(self.out.name + ".work")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
+                               cpu=not torch.cuda.is_available())
+        self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
+        if self.out.resolve() in (self.teacher_path.resolve(), self.student_path.resolve()):
+            raise RecoverLMError(f"output {out} would overwrite an input model")
+        if cfg.lora and cfg.teacher_mode == "ema":
+            raise RecoverLMError("teacher_mode 'ema' needs full fine-tuning; it is not supported with lora")
+        self.tokenizer = models.load_tokenizer(self.teacher_path)
+        models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
+        self.pad_id = self.tokenizer.pad_token_id
+        device = self.acc.device
+        self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(device)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+        with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
+            self.train_set = self._training_set()
+            self.heldout = heldout_set(self.teacher_path, data_cfg, log=log)
+        if not len(self.train_set):
+            raise RecoverLMError("the training set is empty")
+
+        self.constraint: Constraint = load_constraint(self.student_path)
+        student = models.load_model(self.student_path, dtype=torch.float32)
+        self.task_teacher = self._task_teacher(student)
+        if cfg.lora:
+            if not isinstance(self.constraint, QuantGridConstraint):
+                self.constraint.attach(student)
+            student = wrap_lora(student, cfg.lora, self.constraint)
+        else:
+            self.constraint.attach(student)
+        if cfg.gradient_checkpointing:
+            student.gradient_checkpointing_enable()
+        student.train()
+        self.ema = copy.deepcopy(student).eval().requires_grad_(False).to(device) if cfg.teacher_mode == "ema" else None
+        torch.manual_seed(cfg.seed)
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        self.student, self.optimizer = self.acc.prepare(student, optimizer)
+        self.history: list[dict] = []
+        self.start_step, self.best, self.best_state = 0, None, None
+        if resume:
+            self._resume()
+        elif self.work.exists() and self.acc.is_main_process:
+            shutil.rmtree(self.work)
+
+    # -- data ---------------------------------------------------------------------------------
+    def _training_set(self) -> ResponseSet:
+        cfg, data_cfg = self.cfg, self.data_cfg
+        if cfg.method == "sft-replay" and cfg.replay_source == "data":
+            if data_cfg.replay_data is None:
+                raise RecoverLMError("replay_source 'data' needs data.replay_data (a JSONL of prompt/response pairs)")
+            return replay_set(self.tokenizer, data_cfg.replay_data, data_cfg)
+        general = distill_set(self.teacher_path, data_cfg, teacher=self.teacher, log=self.log)
+        if data_cfg.task_prompts is None:
+            return general
+        from ..data import load_prompts
+
+        task_teacher = data_cfg.task_teacher or self.student_path
+        task = distill_set(task_teacher, data_cfg, log=self.log, prompts=load_prompts(data_cfg.task_prompts))
+        return concat([general, task])
+
+    def _task_teacher(self, student):
+        """SFT forgetting: task prompts are scored by the fine-tuned model itself (frozen), so the
+        new skill is kept while general ability comes back from the pre-SFT teacher."""
+        if self.data_cfg.task_prompts is None or self.cfg.onpolicy_steps == 0:
+            return None
+        ref = self.data_cfg.task_teacher or self.student_path
+        model = models.load_model(ref, dtype=torch.float32).to(self.acc.device)
+        return model.requires_grad_(False)
+
+    def _micro_batches(self, step: int, seq_indices: list[int], on_policy: bool) -> list[MicroBatch]:
+        local = seq_indices[self.acc.process_index::self.acc.num_processes]
+        per = math.ceil(len(local) / self.cfg.grad_accum) if local else 0
+        chunks = [local[i:i + per] for i in range(0, len(local), per)] if per else []
+        rs = self.train_set
+        out = []
+        for chunk in chunks:
+            prompts = [rs.prompt_ids[i] for i in chunk]
+            if on_policy:
+                responses = self._sample(prompts, seed=self.cfg.seed * 1_000_003 + step * 101 + self.acc.process_index)
+            else:
+                responses = [rs.response_ids[i] for i in chunk]
+            lengths = [len(r) for r in responses]
+            out.append(MicroBatch(collate(prompts, responses, self.pad_id), chunk, lengths,
+                                  [rs.source(i) for i in chunk], on_policy, loss_mask(lengths, self.cfg.skip_first_tokens)))
+        return out
+
+    def _sample(self, prompt_ids: list[list[int]], seed: int) -> list[list[int]]:
+        model = self.acc.unwrap_model(self.student)
+        checkpointing = self.cfg.gradient_checkpointing
+        if checkpointing:  # checkpointing disables the KV cache: 4x slower generation
+            model.gradient_checkpointing_disable()
+        responses = generate(model, self.tokenizer, prompt_ids, self.cfg.onpolicy_max_new_tokens,
+                             self.cfg.onpolicy_temperature, 1.0, batch_size=len(prompt_ids), seed=seed, progress=False)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        return responses
+
+    # -- loss ---------------------------------------------------------------------------------
+    def _teacher_logits(self, mb: MicroBatch) -> torch.Tensor:
+        """Full-vocabulary teacher logits for an on-policy micro-batch: one forward per teacher."""
+        main = self.ema if self.ema is not None else self.teacher
+        teachers = {0: main, 1: self.task_teacher}
+        if set(mb.sources) == {0} or self.task_teacher is None:
+            with torch.no_grad():
+                return completion_logits(main, mb.batch)
+        rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths))
+        logits = None
+        for source in sorted(set(mb.sources)):
+            pick = [i for i, s in enumerate(mb.sources) if s == source]
+            sub = collate([mb.batch.input_ids[i][mb.batch.attention_mask[i].bool()][:-mb.response_lengths[i]].tolist() for i in pick],
+                          [mb.batch.input_ids[i][mb.batch.attention_mask[i].bool()][-mb.response_lengths[i]:].tolist() for i in pick],
+                          self.pad_id)
+            with torch.no_grad():
+                part = completion_logits(teachers[source], sub)
+            if logits is None:
+                logits = part.new_empty((len(rows), part.shape[-1]))
+            logits[rows == source] = part
+        return logits
+
+    def _loss_sum(self, mb: MicroBatch) -> tuple[torch.Tensor, float]:
+        """Sum over kept response tokens of the per-token loss, and the mean divergence for logging."""
+        cfg = self.cfg
+        logits = completion_logits(self.student, mb.batch)
+        keep = mb.keep.to(logits.device)
+        targets = completion_targets(mb.batch).to(logits.device)
+        if cfg.method == "sft-replay":
+            per_token = token_nll(logits, targets)
+            total = (per_token * keep).sum()
+            return total, float(total.detach()) / max(mb.n_tokens, 1)
+        if mb.on_policy:
+            per_token = divergence(logits, self._teacher_logits(mb), cfg.onpolicy_divergence, cfg.beta, cfg.temperature)
+        else:
+            idx, lp = self.train_set.topk_rows(mb.seq_indices)
+            per_token = topk_divergence(logits, lp.to(logits.device), idx.to(logits.device), cfg.divergence,
+                                        cfg.beta, cfg.temperature)
+        div = float((per_token.detach() * keep).sum()) / max(mb.n_tokens, 1)
+        if cfg.ce_weight:
+            per_token = per_token + cfg.ce_weight * token_nll(logits, targets)
+        return (per_token * keep).sum(), div
+
+    def _global_tokens(self, micro: list[MicroBatch]) -> int:
+        local = torch.tensor([sum(mb.n_tokens for mb in micro)], dtype=torch.long, device=self.acc.device)
+        return int(self.acc.reduce(local, reduction="sum").item())
+
+    def train_step(self, step: int, seq_indices: list[int], on_policy: bool) -> dict:
+        """One optimizer step. Each micro-batch's loss is divided by the completion tokens of the
+        whole global batch (all micro-batches, all ranks), and multiplied by the world size because
+        DDP averages gradients: the gradient equals that of one big batch."""
+        micro = self._micro_batches(step, seq_indices, on_policy)
+        total = self._global_tokens(micro)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step - 1, self.cfg)
+        loss_value, div_value = 0.0, 0.0
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1
+            ctx = self.acc.no_sync(self.student) if not sync and self.acc.num_processes > 1 else _null()
+            with ctx, self.acc.autocast():
+                loss_sum, div = self._loss_sum(mb)
+                loss = loss_sum * self.acc.num_processes / max(total, 1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}")
+            self.acc.backward(loss)
+            loss_value += float(loss.detach()) / self.acc.num_processes
+            div_value += div * mb.n_tokens / max(total, 1)
+        self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.constraint.enforce(self.acc.unwrap_model(self.student) if not self.cfg.lora else self.acc.unwrap_model(self.student).get_base_model())
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, s in zip(self.ema.parameters(), self.acc.unwrap_model(self.student).parameters()):
+                    e.mul_(self.cfg.ema_rate).add_(s.detach(), alpha=1 - self.cfg.ema_rate)
+        return {"loss": loss_value, "divergence": div_value, "tokens": total}
+
+    # -- evaluation and checkpoints -------------------------------------------------------------
+    def evaluate(self, step: int, train: dict | None) -> dict:
+        model = self.acc.unwrap_model(self.student)
+        res = fidelity(self.teacher, {"student": model}, self.heldout, self.pad_id, progress=False)["student"]
+        row = {"step": step, "stage": _stage(step, self.cfg), **(train or {}),
+               **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}
+        if self.cfg.cka_every_eval:
+            from ..analysis.capture import layer_cka
+
+            row["cka"] = layer_cka(self.teacher, {"student": model}, self.heldout, self.pad_id, progress=False)["student"]["linear"]
+        model.train()
+        self.history.append(row)
+        if self.acc.is_main_process:
+            self.work.mkdir(parents=True, exist_ok=True)
+            with open(self.work / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        metric = self.cfg.select_metric
+        sign = 1 if LOWER_IS_BETTER[metric] else -1
+        if self.best is None or sign * row[metric] < sign * self.best[metric]:
+            self.best = row
+            if self.cfg.select_best:
+                self.best_state = {k: v.clone() for k, v in trainable_state(model).items()}
+        return row
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, self.ema)
+        if state is None:
+            self.log(f"no checkpoint in {self.work}; starting from step 0")
+            return
+        self.start_step, self.best, self.history = state["step"], state["best"], state["history"]
+        best_file = self.work / "best.safetensors"
+        if best_file.exists():
+            from safetensors.torch import load_file
+
+            self.best_state = load_file(str(best_file))
+        self.log(f"resuming from step {self.start_step}")
+
+    def _checkpoint(self, step: int) -> None:
+        if not self.acc.is_main_process:
+            return
+        save_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, step,
+                        {"best": self.best, "history": self.history}, self.ema)
+        if self.best_state is not None:
+            from safetensors.torch import save_file
+
+            tmp = self.work / ".best.safetensors.tmp"
+            save_file(self.best_state, str(tmp))
+            tmp.replace(self.work / "best.safetensors")
+
+    # -- the schedule ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        steps = 0 if cfg.method == "none" else cfg.total_steps
+        plan = batch_order(len(self.train_set), cfg.batch_size, steps, cfg.seed)
+        coin = random.Random(cfg.seed)
+        on_policy = [i >= cfg.offpolicy_steps and coin.random() < cfg.lmbda and cfg.method == "distill"
+                     for i in range(steps)]
+        if self.start_step == 0 and (not self.history):
+            self.evaluate(0, None)
+        bar = tqdm(total=steps, initial=self.start_step, desc="recover", unit="step",
+                   disable=not self.progress or not self.acc.is_main_process)
+        started, tokens, window = time.perf_counter(), 0, []
+        for step in range(self.start_step + 1, steps + 1):
+            try:
+                stats = self.train_step(step, plan[step - 1], on_policy[step - 1])
+            except FloatingPointError as exc:
+                bar.close()
+                self._export(stopped=str(exc))
+                raise RecoverLMError(f"{exc}; stopped and kept the best checkpoint in {self.out}") from exc
+            tokens += stats["tokens"]
+            window.append(stats)
+            recent = window[-10:]
+            bar.set_postfix(stage="on" if on_policy[step - 1] else "off",
+                            loss=f"{sum(s['loss'] for s in recent) / len(recent):.3f}",
+                            kl=f"{sum(s['divergence'] for s in recent) / len(recent):.3f}",
+                            tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+            bar.update(1)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
+                mean = {k: sum(s[k] for s in window) / len(window) for k in ("loss", "divergence")}
+                row = self.evaluate(step, {"train_loss": mean["loss"], "train_divergence": mean["divergence"]})
+                window = []
+                bar.write(f"step {step} ({row['stage']}): held-out KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
+                          f"top-1 agreement {row['top1_agreement']:.3f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+                self._checkpoint(step)
+        bar.close()
+        return self._export(tokens=tokens, seconds=time.perf_counter() - started)
+
+    def _export(self, **extra) -> dict:
+        """Write the recovered model (best checkpoint, constraint verified) atomically."""
+        self.acc.wait_for_everyone()
+        model = self.acc.unwrap_model(self.student)
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state, strict=False)
+        record = {"teacher": str(self.teacher_path), "student": str(self.student_path),
+                  "recover": self.cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json"),
+                  "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
+                  "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
+                  "teacher_generation_dtype": self.data_cfg.teacher_generation_dtype, **extra}
+        if not self.acc.is_main_process:
+            return record
+        with atomic_dir(self.out) as tmp:
+            if self.cfg.lora:
+                model.save_pretrained(tmp / ADAPTER_DIR)
+                model = merged_for_export(model, self.constraint)
+            self.constraint.finalize(model)
+            record["constraint"] = self.constraint.verify(model)
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            self.constraint.save(tmp)
+            write_json_atomic(tmp / "recovery.json", record)
+            with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as fh:
+                for row in self.history:
+                    fh.write(json.dumps(row) + "\n")
+        if "stopped" not in extra:
+            shutil.rmtree(self.work, ignore_errors=True)
+        return {**record, "history": self.history}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _stage(step: int, cfg: RecoverConfig) -> str:
+    if step == 0:
+        return "start"
+    return "off-policy" if step <= cfg.offpolicy_steps else "on-policy"
 
 
 def recover(teacher_ref, student_ref, out: Path, cfg: RecoverConfig | None = None, data_cfg: DataConfig | None = None,
-            progress: bool = True, log=print) -> dict:
+            progress: bool = True, log=print, resume: bool = False) -> dict:
     """Distil `teacher_ref` into the damaged `student_ref` and save the recovered model to `out`."""
-    cfg, data_cfg = cfg or RecoverConfig(), data_cfg or DataConfig()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    teacher_path, student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
-    if Path(out).resolve() in (teacher_path.resolve(), student_path.resolve()):
-        raise RecoverLMError(f"output {out} would overwrite an input model")
-    tokenizer = models.load_tokenizer(teacher_path)
-    models.check_same_vocab(tokenizer, models.load_tokenizer(student_path))
-    teacher = models.load_model(teacher_path, dtype=torch.float32)
-    train_set = distill_set(teacher_path, data_cfg, teacher=teacher, log=log)
-    heldout = heldout_set(teacher_path, data_cfg, log=log)
-    if cfg.loss == "forward_kl" and train_set.topk_indices is None:
-        raise RecoverLMError("forward_kl needs cached teacher logits: set data.top_k_logits > 0")
-
-    student = models.load_model(student_path, dtype=torch.float32)
-    constraint = load_constraint(student_path)
-    constraint.attach(student)
-    student.train()
-    torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    pad_id = tokenizer.pad_token_id
-    history: list[dict] = []
-
-    def evaluate(step: int, train_loss: float | None) -> dict:
-        res = fidelity(teacher, {"student": student}, heldout, pad_id, progress=False)["student"]
-        row = {"step": step, "train_loss": train_loss, **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}
-        history.append(row)
-        return row
-
-    best = evaluate(0, None)
-    best_state = {k: v.detach().clone() for k, v in student.state_dict().items()} if cfg.select_best else None
-    plan = batch_order(len(train_set), cfg.batch_size, cfg.steps, cfg.seed)
-    bar = tqdm(plan, desc="recover", unit="step", disable=not progress)
-    tokens_seen, started, window = 0, time.perf_counter(), []
-    for step, seq_indices in enumerate(bar, 1):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step - 1, cfg)
-        loss_sum, n_tok = distill_loss(student, train_set, seq_indices, pad_id, cfg)
-        loss = loss_sum / n_tok
-        if not torch.isfinite(loss):
-            _save(student, best_state, constraint, tokenizer, out, history, teacher_path, student_path, cfg, data_cfg)
-            raise RecoverLMError(f"non-finite loss at step {step}; stopped and kept the best checkpoint in {out}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        constraint.enforce(student)
-        tokens_seen += n_tok
-        window.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{sum(window[-10:]) / len(window[-10:]):.3f}",
-                        tok_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-            row = evaluate(step, sum(window) / len(window))
-            window = []
-            bar.write(f"step {step}: held-out KL {row['kl']:.4f}  NLL {row['nll']:.3f}  agreement {row['top1_agreement']:.3f}")
-            if cfg.select_best and row["kl"] < best["kl"]:
-                best, best_state = row, {k: v.detach().clone() for k, v in student.state_dict().items()}
-    bar.close()
-    if not cfg.select_best:
-        best = history[-1]
-    summary = _save(student, best_state, constraint, tokenizer, out, history, teacher_path, student_path, cfg, data_cfg,
-                    best_step=best["step"], tokens=tokens_seen, seconds=time.perf_counter() - started,
-                    train_sequences=len(train_set), train_tokens=train_set.n_response_tokens)
-    return summary
-
-
-def _save(student, best_state, constraint, tokenizer, out, history, teacher_path, student_path, cfg, data_cfg, **extra) -> dict:
-    if best_state is not None:
-        student.load_state_dict(best_state)
-    constraint.finalize(student)
-    check = constraint.verify(student)
-    record = {"teacher": str(teacher_path), "student": str(student_path), "constraint": check,
-              "recover": cfg.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json"), **extra}
-    with atomic_dir(Path(out)) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        constraint.save(tmp)
-        write_json_atomic(tmp / "recovery.json", record)
-        with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as fh:
-            import json
-            for row in history:
-                fh.write(json.dumps(row) + "\n")
-    return {**record, "history": history}
+    return Recovery(teacher_ref, student_ref, out, cfg or RecoverConfig(), data_cfg or DataConfig(),
+                    progress, log, resume).run()

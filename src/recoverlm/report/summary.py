@@ -51,7 +51,9 @@ def summary_markdown(run_dir: Path) -> str:
         "",
         f"- teacher: `{metrics['teacher']}`",
         f"- degradation: `{degradation['method']}` ({params}); constraint after recovery: {_constraint(recovery['constraint'])}",
-        f"- recovery: {recovery['recover']['steps']} steps of {recovery['recover']['loss']} on "
+        f"- recovery ({recovery['recover']['method']}): {recovery['recover']['offpolicy_steps']} off-policy "
+        f"({recovery['recover']['divergence']}) + {recovery['recover']['onpolicy_steps']} on-policy "
+        f"({recovery['recover']['onpolicy_divergence']}) steps on "
         f"{recovery.get('train_sequences', '?')} teacher responses ({recovery.get('tokens', 0)} trained tokens, "
         f"{recovery.get('seconds', 0):.0f} s); best checkpoint at step {recovery.get('best_step', '?')}",
         f"- held-out set: {held['sequences']} prompts never used in training, {held['tokens']} teacher response tokens",

@@ -1,0 +1,45 @@
+"""Training checkpoints for exact resumption: trainable weights, optimizer, EMA teacher, RNG, step.
+
+Everything is safetensors or JSON except the optimizer state, which is loaded with
+torch.load(weights_only=True): tensors and plain containers only, no pickled code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..io import atomic_dir, read_json, write_json_atomic
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Only what training changes: the adapter under LoRA, every parameter otherwise."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(work_dir: Path, model, optimizer, step: int, state: dict, ema=None) -> Path:
+    with atomic_dir(Path(work_dir) / CHECKPOINT_DIR) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        write_json_atomic(tmp / "state.json", {**state, "step": step})
+    return Path(work_dir) / CHECKPOINT_DIR
+
+
+def load_checkpoint(work_dir: Path, model, optimizer, ema=None) -> dict | None:
+    folder = Path(work_dir) / CHECKPOINT_DIR
+    if not (folder / "state.json").exists():
+        return None
+    model.load_state_dict(load_file(str(folder / "trainable.safetensors")), strict=False)
+    if ema is not None and (folder / "ema.safetensors").exists():
+        ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    return read_json(folder / "state.json")

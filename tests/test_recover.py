@@ -1,0 +1,238 @@
+"""The recovery trainer on tiny models: both stages, divergences, baselines, LoRA, constraints, resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recoverlm.config import DataConfig, LoraConfig, RecoverConfig
+from recoverlm.constraints import linear_weights, load_constraint
+from recoverlm.degrade import degrade
+from recoverlm.errors import RecoverLMError
+from recoverlm.models import load_model
+from recoverlm.recover import trainer as trainer_mod
+from recoverlm.recover.trainer import loss_mask, recover
+
+
+@pytest.fixture(scope="module")
+def data_cfg(prompt_file):
+    return DataConfig(prompts=prompt_file, n_heldout=4, max_new_tokens=8, top_k_logits=8,
+                      teacher_generation_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned") / "m"
+    degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant") / "m"
+    degrade(tiny_model, "quant.rtn", {"bits": 4, "group_size": 32}, out)
+    return out
+
+
+def _cfg(**kw):
+    base = dict(offpolicy_steps=3, onpolicy_steps=0, batch_size=4, lr=5e-3, warmup_steps=1, eval_every=0,
+                cka_every_eval=False, onpolicy_max_new_tokens=6)
+    return RecoverConfig(**{**base, **kw})
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _sparsity_ok(folder):
+    model = load_model(folder)
+    return load_constraint(folder).verify(model)
+
+
+def test_loss_mask_skips_first_tokens():
+    assert loss_mask([3, 1], 1).tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+def test_offpolicy_divergences_train_and_keep_masks(tmp_path, tiny_model, pruned, data_cfg, divergence):
+    res = recover(tiny_model, pruned, tmp_path / "r", _cfg(divergence=divergence, select_best=False), data_cfg,
+                  progress=False)
+    assert res["constraint"]["sparsity"] == pytest.approx(0.5)
+    assert _sparsity_ok(tmp_path / "r")["sparsity"] == pytest.approx(0.5)
+    before, after = _weights(pruned), _weights(tmp_path / "r")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_onpolicy_stage_samples_from_student(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
+    calls = []
+    real = trainer_mod.Recovery._sample
+    monkeypatch.setattr(trainer_mod.Recovery, "_sample", lambda self, p, seed: calls.append(len(p)) or real(self, p, seed))
+    res = recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1, onpolicy_steps=2, onpolicy_divergence="jsd",
+                                                           eval_every=1), data_cfg, progress=False)
+    assert len(calls) == 2
+    assert [h["stage"] for h in res["history"]] == ["start", "off-policy", "on-policy", "on-policy"]
+    _sparsity_ok(tmp_path / "r")
+
+
+def test_lmbda_zero_never_samples(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
+    monkeypatch.setattr(trainer_mod.Recovery, "_sample", lambda *a, **k: pytest.fail("sampled with lmbda=0"))
+    recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=0, onpolicy_steps=2, lmbda=0.0), data_cfg, progress=False)
+
+
+def test_ema_teacher_and_skip_first_tokens(tmp_path, tiny_model, pruned, data_cfg):
+    res = recover(tiny_model, pruned, tmp_path / "r",
+                  _cfg(offpolicy_steps=1, onpolicy_steps=1, teacher_mode="ema", skip_first_tokens=2, ce_weight=0.5),
+                  data_cfg, progress=False)
+    assert res["constraint"]["sparsity"] == pytest.approx(0.5)
+
+
+def test_qat_keeps_grid(tmp_path, tiny_model, quantized, data_cfg):
+    res = recover(tiny_model, quantized, tmp_path / "r", _cfg(lr=5e-2, select_best=False), data_cfg, progress=False)
+    assert res["constraint"]["kind"] == "quant_grid"
+    load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))
+    before, after = _weights(quantized), _weights(tmp_path / "r")
+    assert any(not torch.equal(before[k], after[k]) for k in before if "layers" in k)
+
+
+def test_lora_under_masks_survives_merge(tmp_path, tiny_model, pruned, data_cfg):
+    res = recover(tiny_model, pruned, tmp_path / "r", _cfg(lora=LoraConfig(r=4), lr=2e-2, select_best=False),
+                  data_cfg, progress=False)
+    out = tmp_path / "r"
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert res["constraint"]["sparsity"] == pytest.approx(0.5)
+    # The merged, re-masked export computes exactly what the masked adapter computed in training.
+    from peft import PeftModel
+
+    from recoverlm.recover.lora import wrap_lora
+
+    merged = load_model(out)
+    base = load_model(pruned)
+    trained = wrap_lora(base, LoraConfig(r=4), load_constraint(pruned))
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    state = {k.replace(".weight", ".default.weight"): v for k, v in adapter.items()}
+    missing = trained.load_state_dict(state, strict=False)
+    assert not [k for k in missing.unexpected_keys]
+    ids = torch.randint(0, merged.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, trained(ids).logits, atol=1e-4)
+    assert isinstance(trained, PeftModel)
+
+
+def test_lora_on_quant_grid_keeps_base_frozen(tmp_path, tiny_model, quantized, data_cfg):
+    recover(tiny_model, quantized, tmp_path / "r", _cfg(lora=LoraConfig(r=4), select_best=False), data_cfg, progress=False)
+    out = tmp_path / "r"
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    before, after = _weights(quantized), _weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    load_constraint(out).verify(load_model(out))
+
+
+def test_baselines(tmp_path, tiny_model, pruned, data_cfg):
+    none = recover(tiny_model, pruned, tmp_path / "none", _cfg(method="none"), data_cfg, progress=False)
+    assert len(none["history"]) == 1
+    before, after = _weights(pruned), _weights(tmp_path / "none")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    replay = recover(tiny_model, pruned, tmp_path / "replay", _cfg(method="sft-replay"), data_cfg, progress=False)
+    assert replay["constraint"]["sparsity"] == pytest.approx(0.5)
+
+
+def test_replay_on_user_data(tmp_path, tiny_model, pruned, data_cfg):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "response": f"{w}!"}) for w in ["rain", "sun", "sea", "snow"]))
+    cfg = data_cfg.model_copy(update={"replay_data": data})
+    recover(tiny_model, pruned, tmp_path / "r", _cfg(method="sft-replay", replay_source="data"), cfg, progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(RecoverLMError, match=r"bad.jsonl:1: missing required key\(s\) response"):
+        recover(tiny_model, pruned, tmp_path / "r2", _cfg(method="sft-replay", replay_source="data"),
+                data_cfg.model_copy(update={"replay_data": bad}), progress=False)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model, pruned, data_cfg):
+    one = recover(tiny_model, pruned, tmp_path / "a", _cfg(offpolicy_steps=1, select_best=False), data_cfg, progress=False)
+    two = recover(tiny_model, pruned, tmp_path / "b", _cfg(offpolicy_steps=1, grad_accum=2, select_best=False), data_cfg,
+                  progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert one["tokens"] == two["tokens"]
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
+    cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False)
+    recover(tiny_model, pruned, tmp_path / "straight", cfg, data_cfg, progress=False)
+    real = trainer_mod.Recovery.train_step
+
+    def crash(self, step, *a):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(self, step, *a)
+
+    monkeypatch.setattr(trainer_mod.Recovery, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False)
+    assert not (tmp_path / "resumed").exists()
+    assert (tmp_path / "resumed.work" / "checkpoint" / "state.json").exists()
+    monkeypatch.setattr(trainer_mod.Recovery, "train_step", real)
+    recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert not (tmp_path / "resumed.work").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_best(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
+    real = trainer_mod.Recovery._loss_sum
+
+    def poisoned(self, mb):
+        loss, div = real(self, mb)
+        return loss * float("nan"), div
+
+    monkeypatch.setattr(trainer_mod.Recovery, "_loss_sum", poisoned)
+    with pytest.raises(RecoverLMError, match="non-finite loss at step 1"):
+        recover(tiny_model, pruned, tmp_path / "r", _cfg(), data_cfg, progress=False)
+    assert _sparsity_ok(tmp_path / "r")["sparsity"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "r" / "recovery.json").read_text())["stopped"].startswith("non-finite")
+
+
+def test_vocabulary_mismatch_is_an_error(tmp_path, tiny_model, data_cfg):
+    from recoverlm.models import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", corpus=["completely different words here"] * 5)
+    with pytest.raises(RecoverLMError, match="tokenizer mismatch"):
+        recover(tiny_model, other, tmp_path / "r", _cfg(), data_cfg, progress=False)
+
+
+def test_empty_prompt_file_is_an_error(tmp_path, tiny_model, pruned, data_cfg):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(RecoverLMError, match="holds no records"):
+        recover(tiny_model, pruned, tmp_path / "r", _cfg(), data_cfg.model_copy(update={"prompts": empty}), progress=False)
+
+
+def test_missing_chat_template_is_an_error(tmp_path, tiny_model, pruned, data_cfg):
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    cfg_path = plain / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(tok_cfg))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(RecoverLMError, match="no chat template"):
+        recover(plain, pruned, tmp_path / "r", _cfg(), data_cfg, progress=False)
+
+
+def test_overlong_prompts_are_counted(tmp_path, tiny_model, pruned, data_cfg):
+    from recoverlm.data import encode_prompt, load_prompts
+    from recoverlm.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    lengths = sorted(len(encode_prompt(tok, p)) for p in load_prompts(data_cfg.prompts))
+    limit = lengths[len(lengths) // 2]
+    n_over = sum(n > limit for n in lengths)
+    assert 0 < n_over < len(lengths)
+    logs = []
+    recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1), data_cfg.model_copy(update={"max_prompt_tokens": limit}),
+            progress=False, log=logs.append)
+    assert any(f"exceed max_prompt_tokens={limit}: skipped" in line for line in logs)
