@@ -353,7 +353,8 @@ class Recovery:
                   "recover": self.cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json"),
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
                   "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
-                  "teacher_generation_dtype": self.data_cfg.teacher_generation_dtype, **extra}
+                  "teacher_generation_dtype": self.data_cfg.teacher_generation_dtype,
+                  "world_size": self.acc.num_processes, **extra}
         if not self.acc.is_main_process:
             return record
         with atomic_dir(self.out) as tmp:
