@@ -10,6 +10,7 @@ from .. import models
 from ..config import DataConfig
 from ..recover.response_set import heldout_set
 from .fidelity import LOWER_IS_BETTER, METRICS, fidelity, recovery_ratio
+from .stats import recovery_ratio_ci
 
 
 def load_students(teacher_path: Path, refs: dict[str, str | Path]) -> dict[str, torch.nn.Module]:
@@ -43,5 +44,9 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
     if "degraded" in results and "recovered" in results:
         report["recovery_ratio"] = {
             m: recovery_ratio(results["teacher"][m], results["degraded"][m], results["recovered"][m]) for m in METRICS
+        }
+        items = {name: results[name]["per_item"] for name in ("teacher", "degraded", "recovered")}
+        report["recovery_ratio_ci"] = {
+            m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m]) for m in METRICS
         }
     return report

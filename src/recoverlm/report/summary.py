@@ -18,12 +18,20 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def _ratio_cell(ratio, ci: dict | None) -> str:
+    if ci and not ci.get("meaningful"):
+        return f"{_fmt(ratio)} (gap too small to read)"
+    if ci and ci.get("low") is not None:
+        return f"{_fmt(ratio)} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    return _fmt(ratio)
+
+
 def metrics_table(metrics: dict) -> str:
-    m, ratios = metrics["metrics"], metrics.get("recovery_ratio", {})
-    lines = ["| metric | teacher | degraded | recovered | recovery ratio |", "|---|---|---|---|---|"]
+    m, ratios, cis = metrics["metrics"], metrics.get("recovery_ratio", {}), metrics.get("recovery_ratio_ci", {})
+    lines = ["| metric | teacher | degraded | recovered | recovery ratio [95% CI] |", "|---|---|---|---|---|"]
     for key, label in LABELS.items():
         lines.append(f"| {label} | {_fmt(m['teacher'][key])} | {_fmt(m['degraded'][key])} | "
-                     f"{_fmt(m['recovered'][key])} | {_fmt(ratios.get(key))} |")
+                     f"{_fmt(m['recovered'][key])} | {_ratio_cell(ratios.get(key), cis.get(key))} |")
     return "\n".join(lines)
 
 
@@ -62,7 +70,8 @@ def summary_markdown(run_dir: Path) -> str:
         "",
         metrics_table(metrics),
         "",
-        "Recovery ratio = (recovered - degraded) / (teacher - degraded); 1 is full recovery.",
+        "Recovery ratio = (recovered - degraded) / (teacher - degraded); 1 is full recovery. The interval is a "
+        "paired bootstrap over held-out prompts (2000 resamples).",
     ]
     if (run_dir / "cka.json").exists():
         parts += ["", "## Linear CKA with the teacher, layer by layer", "", cka_table(read_json(run_dir / "cka.json"))]
