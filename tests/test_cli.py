@@ -34,7 +34,8 @@ def test_run_end_to_end(tmp_path, tiny_model, prompt_file):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metrics"]["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["metrics"]["degraded"]["kl"] > 0
-    assert set(metrics["recovery_ratio"]) == {"kl", "reverse_kl", "nll", "top1_agreement"}
+    assert set(metrics["recovery_ratio"]) == {"kl", "reverse_kl", "nll", "top1_agreement", "exact_match", "length_ratio"}
+    assert metrics["metrics"]["teacher"]["exact_match"] == 1.0 and 0 <= metrics["metrics"]["recovered"]["exact_match"] <= 1
     recovery = json.loads((out / "recovered" / "recovery.json").read_text())
     assert recovery["constraint"]["sparsity"] == pytest.approx(0.5)
     cka = json.loads((out / "cka.json").read_text())["cka"]

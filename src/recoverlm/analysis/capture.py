@@ -1,49 +1,203 @@
-"""Hidden-state capture for CKA: teacher and students see the same tokens, once per batch."""
+"""Hidden-state capture for CKA: teacher and students see the same tokens, once per batch.
+
+What is captured: the input embeddings, then the raw output of every decoder block (the residual
+stream), taken with forward hooks. HF's own `hidden_states[-1]` is the *final-norm* output instead
+of the last block's, which would make the last entry a different kind of quantity from the others;
+hooks also let the forward stop after the last block, so the (tokens x vocab) logits, the largest
+tensor of the pass and useless for CKA, are never formed.
+
+Memory is bounded by the batch: each batch's states are reduced to padding-free rows (tokens, or one
+mean row per sequence), folded into float64 streaming accumulators (O(d^2) per layer pair, whatever
+the token count) and dropped. Only the cross-layer matrix keeps raw rows, and only for a fixed-size,
+seeded random subsample of them.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data import collate
+from ..degrade.calibration import decoder_layers
+from ..errors import RecoverLMError
 from ..recover.response_set import ResponseSet
-from .cka import LinearCKAAccumulator
+from .cka import LinearCKAAccumulator, cka_matrix
+
+POOLINGS = ("token", "mean")
 
 
+class _Stop(Exception):
+    """Raised by the last block's hook: nothing after it (final norm, LM head) is needed."""
+
+
+def _blocks(model) -> list[torch.nn.Module]:
+    """The decoder blocks the forward actually runs (a depth-pruned model may keep a longer list)."""
+    _, layers = decoder_layers(model)
+    return list(layers)[: getattr(model.config, "num_hidden_layers", len(layers))]
+
+
+@torch.no_grad()
 def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Embeddings, then the output of every decoder block, as the model reports them."""
+    """Embeddings, then the output of every decoder block: len = depth + 1, each (B, T, d) on the model's device."""
+    blocks = _blocks(model)
+    states: list[torch.Tensor] = []
+
+    def grab(stop: bool):
+        def hook(module, args, out):
+            states.append(out[0] if isinstance(out, tuple) else out)
+            if stop:
+                raise _Stop
+
+        return hook
+
+    handles = [model.get_input_embeddings().register_forward_hook(grab(False))]
+    handles += [b.register_forward_hook(grab(i == len(blocks) - 1)) for i, b in enumerate(blocks)]
     device = next(model.parameters()).device
-    out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=True,
-                use_cache=False)
-    return out.hidden_states
+    try:
+        model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if len(states) != len(blocks) + 1:
+        raise RecoverLMError(f"captured {len(states)} hidden states, expected {len(blocks) + 1} (embeddings + blocks)")
+    return tuple(states)
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise RecoverLMError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+
+
+def pool(states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, pooling: str = "token") -> list[torch.Tensor]:
+    """Padding-free CKA rows on the CPU: every real token (B*T -> n_real, d), or the mean over each
+    sequence's real tokens ("mean": one float64 row per sequence)."""
+    _check_pooling(pooling)
+    out = []
+    for h in states:
+        mask = attention_mask.to(h.device)
+        if pooling == "token":
+            out.append(h[mask.bool()].float().cpu())
+        else:
+            w = mask.to(torch.float64)[..., None]
+            out.append(((h.double() * w).sum(1) / w.sum(1)).cpu())
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(*models) -> Iterator[None]:
+    """eval() for the capture, then each model's own mode back (a trainer calls this mid-training)."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def _subsample(total: int, k: int, seed: int) -> torch.Tensor:
+    """Sorted global row indices: all rows if total <= k, else k drawn without replacement (seeded).
+
+    Drawn over the whole eval set before any forward pass, so the choice does not depend on how the
+    sequences are batched or padded.
+    """
+    if total <= k:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def _or_none(fn):
+    """A CKA value, or None where the estimator is undefined (too few rows, zero estimated variance)."""
+    try:
+        return fn()
+    except ValueError:
+        return None
+
+
+def _cross(xs: list[list[torch.Tensor]], ys: list[list[torch.Tensor]], total: int, seed: int) -> dict:
+    """Teacher-layer x student-layer linear CKA on the subsampled rows (lists: batch -> layer -> rows)."""
+    t_layers = [torch.cat(parts) for parts in zip(*xs)]
+    s_layers = [torch.cat(parts) for parts in zip(*ys)]
+    n = t_layers[0].shape[0] if t_layers else 0
+    out = {"samples": n, "of": total, "seed": seed, "matrix": None, "reason": None}
+    if n < 2:
+        return {**out, "reason": f"needs at least 2 rows, the subsample has {n}"}
+    try:
+        out["matrix"] = cka_matrix(t_layers, s_layers).tolist()
+    except ValueError as exc:
+        out["reason"] = str(exc)
+    return out
 
 
 @torch.no_grad()
 def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSet, pad_id: int,
-              batch_size: int = 8, progress: bool = True) -> dict[str, dict]:
-    """Per student, linear CKA between teacher layer l and student layer l over every real token.
+              batch_size: int = 8, progress: bool = True, *, pooling: str = "token", cross_tokens: int = 0,
+              seed: int = 0, max_sequences: int | None = None) -> dict[str, dict]:
+    """Per student, linear and debiased CKA between teacher layer l and student layer l.
 
-    Streams float64 moments (LinearCKAAccumulator), so memory does not grow with the token count;
-    padding is masked out. Layers are paired by index up to the shallower model's depth.
+    Layer 0 is the embeddings, layer l the output of block l. Layers are paired by index up to the
+    shallower model's depth (a depth-pruned student has fewer); `cross_tokens` > 0 adds, per student,
+    the full teacher-layers x student-layers matrix on a seeded subsample of at most that many rows
+    (tokens, or sequences with pooling="mean"), the same rows for every student. Debiased values
+    are None where undefined (fewer than 4 rows). Each model is run once per batch.
     """
+    _check_pooling(pooling)
+    n_seq = len(eval_set) if max_sequences is None else min(max_sequences, len(eval_set))
+    total = n_seq if pooling == "mean" else sum(
+        len(p) + len(r) for p, r in zip(eval_set.prompt_ids[:n_seq], eval_set.response_ids[:n_seq]))
+    pick = _subsample(total, cross_tokens, seed) if cross_tokens > 0 else None
     accs: dict[str, list[LinearCKAAccumulator]] = {}
-    teacher.eval()
-    for m in students.values():
-        m.eval()
-    for start in tqdm(range(0, len(eval_set), batch_size), desc="cka", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
-        batch = collate(eval_set.prompt_ids[sl], eval_set.response_ids[sl], pad_id)
-        keep = batch.attention_mask.bool()
-        t_states = [h[keep.to(h.device)].cpu() for h in hidden_states(teacher, batch.input_ids, batch.attention_mask)]
-        for name, student in students.items():
-            s_states = [h[keep.to(h.device)].cpu() for h in hidden_states(student, batch.input_ids, batch.attention_mask)]
-            pairs = min(len(t_states), len(s_states))
-            if name not in accs:
-                accs[name] = [LinearCKAAccumulator(t_states[i].shape[1], s_states[i].shape[1]) for i in range(pairs)]
-            for acc, t, s in zip(accs[name], t_states, s_states):
-                acc.update(t, s)
-    return {
-        name: {"layers": list(range(len(a))), "linear": [acc.value() for acc in a],
-               "debiased": [acc.debiased_value() for acc in a], "tokens": a[0].n if a else 0}
-        for name, a in accs.items()
-    }
+    depth: dict[str, tuple[int, int]] = {}
+    cross_t: list[list[torch.Tensor]] = []
+    cross_s: dict[str, list[list[torch.Tensor]]] = {name: [] for name in students}
+    offset = n_tokens = 0
+    with _eval_mode(teacher, *students.values()):
+        for start in tqdm(range(0, n_seq, batch_size), desc="cka", disable=not progress, leave=False):
+            sl = slice(start, min(start + batch_size, n_seq))
+            batch = collate(eval_set.prompt_ids[sl], eval_set.response_ids[sl], pad_id)
+            n_tokens += int(batch.attention_mask.sum())
+            t_rows = pool(hidden_states(teacher, batch.input_ids, batch.attention_mask), batch.attention_mask, pooling)
+            n_rows = t_rows[0].shape[0]
+            local = None
+            if pick is not None:
+                local = pick[(pick >= offset) & (pick < offset + n_rows)] - offset
+                cross_t.append([h[local] for h in t_rows])
+            offset += n_rows
+            for name, student in students.items():
+                s_rows = pool(hidden_states(student, batch.input_ids, batch.attention_mask), batch.attention_mask, pooling)
+                if name not in accs:
+                    depth[name] = (len(t_rows), len(s_rows))
+                    accs[name] = [LinearCKAAccumulator(t.shape[1], s.shape[1]) for t, s in zip(t_rows, s_rows)]
+                for acc, t, s in zip(accs[name], t_rows, s_rows):
+                    acc.update(t, s)
+                if local is not None:
+                    cross_s[name].append([h[local] for h in s_rows])
+    result = {}
+    for name, a in accs.items():
+        result[name] = {
+            "layers": list(range(len(a))), "linear": [acc.value() for acc in a],
+            "debiased": [_or_none(acc.debiased_value) for acc in a],
+            "tokens": n_tokens, "samples": a[0].n if a else 0, "pooling": pooling,
+            "teacher_layers": depth[name][0], "student_layers": depth[name][1],
+        }
+        if pick is not None:
+            result[name]["cross_layer"] = _cross(cross_t, cross_s[name], total, seed)
+    return result
+
+
+def trajectory(teacher, student, eval_set: ResponseSet, pad_id: int, batch_size: int = 8, pooling: str = "token",
+               max_sequences: int | None = None) -> list[float]:
+    """Per-layer linear CKA of one student against the teacher, for a trainer's periodic evaluation.
+
+    No cross-layer matrix and no progress bar; `max_sequences` caps the cost (the first sequences of
+    the set, so successive calls compare like with like). Both models get their train/eval mode back.
+    """
+    out = layer_cka(teacher, {"student": student}, eval_set, pad_id, batch_size, progress=False, pooling=pooling,
+                    max_sequences=max_sequences)
+    return out["student"]["linear"]

@@ -9,7 +9,7 @@ import torch
 from .. import models
 from ..config import DataConfig
 from ..recover.response_set import heldout_set
-from .fidelity import LOWER_IS_BETTER, METRICS, fidelity, recovery_ratio
+from .fidelity import GENERATION_METRICS, LOWER_IS_BETTER, METRICS, fidelity, generation_metrics, recovery_ratio
 from .stats import recovery_ratio_ci
 
 
@@ -23,7 +23,7 @@ def load_students(teacher_path: Path, refs: dict[str, str | Path]) -> dict[str, 
 
 
 def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: DataConfig | None = None,
-                    batch_size: int = 8, progress: bool = True, log=print) -> dict:
+                    batch_size: int = 8, progress: bool = True, log=print, generation: bool = True) -> dict:
     """Fidelity metrics for the teacher and every student; recovery ratios when both
     a "degraded" and a "recovered" student are given."""
     data_cfg = data_cfg or DataConfig()
@@ -33,20 +33,29 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
     teacher = models.load_model(teacher_path, dtype=torch.float32)
     loaded = {"teacher": teacher, **load_students(teacher_path, students)}
     results = fidelity(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress)
+    if generation:  # the teacher's own greedy responses are the reference: exact match 1 by construction
+        gen = generation_metrics({k: v for k, v in loaded.items() if k != "teacher"}, tokenizer, eval_set,
+                                 data_cfg.max_new_tokens, data_cfg.generation_batch_size, progress)
+        gen["teacher"] = {"exact_match": 1.0, "length_ratio": 1.0,
+                          "per_item": {m: [1.0] * len(eval_set) for m in GENERATION_METRICS}}
+        for name, g in gen.items():
+            results[name].update({m: g[m] for m in GENERATION_METRICS})
+            results[name]["per_item"].update(g["per_item"])
+    metrics = METRICS + (GENERATION_METRICS if generation else ())
     report = {
         "teacher": str(teacher_path),
         "students": {k: str(v) for k, v in students.items()},
         "heldout": {"sequences": len(eval_set), "tokens": eval_set.n_response_tokens, "prompts_hash": eval_set.meta["prompts_hash"]},
-        "metrics": {name: {m: r[m] for m in METRICS} for name, r in results.items()},
+        "metrics": {name: {m: r[m] for m in metrics} for name, r in results.items()},
         "per_item": {name: r["per_item"] for name, r in results.items()},
         "lower_is_better": LOWER_IS_BETTER,
     }
     if "degraded" in results and "recovered" in results:
         report["recovery_ratio"] = {
-            m: recovery_ratio(results["teacher"][m], results["degraded"][m], results["recovered"][m]) for m in METRICS
+            m: recovery_ratio(results["teacher"][m], results["degraded"][m], results["recovered"][m]) for m in metrics
         }
         items = {name: results[name]["per_item"] for name in ("teacher", "degraded", "recovered")}
         report["recovery_ratio_ci"] = {
-            m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m]) for m in METRICS
+            m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m]) for m in metrics
         }
     return report

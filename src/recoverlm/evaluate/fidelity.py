@@ -15,8 +15,10 @@ from ..recover.response_set import ResponseSet
 from ..recover.rollout import completion_logits, completion_targets
 
 METRICS = ("kl", "reverse_kl", "nll", "top1_agreement")
-# Which direction is better for each metric (used by recovery ratios and best-checkpoint selection).
-LOWER_IS_BETTER = {"kl": True, "reverse_kl": True, "nll": True, "top1_agreement": False}
+GENERATION_METRICS = ("exact_match", "length_ratio")
+# Which direction is better for each metric (used by best-checkpoint selection); length_ratio has
+# no better direction: 1 means the student answers at the teacher's length.
+LOWER_IS_BETTER = {"kl": True, "reverse_kl": True, "nll": True, "top1_agreement": False, "exact_match": False}
 
 
 @torch.no_grad()
@@ -69,3 +71,23 @@ def recovery_ratio(teacher: float, degraded: float, recovered: float, min_gap: f
     if abs(gap) < min_gap:
         return None
     return (recovered - degraded) / gap
+
+
+def generation_metrics(students: dict[str, torch.nn.Module], tokenizer, eval_set: ResponseSet, max_new_tokens: int,
+                       batch_size: int = 16, progress: bool = True) -> dict[str, dict]:
+    """Greedy responses of each student against the teacher's: exact-match rate and length ratio.
+
+    Self-distillation is said to shorten responses; the mean of len(student) / len(teacher) per
+    prompt measures it. Per-prompt values are kept for paired intervals.
+    """
+    from ..recover.rollout import generate
+
+    out = {}
+    for name, model in students.items():
+        responses = generate(model, tokenizer, eval_set.prompt_ids, max_new_tokens, batch_size=batch_size,
+                             desc=f"greedy responses ({name})", progress=progress)
+        exact = [float(r == t) for r, t in zip(responses, eval_set.response_ids)]
+        ratio = [len(r) / max(len(t), 1) for r, t in zip(responses, eval_set.response_ids)]
+        out[name] = {"exact_match": sum(exact) / len(exact), "length_ratio": sum(ratio) / len(ratio),
+                     "per_item": {"exact_match": exact, "length_ratio": ratio}}
+    return out

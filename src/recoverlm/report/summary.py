@@ -11,6 +11,8 @@ LABELS = {
     "reverse_kl": "reverse KL (nats/token) ↓",
     "nll": "NLL of teacher responses ↓",
     "top1_agreement": "top-1 agreement ↑",
+    "exact_match": "greedy response = teacher's ↑",
+    "length_ratio": "response length / teacher's",
 }
 
 
@@ -30,6 +32,8 @@ def metrics_table(metrics: dict) -> str:
     m, ratios, cis = metrics["metrics"], metrics.get("recovery_ratio", {}), metrics.get("recovery_ratio_ci", {})
     lines = ["| metric | teacher | degraded | recovered | recovery ratio [95% CI] |", "|---|---|---|---|---|"]
     for key, label in LABELS.items():
+        if key not in m["teacher"]:
+            continue
         lines.append(f"| {label} | {_fmt(m['teacher'][key])} | {_fmt(m['degraded'][key])} | "
                      f"{_fmt(m['recovered'][key])} | {_ratio_cell(ratios.get(key), cis.get(key))} |")
     return "\n".join(lines)
