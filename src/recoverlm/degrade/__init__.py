@@ -1,0 +1,127 @@
+"""Degradation methods. Each takes a model and returns (model, Constraint).
+
+Every method has the signature fn(model, **params, tokenizer=None, record=None): `params` are the
+user's (defaults below); calibrated methods need the tokenizer to render their calibration texts;
+`record`, when given, is a dict the method fills with what degradation.json should say beyond the
+parameters (calibration hash, new shapes, dropped blocks).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..constraints import QuantGridConstraint, linear_weights
+from ..errors import RecoverLMError
+from .calibration import CALIBRATION_DEFAULTS
+from .gptq import quantize_gptq
+from .nf4 import NF4Constraint, nf4_codes, quantize_nf4
+from .prune import prune_magnitude, prune_nm, prune_wanda
+from .quantize import quantize_rtn
+from .sft import finetune_sft
+from .structured import prune_depth, prune_ffn
+
+_CAL = CALIBRATION_DEFAULTS
+
+# method name -> (function, the parameters it accepts with their defaults)
+METHODS: dict[str, tuple[Callable, dict[str, Any]]] = {
+    "prune.magnitude": (prune_magnitude, {"sparsity": 0.5, "scope": "row"}),
+    "prune.wanda": (prune_wanda, {"sparsity": 0.5, **_CAL}),
+    "prune.nm": (prune_nm, {"n": 2, "m": 4, "score": "magnitude", **_CAL}),
+    "prune.ffn": (prune_ffn, {"fraction": 0.10, **_CAL}),
+    "prune.depth": (prune_depth, {"n_blocks": 3, **_CAL}),
+    "quant.rtn": (quantize_rtn, {"bits": 4, "group_size": 32, "symmetric": False}),
+    "quant.gptq": (quantize_gptq, {"bits": 4, "group_size": 32, "symmetric": False, "percdamp": 0.01,
+                                   "blocksize": 128, **_CAL}),
+    "quant.nf4": (quantize_nf4, {"blocksize": 64}),
+    "sft": (finetune_sft, {"task": "extraction", "n_train": 512, "steps": 200, "batch_size": 8, "lr": 1e-4,
+                           "lora": False, "lora_r": 16, "seed": 0}),
+}
+
+
+def method_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The full parameter set of a method: its defaults overridden by `params`; unknown keys are errors."""
+    if method not in METHODS:
+        raise RecoverLMError(f"unknown degradation method {method!r}; available: {', '.join(sorted(METHODS))}")
+    defaults = METHODS[method][1]
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise RecoverLMError(f"method {method} does not take {', '.join(sorted(unknown))}; it takes {', '.join(defaults)}")
+    return {**defaults, **params}
+
+
+def apply_method(model, method: str, params: dict[str, Any], tokenizer=None, record: dict | None = None):
+    fn, _ = METHODS[method]
+    return fn(model, **method_params(method, params), tokenizer=tokenizer, record=record)
+
+
+@torch.no_grad()
+def matrix_figures(model, constraint) -> dict[str, dict]:
+    """Measured, per decoder matrix: shape, fraction of exact zeros and, on a grid, the bit-width
+    that the levels actually used need (ceil(log2(distinct levels)))."""
+    out = {}
+    for name, weight in linear_weights(model).items():
+        w = weight.detach().float()
+        fig = {"shape": list(w.shape), "sparsity": round((w == 0).float().mean().item(), 6)}
+        codes = None
+        if isinstance(constraint, QuantGridConstraint) and name in constraint.scales:
+            scale, zero = constraint.scales[name].float(), constraint.zeros[name].float()
+            grouped = w.reshape(w.shape[0], scale.shape[1], -1)
+            codes = torch.round(grouped / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
+        elif isinstance(constraint, NF4Constraint) and name in constraint.absmax:
+            codes = nf4_codes(w, constraint.absmax[name])
+        if codes is not None:
+            fig["bits"] = max(1, math.ceil(math.log2(torch.unique(codes).numel())))
+        out[name] = fig
+    return out
+
+
+def _shape(model) -> dict:
+    cfg = model.config
+    return {
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "intermediate_size": getattr(cfg, "intermediate_size", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Path) -> dict:
+    """Load a model, damage it, and save the damaged model with its Constraint and a record."""
+    from .. import models
+    from ..io import atomic_dir, write_json_atomic
+
+    full = method_params(method, params)
+    source = models.resolve_model(model_ref)
+    model = models.load_model(source)
+    tokenizer = models.load_tokenizer(source)
+    before = _shape(model)
+    start = time.perf_counter()
+    details: dict[str, Any] = {}
+    model, constraint = apply_method(model, method, full, tokenizer=tokenizer, record=details)
+    seconds = time.perf_counter() - start
+    check = constraint.verify(model)
+    if isinstance(check, dict):
+        check.pop("per_matrix", None)  # the same figures are in "matrices", with shapes and bits
+    record = {
+        "method": method,
+        "params": full,
+        "source_model": str(source),
+        "source_hash": models.model_hash(source),
+        "calibration": details.pop("calibration", None),
+        "constraint": check,
+        "model": {"before": before, "after": _shape(model)},
+        **details,
+        "seconds": round(seconds, 2),
+        "matrices": matrix_figures(model, constraint),
+    }
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        constraint.save(tmp)
+        write_json_atomic(tmp / "degradation.json", record)
+    return record
+
