@@ -120,3 +120,16 @@ def test_corrupt_weights(tmp_path, tiny_model):
     shutil.copytree(tiny_model, bad)
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     _one_line_error(runner.invoke(app, ["degrade", "--model", str(bad), "--out", str(tmp_path / "o")]), "cannot load model")
+
+
+def test_report_writes_html_with_embedded_plots(tmp_path, tiny_model, prompt_file):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(_config(tmp_path, tiny_model, prompt_file)), "--out", str(out)]).exit_code == 0
+    for name in ("cka_layers.png", "recovery_curve.png", "report.html"):
+        assert (out / name).exists() and (out / name).stat().st_size > 1000, name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "<table>" in page
+    (out / "report.html").unlink()
+    r = runner.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0 and (out / "report.html").exists()
+    _one_line_error(runner.invoke(app, ["report", str(tmp_path)]), "not a finished run folder")

@@ -197,15 +197,12 @@ def run(
 @app.command()
 @cli_errors
 def report(run_dir: Path = typer.Argument(..., help="A run folder written by `recoverlm run`.")) -> None:
-    """Rewrite summary.md for a run folder and print it."""
-    from .io import write_text_atomic
-    from .report.summary import summary_markdown
+    """Write summary.md and report.html (plots embedded) for a run folder, and print the summary."""
+    from .report.summary import write_report
 
     if not (run_dir / "metrics.json").exists():
         raise RecoverLMError(f"{run_dir} is not a finished run folder (no metrics.json)")
-    text = summary_markdown(run_dir)
-    write_text_atomic(run_dir / "summary.md", text)
-    typer.echo(text)
+    typer.echo(write_report(run_dir))
 
 
 def main() -> None:  # pragma: no cover

@@ -17,7 +17,7 @@ from .errors import RecoverLMError
 from .evaluate.compare import evaluate_models
 from .io import read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
-from .report.summary import summary_markdown
+from .report.summary import write_report
 
 
 def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
@@ -66,10 +66,9 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
         cka = read_json(cka_path)
     else:
         log("[4/5] cka: per-layer linear CKA against the teacher")
-        cka = cka_models(teacher, students, cfg.data, cfg.cka.batch_size, progress, log)
+        cka = cka_models(teacher, students, cfg.data, cfg.cka.batch_size, progress, log, plots_dir=out)
         write_json_atomic(cka_path, cka)
 
-    log("[5/5] report: summary.md")
-    summary = summary_markdown(out)
-    write_text_atomic(out / "summary.md", summary)
+    log("[5/5] report: summary.md and report.html")
+    summary = write_report(out)
     return {"metrics": metrics, "cka": cka, "summary": summary}

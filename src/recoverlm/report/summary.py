@@ -78,7 +78,14 @@ def summary_markdown(run_dir: Path) -> str:
         "paired bootstrap over held-out prompts (2000 resamples).",
     ]
     if (run_dir / "cka.json").exists():
-        parts += ["", "## Linear CKA with the teacher, layer by layer", "", cka_table(read_json(run_dir / "cka.json"))]
+        parts += ["", "## Linear CKA with the teacher, layer by layer", ""]
+        if (run_dir / "cka_layers.png").exists():
+            parts += ["![CKA by layer](cka_layers.png)", ""]
+        parts += [cka_table(read_json(run_dir / "cka.json"))]
+        for png in sorted(run_dir.glob("cka_cross_*.png")):
+            parts += ["", f"![cross-layer CKA]({png.name})"]
+    if (run_dir / "recovery_curve.png").exists():
+        parts += ["", "## During recovery", "", "![held-out teacher KL and mean CKA by step](recovery_curve.png)"]
     return "\n".join(parts) + "\n"
 
 
@@ -88,3 +95,20 @@ def _constraint(check: dict) -> str:
     if check.get("kind") == "quant_grid":
         return f"{check['bits']}-bit grid, {check['matrices']} matrices on grid (verified exactly)"
     return "none"
+
+
+def write_report(run_dir: Path) -> str:
+    """summary.md and the self-contained report.html for a finished run folder."""
+    from ..io import write_text_atomic
+    from .html import markdown_to_html
+
+    run_dir = Path(run_dir)
+    curve = run_dir / "recovered" / "metrics.jsonl"
+    if curve.exists():
+        from .curves import plot_recovery_curve
+
+        plot_recovery_curve(curve, run_dir / "recovery_curve.png")
+    text = summary_markdown(run_dir)
+    write_text_atomic(run_dir / "summary.md", text)
+    write_text_atomic(run_dir / "report.html", markdown_to_html(text, run_dir, f"recoverlm: {run_dir.name}"))
+    return text

@@ -1,0 +1,36 @@
+"""The recovery curve: held-out teacher KL and mean CKA at every evaluation during training."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    if len(rows) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(steps, [r["kl"] for r in rows], "o-", color="tab:red", label="held-out teacher KL")
+    ax.set_xlabel("step")
+    ax.set_ylabel("teacher KL (nats/token)", color="tab:red")
+    if all("cka" in r for r in rows):
+        ax2 = ax.twinx()
+        ax2.plot(steps, [sum(r["cka"]) / len(r["cka"]) for r in rows], "s--", color="tab:blue", label="mean CKA")
+        ax2.set_ylabel("mean linear CKA over layers", color="tab:blue")
+    ax.set_title("Recovery: fidelity and alignment with the teacher")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=Path(path).parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return Path(path)
