@@ -1,0 +1,146 @@
+"""The shipped lm-eval task suites and a runner for an in-memory model.
+
+Each suite is a plain lm-eval task folder under SUITES_DIR (YAML + JSONL + utils.py), named
+`recoverlm_<suite>` so it cannot clash with lm-eval's own tasks (lm-eval ships an `arithmetic`).
+The YAMLs take their data files from `!function utils.DATA_FILES`, an absolute path computed next
+to the YAML, so they load from any working directory. From a shell:
+    lm_eval --include_path <SUITES_DIR> --tasks recoverlm_knowledge,recoverlm_arithmetic ...
+    lm_eval --include_path <SUITES_DIR> --tasks recoverlm_instructions --apply_chat_template ...
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from recoverlm.errors import RecoverLMError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+TASK_PREFIX = "recoverlm_"
+# Suites scored on chat-formatted prompts unless the caller says otherwise.
+CHAT_SUITES = frozenset({"instructions"})
+
+
+def available_suites() -> list[str]:
+    return sorted(p.parent.name for p in SUITES_DIR.glob("*/*.yaml"))
+
+
+def run_suites(
+    model,
+    tokenizer,
+    suites: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    apply_chat_template: bool | None = None,
+    max_gen_toks: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate an in-memory HF causal LM on suites, offline, through lm-eval.
+
+    `suites` holds shipped suite names (see available_suites()), other lm-eval task/group names or
+    paths to task YAMLs. apply_chat_template=None uses each shipped suite's default (CHAT_SUITES;
+    off for everything else). Returns {suite: {metric: value, "n": items, "stderr": {metric: se},
+    "items": {metric: per-item scores in doc order}}}, plus "by_category" where docs have a category.
+    """
+    ours = set(available_suites())
+    for s in suites:
+        if s.endswith((".yaml", ".yml")) and not Path(s).is_file():
+            raise RecoverLMError(f"task YAML not found: {s}")
+    foreign = [s for s in suites if s not in ours and not _is_yaml(s)]
+    chat = {s: (s in CHAT_SUITES) if apply_chat_template is None else apply_chat_template for s in suites}
+
+    _go_offline()
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(SUITES_DIR), include_defaults=bool(foreign))
+    unknown = [s for s in foreign if s not in manager.all_tasks]
+    if unknown:
+        raise RecoverLMError(
+            f"unknown suite {', '.join(map(repr, unknown))}: available suites are {', '.join(sorted(ours))} "
+            "(or any lm-eval task name or task YAML path)"
+        )
+    needs_template = [s for s in suites if chat[s]]
+    if needs_template and not getattr(tokenizer, "chat_template", None):
+        raise RecoverLMError(
+            f"suite {needs_template[0]!r} uses a chat template but the tokenizer has none; "
+            "pass apply_chat_template=False to score plain prompts"
+        )
+
+    was_training = model.training
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # puts the model in eval mode
+    gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
+    out = {}
+    try:
+        for suite in suites:
+            task = TASK_PREFIX + suite if suite in ours else str(Path(suite).resolve()) if _is_yaml(suite) else suite
+            res = lm_eval.simple_evaluate(
+                model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True,
+                apply_chat_template=chat[suite], gen_kwargs=gen_kwargs, bootstrap_iters=1000,
+            )
+            out[suite] = _summarise(suite, res)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _is_yaml(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) and Path(name).is_file()
+
+
+def _go_offline() -> None:
+    """Keep datasets and the Hub client off the network (they read these flags at import time)."""
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets.config
+    import huggingface_hub.constants
+
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def _summarise(suite: str, res: dict) -> dict[str, Any]:
+    """One simple_evaluate result (a single requested task or group) -> metrics, stderr and items."""
+    members = set(chain.from_iterable(res.get("group_subtasks", {}).values()))
+    tops = [name for name in res["results"] if name not in members]
+    if len(tops) != 1:
+        raise RecoverLMError(f"{suite!r} expands to several tasks ({', '.join(tops)}); name them one by one")
+    summary: dict[str, Any] = {}
+    stderr: dict[str, float | None] = {}
+    for key, value in res["results"][tops[0]].items():
+        metric, sep, filt = key.partition(",")
+        if not sep:
+            continue  # alias, sample_len, ...
+        name = metric if filt == "none" else f"{metric},{filt}"
+        if metric.endswith("_stderr"):
+            stderr[name.replace("_stderr", "", 1)] = _number(value)
+        else:
+            summary[name] = _number(value)
+
+    items, by_cat = defaultdict(list), defaultdict(lambda: defaultdict(list))
+    for task in sorted(res["samples"]):  # leaf tasks; a group's items are concatenated in name order
+        for sample in sorted(res["samples"][task], key=lambda s: s["doc_id"]):
+            for metric in sample["metrics"]:
+                value = sample[metric]
+                if isinstance(value, (bool, int, float)):
+                    items[metric].append(float(value))
+                    if "category" in sample["doc"]:
+                        by_cat[sample["doc"]["category"]][metric].append(float(value))
+    summary["n"] = sum(int(n["effective"]) for n in res["n-samples"].values())
+    summary["stderr"] = stderr
+    summary["items"] = dict(items)
+    if by_cat:
+        summary["by_category"] = {c: {m: sum(v) / len(v) for m, v in ms.items()} for c, ms in sorted(by_cat.items())}
+    return summary
+
+
+def _number(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None  # lm-eval writes "N/A" where it has no stderr
+    return value if math.isfinite(value) else None
