@@ -133,3 +133,17 @@ def test_report_writes_html_with_embedded_plots(tmp_path, tiny_model, prompt_fil
     r = runner.invoke(app, ["report", str(out)])
     assert r.exit_code == 0 and (out / "report.html").exists()
     _one_line_error(runner.invoke(app, ["report", str(tmp_path)]), "not a finished run folder")
+
+
+def test_evaluate_task_suites_with_ratios(tmp_path, tiny_model, prompt_file):
+    cfg = _config(tmp_path, tiny_model, prompt_file)
+    deg = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(deg)]).exit_code == 0
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["evaluate", "--model", str(deg), "--degraded", str(deg), "--teacher", str(tiny_model),
+                            "--out", str(out), "--config", str(cfg), "--suite", "knowledge,arithmetic", "--limit", "6"])
+    assert r.exit_code == 0, r.output
+    tasks = json.loads(out.read_text())["tasks"]
+    assert set(tasks["results"]) == {"teacher", "degraded", "recovered"}
+    assert 0.0 <= tasks["results"]["teacher"]["knowledge"]["acc"] <= 1.0
+    assert "knowledge/acc" in tasks["recovery_ratio_ci"]

@@ -139,21 +139,35 @@ def evaluate(
     degraded: Optional[Path] = typer.Option(None, help="The degraded model, for recovery ratios."),
     out: Path = typer.Option(..., help="Where to write the metrics JSON."),
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
+    suite: str = typer.Option("fidelity", help="Comma-separated: fidelity and/or task suites "
+                              "(knowledge, instructions, arithmetic, or any lm-eval task or YAML path)."),
+    limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all)."),
 ) -> None:
-    """Teacher-fidelity metrics (KL, NLL, top-1 agreement) and recovery ratios."""
-    from .evaluate.compare import evaluate_models
+    """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
+    from .evaluate.compare import evaluate_models, evaluate_task_suites
+    from .evaluate.tasks import available_suites
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
+    names = [s.strip() for s in suite.split(",") if s.strip()]
+    if not names:
+        raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
     students = {"recovered": model} if degraded else {"model": model}
     if degraded:
         students = {"degraded": degraded, **students}
-    report = evaluate_models(teacher, students, data_cfg)
+    tasks = [n for n in names if n != "fidelity"]
+    report = evaluate_models(teacher, students, data_cfg) if "fidelity" in names else {"metrics": {}}
+    if tasks:
+        report["tasks"] = evaluate_task_suites(teacher, students, tasks, limit)
     write_json_atomic(out, report)
     for name, m in report["metrics"].items():
         typer.echo(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     for k, v in report.get("recovery_ratio", {}).items():
         typer.echo(f"recovery ratio {k}: {'n/a' if v is None else f'{v:.3f}'}")
+    for name, res in report.get("tasks", {}).get("results", {}).items():
+        for s_name, r in res.items():
+            scores = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
+            typer.echo(f"{name:10s} {s_name}: {scores} (n={r.get('n')})")
 
 
 @app.command()

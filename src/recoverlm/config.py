@@ -95,6 +95,9 @@ class RecoverConfig(_Strict):
 
 class EvalConfig(_Strict):
     batch_size: int = Field(8, ge=1)
+    suites: list[str] = Field(default_factory=list)  # task suites beside fidelity, e.g. [knowledge, instructions]
+    suite_limit: Optional[int] = Field(None, ge=1)  # items per suite (None = all)
+    generation: bool = True  # greedy exact match and length ratio against the teacher
 
 
 class CKAConfig(_Strict):

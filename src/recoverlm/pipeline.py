@@ -14,7 +14,7 @@ from .analysis.layers import cka_models
 from .config import RunConfig, dump_config
 from .degrade import degrade
 from .errors import RecoverLMError
-from .evaluate.compare import evaluate_models
+from .evaluate.compare import evaluate_models, evaluate_task_suites
 from .io import read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
 from .report.summary import write_report
@@ -57,7 +57,11 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
         metrics = read_json(metrics_path)
     else:
         log("[3/5] evaluate: teacher fidelity on held-out prompts")
-        metrics = evaluate_models(teacher, students, cfg.data, cfg.evaluate.batch_size, progress, log)
+        metrics = evaluate_models(teacher, students, cfg.data, cfg.evaluate.batch_size, progress, log,
+                                  generation=cfg.evaluate.generation)
+        if cfg.evaluate.suites:
+            metrics["tasks"] = evaluate_task_suites(teacher, students, cfg.evaluate.suites, cfg.evaluate.suite_limit,
+                                                    cfg.evaluate.batch_size, log)
         write_json_atomic(metrics_path, metrics)
 
     cka_path = out / "cka.json"

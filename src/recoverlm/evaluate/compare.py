@@ -59,3 +59,32 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
             m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m]) for m in metrics
         }
     return report
+
+
+def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: list[str], limit: int | None = None,
+                         batch_size: int = 8, log=print) -> dict:
+    """Task suites (lm-eval) for the teacher and every student, one model in memory at a time.
+
+    Higher is better for every suite metric; recovery ratios come with paired bootstrap intervals
+    over the suite's items when both "degraded" and "recovered" are present.
+    """
+    from .tasks import run_suites
+
+    teacher_path = models.resolve_model(teacher_ref)
+    tokenizer = models.load_tokenizer(teacher_path)
+    refs = {"teacher": teacher_path, **students}
+    results = {}
+    for name, ref in refs.items():
+        log(f"task suites {', '.join(suites)}: {name}")
+        model = models.load_model(ref, dtype=torch.float32)
+        results[name] = run_suites(model, tokenizer, suites, limit=limit, batch_size=batch_size)
+        del model
+    report = {"suites": suites, "limit": limit, "results": results}
+    if "degraded" in results and "recovered" in results:
+        ratios = {}
+        for suite in suites:
+            for metric, items in results["teacher"][suite].get("items", {}).items():
+                ratios[f"{suite}/{metric}"] = recovery_ratio_ci(
+                    items, results["degraded"][suite]["items"][metric], results["recovered"][suite]["items"][metric])
+        report["recovery_ratio_ci"] = ratios
+    return report

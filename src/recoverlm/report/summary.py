@@ -39,6 +39,19 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def tasks_table(tasks: dict) -> str:
+    res, cis = tasks["results"], tasks.get("recovery_ratio_ci", {})
+    lines = ["| suite / metric | teacher | degraded | recovered | recovery ratio [95% CI] | items |", "|---|---|---|---|---|---|"]
+    for suite in tasks["suites"]:
+        for metric in res["teacher"][suite].get("items", {}):
+            key = f"{suite}/{metric}"
+            ci = cis.get(key)
+            cells = [_fmt(res[name][suite].get(metric)) for name in ("teacher", "degraded", "recovered")]
+            lines.append(f"| {key} | {' | '.join(cells)} | {_ratio_cell(ci['ratio'] if ci else None, ci)} | "
+                         f"{res['teacher'][suite].get('n', '?')} |")
+    return "\n".join(lines)
+
+
 def cka_table(cka: dict) -> str:
     deg, rec = cka["cka"]["degraded"], cka["cka"]["recovered"]
     lines = ["| layer | CKA degraded | CKA recovered |", "|---|---|---|"]
@@ -77,6 +90,8 @@ def summary_markdown(run_dir: Path) -> str:
         "Recovery ratio = (recovered - degraded) / (teacher - degraded); 1 is full recovery. The interval is a "
         "paired bootstrap over held-out prompts (2000 resamples).",
     ]
+    if "tasks" in metrics:
+        parts += ["", "## Task suites", "", tasks_table(metrics["tasks"])]
     if (run_dir / "cka.json").exists():
         parts += ["", "## Linear CKA with the teacher, layer by layer", ""]
         if (run_dir / "cka_layers.png").exists():
