@@ -175,16 +175,18 @@ def evaluate(
 def cka(
     teacher: str = typer.Option(..., help="The teacher (embedded name or HF folder)."),
     student: list[Path] = typer.Option(..., help="Student folder(s) to compare (repeatable)."),
-    out: Path = typer.Option(..., help="Where to write cka.json."),
+    out: Path = typer.Option(..., help="Where to write cka.json (plots go beside it)."),
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
+    pooling: str = typer.Option("token", help="token (every real token) or mean (one vector per sequence)."),
+    cross_tokens: int = typer.Option(4096, help="Token sample for the cross-layer matrix; 0 skips it."),
 ) -> None:
-    """Per-layer linear CKA between teacher and student hidden states."""
+    """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
     names = {p.name or str(p): p for p in student}
-    result = cka_models(teacher, names, data_cfg)
+    result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent)
     write_json_atomic(out, result)
     for name, r in result["cka"].items():
         mean = sum(r["linear"]) / len(r["linear"])

@@ -102,6 +102,8 @@ class EvalConfig(_Strict):
 
 class CKAConfig(_Strict):
     batch_size: int = Field(8, ge=1)
+    pooling: Literal["token", "mean"] = "token"  # every real token, or one mean vector per sequence
+    cross_tokens: int = Field(4096, ge=0)  # token sample for the cross-layer matrix; 0 = skip it
 
 
 class RunConfig(_Strict):
