@@ -262,9 +262,9 @@ class Recovery:
         row = {"step": step, "stage": _stage(step, self.cfg), **(train or {}),
                **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}
         if self.cfg.cka_every_eval:
-            from ..analysis.capture import layer_cka
+            from ..analysis.capture import trajectory
 
-            row["cka"] = layer_cka(self.teacher, {"student": model}, self.heldout, self.pad_id, progress=False)["student"]["linear"]
+            row["cka"] = trajectory(self.teacher, model, self.heldout, self.pad_id)
         model.train()
         self.history.append(row)
         if self.acc.is_main_process:
