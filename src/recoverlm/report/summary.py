@@ -52,6 +52,34 @@ def tasks_table(tasks: dict) -> str:
     return "\n".join(lines)
 
 
+def correlation_text(metrics_jsonl: Path) -> str:
+    """CKA (layer mean, last layer) against held-out teacher KL across the run's evaluations,
+    raw and with training step partialled out: both grow with training, so only the partial
+    correlation says anything beyond "more steps"."""
+    import json
+
+    from ..analysis.correlate import correlate_recovery
+
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last"), n_boot=1000, n_perm=2000)
+    if res["n"] < 4:
+        return (f"Only {res['n']} evaluations with CKA in this run: too few for a correlation. Set "
+                "`recover.eval_every` lower, or pool runs with `recoverlm.analysis.correlate.correlate_recovery`.")
+    lines = [f"Across {res['n']} evaluations (teacher KL is lower-is-better, so alignment that helps shows as a "
+             "negative r).", "", "| CKA feature | Pearson r [95% CI], p | Spearman rho, p | partial r (step removed) [95% CI], p |",
+             "|---|---|---|---|"]
+    for name, f in res["features"].items():
+        lines.append(f"| {name} | {_corr(f['pearson'])} | {_corr(f['spearman'], ci=False)} | {_corr(f['partial'])} |")
+    return "\n".join(lines)
+
+
+def _corr(c: dict, ci: bool = True) -> str:
+    if c.get("r") is None:
+        return f"n/a ({c.get('reason')})"
+    interval = f" [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]" if ci and c.get("ci") else ""
+    return f"{c['r']:.2f}{interval}, p={c['p']:.3f}"
+
+
 def cka_table(cka: dict) -> str:
     deg, rec = cka["cka"]["degraded"], cka["cka"]["recovered"]
     lines = ["| layer | CKA degraded | CKA recovered |", "|---|---|---|"]
@@ -101,6 +129,9 @@ def summary_markdown(run_dir: Path) -> str:
             parts += ["", f"![cross-layer CKA]({png.name})"]
     if (run_dir / "recovery_curve.png").exists():
         parts += ["", "## During recovery", "", "![held-out teacher KL and mean CKA by step](recovery_curve.png)"]
+    curve = run_dir / "recovered" / "metrics.jsonl"
+    if curve.exists():
+        parts += ["", "## Does CKA track recovery?", "", correlation_text(curve)]
     return "\n".join(parts) + "\n"
 
 
