@@ -44,6 +44,16 @@ def _param(model, name: str) -> torch.nn.Parameter:
     return params[name]
 
 
+def modules_of(model, weight_names, label: str):
+    """(weight name, owning module) for each name, or one clear error naming the missing module."""
+    named = dict(model.named_modules())
+    for name in weight_names:
+        module_name = name.rsplit(".", 1)[0]
+        if module_name not in named:
+            raise RecoverLMError(f"{label} names {module_name!r}, which the model does not have")
+        yield name, named[module_name]
+
+
 class Constraint:
     kind = "none"
 
@@ -153,12 +163,7 @@ class QuantGridConstraint(Constraint):
         return 0, 2**self.bits - 1
 
     def _modules(self, model):
-        named = dict(model.named_modules())
-        for name in self.scales:
-            module_name = name.rsplit(".", 1)[0]
-            if module_name not in named:
-                raise RecoverLMError(f"quantization grid names {module_name!r}, which the model does not have")
-            yield name, named[module_name]
+        return modules_of(model, self.scales, "quantization grid")
 
     def attach(self, model) -> None:
         from torch.nn.utils import parametrize

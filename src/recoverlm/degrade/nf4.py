@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..constraints import CONSTRAINT_FILE, Constraint, _param, linear_weights
+from ..constraints import CONSTRAINT_FILE, Constraint, _param, linear_weights, modules_of
 from ..errors import RecoverLMError
 from ..io import read_json, write_json_atomic
 from .checks import check_divides, check_int
@@ -85,12 +85,7 @@ class NF4Constraint(Constraint):
     kind: str = field(default="nf4", init=False)
 
     def _modules(self, model):
-        named = dict(model.named_modules())
-        for name in self.absmax:
-            module_name = name.rsplit(".", 1)[0]
-            if module_name not in named:
-                raise RecoverLMError(f"NF4 grid names {module_name!r}, which the model does not have")
-            yield name, named[module_name]
+        return modules_of(model, self.absmax, "NF4 grid")
 
     def attach(self, model) -> None:
         from torch.nn.utils import parametrize

@@ -19,7 +19,17 @@ from ..tasks import TASKS, load_task_data, task_accuracy
 EVAL_N = 32  # held-out items for the before/after accuracy in the record: cheap, and enough to see the jump
 
 
-def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, tokenizer) -> None:
+def _as_float(value) -> float | None:
+    """A number, or a numeric string: YAML 1.1 (and so `--param lr=1e-4`) reads 1e-4 as a string."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenizer) -> None:
     """Every field is checked before any training, each failure a one-line error naming the field."""
     def integer(name, value, low=1):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -31,7 +41,8 @@ def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, tokenizer) -> 
     integer("steps", steps)
     integer("batch_size", batch_size)
     integer("lora_r", lora_r)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    integer("seed", seed, low=0)
+    if _as_float(lr) is None or not _as_float(lr) > 0:
         raise RecoverLMError(f"sft: lr must be a number > 0, got {lr!r}")
     if not isinstance(lora, bool):
         raise RecoverLMError(f"sft: lora must be true or false, got {lora!r}")
@@ -61,13 +72,14 @@ def response_nll(model, batch) -> torch.Tensor:
 def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int = 200, batch_size: int = 8,
                  lr: float = 1e-4, lora: bool = False, lora_r: int = 16, seed: int = 0, tokenizer=None,
                  record: dict | None = None):
-    """Plain SFT on `task` (a built-in task or a prompt/response JSONL): full fine-tuning, or a LoRA
-    adapter merged back so the result is a plain HF model. Returns (model, Constraint())."""
+    """Plain SFT on `task` (a built-in task, `n_train` generated items; or every record of a
+    prompt/response JSONL): full fine-tuning, or a LoRA adapter merged back so the result is a
+    plain HF model. Returns (model, Constraint())."""
     from ..config import LoraConfig
     from ..data import collate, texts_hash
     from ..recover.lora import merged_for_export, wrap_lora
 
-    _validate(task, n_train, steps, batch_size, lr, lora, lora_r, tokenizer)
+    _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenizer)
     pairs = load_task_data(task, n=n_train, seed=seed)
     prompt_ids, response_ids = _encode(tokenizer, pairs)
     builtin = str(task) in TASKS
@@ -79,7 +91,7 @@ def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int
     constraint = Constraint()
     trained = wrap_lora(model, LoraConfig(r=lora_r), constraint) if lora else model
     params = [p for p in trained.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=_as_float(lr), weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses, tokens = [], 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import re
 
+from .sampling import distinct_items
+
 NAME = "extraction"
 FIELDS = ("name", "city", "age", "job", "year")
 
@@ -54,13 +56,7 @@ def format_answer(fields: dict) -> str:
 
 def generate(n: int, seed: int) -> list[dict]:
     """`n` items with distinct prompts; the same (n, seed) always gives the same list."""
-    rng, seen, items = random.Random(f"{NAME}:{seed}"), set(), []
-    while len(items) < n:
-        item = _item(rng)
-        if item["prompt"] not in seen:
-            seen.add(item["prompt"])
-            items.append(item)
-    return items
+    return distinct_items(NAME, _item, n, seed)
 
 
 def _normalise(text: str) -> str:

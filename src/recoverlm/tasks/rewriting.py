@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 
+from .sampling import distinct_items
+
 NAME = "rewriting"
 
 _WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "piano", "bread", "candle", "mirror", "garden",
@@ -32,13 +34,7 @@ def _item(rng: random.Random) -> dict:
 
 def generate(n: int, seed: int) -> list[dict]:
     """`n` items with distinct prompts; the same (n, seed) always gives the same list."""
-    rng, seen, items = random.Random(f"{NAME}:{seed}"), set(), []
-    while len(items) < n:
-        item = _item(rng)
-        if item["prompt"] not in seen:
-            seen.add(item["prompt"])
-            items.append(item)
-    return items
+    return distinct_items(NAME, _item, n, seed)
 
 
 def check(response_text: str, item: dict) -> bool:
