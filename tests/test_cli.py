@@ -17,7 +17,7 @@ def _config(tmp_path, tiny_model, prompt_file, **degrade):
         "degrade": degrade or {"method": "prune.magnitude", "params": {"sparsity": 0.5}},
         "data": {"prompts": str(prompt_file), "n_heldout": 4, "max_new_tokens": 8, "top_k_logits": 8,
                  "teacher_generation_dtype": "float32"},
-        "recover": {"offpolicy_steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "warmup_steps": 1},
+        "recover": {"offpolicy_steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 1, "warmup_steps": 1},
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -125,10 +125,10 @@ def test_corrupt_weights(tmp_path, tiny_model):
 def test_report_writes_html_with_embedded_plots(tmp_path, tiny_model, prompt_file):
     out = tmp_path / "run"
     assert runner.invoke(app, ["run", str(_config(tmp_path, tiny_model, prompt_file)), "--out", str(out)]).exit_code == 0
-    for name in ("cka_layers.png", "recovery_curve.png", "report.html"):
+    for name in ("cka_layers.png", "recovery_curve.png", "cka_vs_kl.png", "report.html"):
         assert (out / name).exists() and (out / name).stat().st_size > 1000, name
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 2 and "<table>" in page
+    assert page.count("data:image/png;base64,") >= 3 and "<table>" in page and "partial r" in page
     (out / "report.html").unlink()
     r = runner.invoke(app, ["report", str(out)])
     assert r.exit_code == 0 and (out / "report.html").exists()

@@ -34,3 +34,15 @@ def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
     plt.close(fig)
     os.replace(tmp, path)
     return Path(path)
+
+
+def plot_cka_scatter(metrics_jsonl: Path, path: Path, min_points: int = 4) -> Path | None:
+    """Mean CKA against held-out teacher KL over the run's evaluations, when there are enough of them."""
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("cka")]
+    if len(rows) < min_points:
+        return None
+    from ..analysis.plots import plot_cka_vs_recovery
+
+    return plot_cka_vs_recovery([sum(r["cka"]) / len(r["cka"]) for r in rows], [r["kl"] for r in rows], path,
+                                title="Mean CKA vs held-out KL across evaluations")

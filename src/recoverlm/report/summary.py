@@ -132,6 +132,8 @@ def summary_markdown(run_dir: Path) -> str:
     curve = run_dir / "recovered" / "metrics.jsonl"
     if curve.exists():
         parts += ["", "## Does CKA track recovery?", "", correlation_text(curve)]
+        if (run_dir / "cka_vs_kl.png").exists():
+            parts += ["", "![mean CKA against held-out teacher KL](cka_vs_kl.png)"]
     return "\n".join(parts) + "\n"
 
 
@@ -151,9 +153,10 @@ def write_report(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     curve = run_dir / "recovered" / "metrics.jsonl"
     if curve.exists():
-        from .curves import plot_recovery_curve
+        from .curves import plot_cka_scatter, plot_recovery_curve
 
         plot_recovery_curve(curve, run_dir / "recovery_curve.png")
+        plot_cka_scatter(curve, run_dir / "cka_vs_kl.png")
     text = summary_markdown(run_dir)
     write_text_atomic(run_dir / "summary.md", text)
     write_text_atomic(run_dir / "report.html", markdown_to_html(text, run_dir, f"recoverlm: {run_dir.name}"))
