@@ -236,3 +236,13 @@ def test_overlong_prompts_are_counted(tmp_path, tiny_model, pruned, data_cfg):
     recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1), data_cfg.model_copy(update={"max_prompt_tokens": limit}),
             progress=False, log=logs.append)
     assert any(f"exceed max_prompt_tokens={limit}: skipped" in line for line in logs)
+
+
+@pytest.mark.parametrize("method,params", [("quant.nf4", {"blocksize": 32}), ("quant.gptq", {"bits": 3, "group_size": 32}),
+                                           ("prune.nm", {"n": 2, "m": 4})])
+def test_saved_constraints_survive_recovery(tmp_path, tiny_model, data_cfg, method, params):
+    degraded = tmp_path / "deg"
+    degrade(tiny_model, method, params, degraded)
+    res = recover(tiny_model, degraded, tmp_path / "r", _cfg(lr=5e-2, select_best=False), data_cfg, progress=False)
+    assert res["constraint"]["kind"] == load_constraint(degraded).kind
+    load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))

@@ -225,6 +225,10 @@ def load_constraint(folder: Path) -> Constraint:
         scales = {k[: -len(".scale")]: v for k, v in tensors.items() if k.endswith(".scale")}
         zeros = {k[: -len(".zero")]: v for k, v in tensors.items() if k.endswith(".zero")}
         return QuantGridConstraint(scales, zeros, bits=int(meta["bits"]), symmetric=bool(meta["symmetric"]))
+    if kind == "nf4":
+        from .degrade.nf4 import NF4Constraint
+
+        return NF4Constraint.load(folder)
     if kind == "none":
         return Constraint()
     raise RecoverLMError(f"{meta_path}: unknown constraint kind {kind!r}")
