@@ -246,3 +246,26 @@ def test_saved_constraints_survive_recovery(tmp_path, tiny_model, data_cfg, meth
     res = recover(tiny_model, degraded, tmp_path / "r", _cfg(lr=5e-2, select_best=False), data_cfg, progress=False)
     assert res["constraint"]["kind"] == load_constraint(degraded).kind
     load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))
+
+
+def test_task_prompts_are_scored_by_the_task_teacher(tmp_path, tiny_model, pruned, data_cfg):
+    tasks = tmp_path / "task.jsonl"
+    tasks.write_text("\n".join(json.dumps({"prompt": f"Extract the city: Ann lives in {c}."}) for c in
+                               ["Oslo", "Rome", "Lima", "Kyiv", "Cairo", "Quito"]))
+    cfg = data_cfg.model_copy(update={"task_prompts": tasks})
+    run = trainer_mod.Recovery(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1, onpolicy_steps=2, batch_size=8),
+                               cfg, progress=False)
+    assert set(run.train_set.sources) == {0, 1} and run.task_teacher is not None
+    mixed = [i for i, s in enumerate(run.train_set.sources) if s == 0][:2] + \
+            [i for i, s in enumerate(run.train_set.sources) if s == 1][:2]
+    mb = run._micro_batches(1, mixed, on_policy=False)[0]
+    logits = run._teacher_logits(mb)
+    with torch.no_grad():
+        from recoverlm.recover.rollout import completion_logits
+
+        main, task = completion_logits(run.teacher, mb.batch), completion_logits(run.task_teacher, mb.batch)
+    rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths))
+    assert torch.allclose(logits[rows == 0], main[rows == 0], atol=1e-4)
+    assert torch.allclose(logits[rows == 1], task[rows == 1], atol=1e-4)
+    res = run.run()
+    assert res["constraint"]["sparsity"] == pytest.approx(0.5)
