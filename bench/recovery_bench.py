@@ -91,7 +91,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
 
     lines = ["## Recovery at equal budget (`bench/recovery_bench.py`)", "",
-             f"Embedded model, {len(seeds)} seed(s), {offpolicy} off-policy + {onpolicy} on-policy steps of 8 sequences "
+             f"Embedded model{', quick run' if args.quick else ''}, {len(seeds)} seed(s), {offpolicy} off-policy + {onpolicy} on-policy steps of 8 sequences "
              "for `distill`, the same number of steps of cross-entropy on the teacher's text for `sft-replay`. "
              "Recovery ratio on held-out mean teacher KL (1 = the teacher).", "",
              "| degradation | method | recovery ratio (mean ± std) | recovered KL | degraded KL | trained tokens | time (s) |",
@@ -102,8 +102,8 @@ def main() -> None:
             if not sel:
                 continue
             ratios = [r["ratio"] for r in sel]
-            spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
-            lines.append(f"| {name} | {label} | {statistics.mean(ratios):.3f} ± {spread:.3f} | "
+            spread = f"± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else "(1 seed, no spread)"
+            lines.append(f"| {name} | {label} | {statistics.mean(ratios):.3f} {spread} | "
                          f"{statistics.mean(r['kl'] for r in sel):.4f} | {sel[0]['kl_degraded']:.4f} | "
                          f"{statistics.mean(r['tokens'] for r in sel):,.0f} | {statistics.mean(r['seconds'] for r in sel):.0f} |")
     if costs:
