@@ -115,6 +115,7 @@ def recover(
     method: Optional[str] = typer.Option(None, help="distill | sft-replay | none (overrides recover.method)."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (overrides data.prompts)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUT.work/."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
 ) -> None:
     """Self-distil the teacher into the damaged student, keeping its Constraint."""
     from .config import RecoverConfig, parse_config
@@ -126,6 +127,8 @@ def recover(
     rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
     if prompts is not None:
         data_cfg = data_cfg.model_copy(update={"prompts": prompts})
+    if no_chat_template:
+        data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
     typer.echo(f"recovered model written to {out} (held-out teacher KL {last['kl']:.4f} at step {last['step']})")
@@ -142,6 +145,8 @@ def evaluate(
     suite: str = typer.Option("fidelity", help="Comma-separated: fidelity and/or task suites "
                               "(knowledge, instructions, arithmetic, or any lm-eval task or YAML path)."),
     limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all)."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rescore every model, ignoring cached suite results."),
 ) -> None:
     """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
     from .evaluate.compare import evaluate_models, evaluate_task_suites
@@ -149,6 +154,8 @@ def evaluate(
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
+    if no_chat_template:
+        data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
     names = [s.strip() for s in suite.split(",") if s.strip()]
     if not names:
         raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
@@ -158,7 +165,8 @@ def evaluate(
     tasks = [n for n in names if n != "fidelity"]
     report = evaluate_models(teacher, students, data_cfg) if "fidelity" in names else {"metrics": {}}
     if tasks:
-        report["tasks"] = evaluate_task_suites(teacher, students, tasks, limit)
+        report["tasks"] = evaluate_task_suites(teacher, students, tasks, limit, use_cache=not no_cache,
+                                               apply_chat_template=False if no_chat_template else None)
     write_json_atomic(out, report)
     for name, m in report["metrics"].items():
         typer.echo(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -166,8 +174,9 @@ def evaluate(
         typer.echo(f"recovery ratio {k}: {'n/a' if v is None else f'{v:.3f}'}")
     for name, res in report.get("tasks", {}).get("results", {}).items():
         for s_name, r in res.items():
-            scores = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))
-            typer.echo(f"{name:10s} {s_name}: {scores} (n={r.get('n')})")
+            scores = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float) and k != "seconds")
+            source = "cached" if r.get("cached") else f"{r.get('seconds', 0):.0f} s"
+            typer.echo(f"{name:10s} {s_name}: {scores} (n={r.get('n')}, {source})")
 
 
 @app.command()
@@ -185,6 +194,8 @@ def cka(
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
+    if no_chat_template:
+        data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
     names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent)
     write_json_atomic(out, result)
@@ -198,12 +209,15 @@ def cka(
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/demo.yaml)."),
     out: Path = typer.Option(..., help="Run folder; an interrupted run resumes here."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
 ) -> None:
     """The whole experiment: degrade, recover, evaluate, CKA, summary."""
     from .config import load_run_config
     from .pipeline import run_experiment
 
     cfg = load_run_config(config)
+    if no_chat_template:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"use_chat_template": False})})
     result = run_experiment(cfg, out)
     typer.echo("")
     typer.echo(result["summary"])

@@ -61,7 +61,8 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
                                   generation=cfg.evaluate.generation)
         if cfg.evaluate.suites:
             metrics["tasks"] = evaluate_task_suites(teacher, students, cfg.evaluate.suites, cfg.evaluate.suite_limit,
-                                                    cfg.evaluate.batch_size, log)
+                                                    cfg.evaluate.batch_size, log,
+                                                    apply_chat_template=None if cfg.data.use_chat_template else False)
         write_json_atomic(metrics_path, metrics)
 
     cka_path = out / "cka.json"

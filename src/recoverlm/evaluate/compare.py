@@ -62,23 +62,44 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
 
 
 def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: list[str], limit: int | None = None,
-                         batch_size: int = 8, log=print) -> dict:
+                         batch_size: int = 8, log=print, apply_chat_template: bool | None = None,
+                         use_cache: bool = True) -> dict:
     """Task suites (lm-eval) for the teacher and every student, one model in memory at a time.
 
     Higher is better for every suite metric; recovery ratios come with paired bootstrap intervals
-    over the suite's items when both "degraded" and "recovered" are present.
+    over the suite's items when both "degraded" and "recovered" are present. Results are cached by
+    model hash, so the teacher is scored once however many students follow.
     """
-    from .tasks import run_suites
+    from . import suite_cache
+    from .tasks import SUITES_DIR, run_suites, uses_chat_template
 
     teacher_path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(teacher_path)
     refs = {"teacher": teacher_path, **students}
     results = {}
     for name, ref in refs.items():
-        log(f"task suites {', '.join(suites)}: {name}")
-        model = models.load_model(ref, dtype=torch.float32)
-        results[name] = run_suites(model, tokenizer, suites, limit=limit, batch_size=batch_size)
-        del model
+        path = models.resolve_model(ref)
+        entries = {}
+        for suite in suites:
+            settings = {"limit": limit, "batch_size": batch_size, "dtype": "float32",
+                        "chat_template": uses_chat_template(suite, apply_chat_template)}
+            entries[suite] = suite_cache.cache_path(models.model_hash(path), suite,
+                                                    suite_cache.suite_version(suite, SUITES_DIR), settings)
+        cached = {s: suite_cache.load(p) for s, p in entries.items()} if use_cache else {}
+        todo = [s for s in suites if cached.get(s) is None]
+        results[name] = {s: {**cached[s], "cached": True} for s in suites if s not in todo}
+        if todo:
+            log(f"task suites {', '.join(todo)}: {name}")
+            model = models.load_model(path, dtype=torch.float32)
+            fresh = run_suites(model, tokenizer, todo, limit=limit, batch_size=batch_size,
+                               apply_chat_template=apply_chat_template)
+            del model
+            for suite, res in fresh.items():
+                suite_cache.store(entries[suite], res, {"model": str(path), "suite": suite, "limit": limit})
+                results[name][suite] = {**res, "cached": False}
+        else:
+            log(f"task suites {', '.join(suites)}: {name} (cached)")
+        results[name] = {s: results[name][s] for s in suites}
     report = {"suites": suites, "limit": limit, "results": results}
     if "degraded" in results and "recovered" in results:
         ratios = {}

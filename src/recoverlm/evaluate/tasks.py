@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import defaultdict
 from itertools import chain
 from pathlib import Path
@@ -50,8 +51,11 @@ def run_suites(
     for s in suites:
         if s.endswith((".yaml", ".yml")) and not Path(s).is_file():
             raise RecoverLMError(f"task YAML not found: {s}")
+    for s in suites:
+        if _is_yaml(s):
+            check_data_files(Path(s))
     foreign = [s for s in suites if s not in ours and not _is_yaml(s)]
-    chat = {s: (s in CHAT_SUITES) if apply_chat_template is None else apply_chat_template for s in suites}
+    chat = {s: uses_chat_template(s, apply_chat_template) for s in suites}
 
     _go_offline()
     import lm_eval
@@ -69,7 +73,7 @@ def run_suites(
     if needs_template and not getattr(tokenizer, "chat_template", None):
         raise RecoverLMError(
             f"suite {needs_template[0]!r} uses a chat template but the tokenizer has none; "
-            "pass apply_chat_template=False to score plain prompts"
+            "pass apply_chat_template=False (--no-chat-template) to score plain prompts"
         )
 
     was_training = model.training
@@ -79,14 +83,48 @@ def run_suites(
     try:
         for suite in suites:
             task = TASK_PREFIX + suite if suite in ours else str(Path(suite).resolve()) if _is_yaml(suite) else suite
+            start = time.perf_counter()
             res = lm_eval.simple_evaluate(
                 model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=True,
                 apply_chat_template=chat[suite], gen_kwargs=gen_kwargs, bootstrap_iters=1000,
             )
             out[suite] = _summarise(suite, res)
+            out[suite]["seconds"] = time.perf_counter() - start
     finally:
         model.train(was_training)
     return out
+
+
+def uses_chat_template(suite: str, apply_chat_template: bool | None = None) -> bool:
+    """An explicit choice wins; otherwise only the shipped chat suites are rendered as a chat."""
+    return (suite in CHAT_SUITES) if apply_chat_template is None else apply_chat_template
+
+
+def check_data_files(task_yaml: Path) -> None:
+    """Read a task YAML's local JSONL data files first, so a bad line is named by file and line
+    instead of surfacing as a dataset-builder traceback."""
+    import yaml
+
+    from ..data import read_jsonl
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function ... is lm-eval's business
+    try:
+        spec = yaml.load(task_yaml.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecoverLMError(f"cannot read task YAML {task_yaml}: {exc}".splitlines()[0]) from exc
+    files = (spec.get("dataset_kwargs") or {}).get("data_files") if isinstance(spec, dict) else None
+    if isinstance(files, dict):
+        files = list(files.values())
+    for f in files if isinstance(files, list) else [files] if files else []:
+        for name in f if isinstance(f, list) else [f]:
+            path = Path(str(name))
+            if not path.is_absolute() and not path.exists():
+                path = task_yaml.parent / path
+            if path.suffix == ".jsonl":
+                read_jsonl(path)
 
 
 def _is_yaml(name: str) -> bool:

@@ -1,0 +1,52 @@
+"""Task-suite results cached by (model hash, suite, suite version, settings).
+
+A teacher is evaluated against many students, and its suite scores never change: caching them
+means a second evaluation of a new student never runs the teacher again. The suite version is a
+hash of the suite's files (shipped suites and task YAML folders) or the lm-eval version (lm-eval's
+own tasks), so editing a suite invalidates its entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import models
+from ..io import read_json, write_json_atomic
+
+CACHE_VERSION = 1
+
+
+def suite_version(suite: str, suites_dir: Path) -> str:
+    folder = suites_dir / suite if (suites_dir / suite).is_dir() else None
+    if folder is None and suite.endswith((".yaml", ".yml")) and Path(suite).is_file():
+        folder = Path(suite).resolve().parent
+    if folder is None:
+        import lm_eval
+
+        return f"lm-eval {getattr(lm_eval, '__version__', 'unknown')}"
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".yaml", ".yml", ".jsonl", ".json", ".py"}):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def cache_path(model_hash: str, suite: str, version: str, settings: dict[str, Any]) -> Path:
+    key = json.dumps({"model": model_hash, "suite": suite, "version": version, "settings": settings,
+                      "cache": CACHE_VERSION}, sort_keys=True)
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return models.recoverlm_home() / "suite_results" / f"{name}.json"
+
+
+def load(path: Path) -> dict | None:
+    """A cached result, or None; an unreadable entry is treated as missing and later overwritten."""
+    try:
+        return read_json(path)["result"] if path.is_file() else None
+    except (ValueError, KeyError, OSError):
+        return None
+
+
+def store(path: Path, result: dict, meta: dict[str, Any]) -> None:
+    write_json_atomic(path, {"meta": meta, "result": result})
