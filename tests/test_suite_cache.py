@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -107,3 +108,13 @@ def test_no_chat_template_flag(tiny_model, prompt_file, tmp_path):
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["tasks"]["results"]["teacher"]["instructions"]["n"] == 2
     assert report["metrics"]["model"]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_suite_version_follows_the_task_checker(monkeypatch, tmp_path):
+    from recoverlm.tasks import TASKS
+
+    before = suite_cache.suite_version("extraction", SUITES_DIR)
+    fake = tmp_path / "extraction.py"
+    fake.write_text(Path(TASKS["extraction"].__file__).read_text() + "\n# a changed checker\n")
+    monkeypatch.setattr(TASKS["extraction"], "__file__", str(fake))
+    assert suite_cache.suite_version("extraction", SUITES_DIR) != before

@@ -56,7 +56,7 @@ def tiny():
 
 
 def test_suites_are_listed():
-    assert available_suites() == ["arithmetic", "instructions", "knowledge"]
+    assert available_suites() == ["arithmetic", "extraction", "gsm8k", "instructions", "knowledge", "rewriting"]
 
 
 def test_knowledge_data():
@@ -198,7 +198,7 @@ def test_task_yaml_path_from_another_directory(tiny, tmp_path, monkeypatch):
 
 def test_unknown_suite_names_the_available_ones(tiny):
     model, tok = tiny
-    with pytest.raises(RecoverLMError, match="arithmetic, instructions, knowledge"):
+    with pytest.raises(RecoverLMError, match="arithmetic, extraction, gsm8k, instructions, knowledge, rewriting"):
         run_suites(model, tok, ["knowledgee"], limit=2)
     with pytest.raises(RecoverLMError, match="not found"):
         run_suites(model, tok, ["missing/task.yaml"], limit=2)

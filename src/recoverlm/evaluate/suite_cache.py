@@ -30,7 +30,27 @@ def suite_version(suite: str, suites_dir: Path) -> str:
     digest = hashlib.sha256()
     for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".yaml", ".yml", ".jsonl", ".json", ".py"}):
         digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for part in _outside_sources(suite):
+        digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _outside_sources(suite: str) -> list[str]:
+    """What a shipped suite depends on beyond its folder: a built-in task's checker, a data package."""
+    from importlib import metadata
+
+    from ..tasks import TASKS
+    from .tasks import DATA_PACKAGES
+
+    parts = []
+    if suite in TASKS:
+        parts.append(Path(TASKS[suite].__file__).read_text(encoding="utf-8"))
+    if suite in DATA_PACKAGES:
+        try:
+            parts.append(metadata.version(DATA_PACKAGES[suite][1]))
+        except metadata.PackageNotFoundError:
+            parts.append("missing")
+    return parts
 
 
 def cache_path(model_hash: str, suite: str, version: str, settings: dict[str, Any]) -> Path:

