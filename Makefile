@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench degradation-table clean-venv
+.PHONY: demo test test-slow bench degradation-table evaluation-table clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py --out docs/benchmarks.md
+
+evaluation-table: $(STAMP)
+	$(BIN)/python bench/evaluation_table.py --out docs/evaluation.md
 
 clean-venv:
 	rm -rf $(VENV)

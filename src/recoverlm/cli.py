@@ -181,6 +181,34 @@ def evaluate(
 
 @app.command()
 @cli_errors
+def perplexity(
+    model: str = typer.Option(..., help="Embedded model name or HF folder."),
+    data: str = typer.Option(..., help="A .txt/.md/.jsonl file, a save_to_disk folder, or a locally cached dataset name."),
+    column: str = typer.Option("text", help="Text column of a .jsonl file or dataset."),
+    split: str = typer.Option("test", help="Split of a dataset (or of a saved DatasetDict)."),
+    window: Optional[int] = typer.Option(None, help="Tokens per window (default: model positions, at most 1024)."),
+    stride: Optional[int] = typer.Option(None, help="Tokens between window starts (default: window // 2)."),
+    batch_size: int = typer.Option(8, help="Windows per forward pass."),
+    out: Optional[Path] = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """Perplexity of a text corpus with a sliding window (every token after the first scored once)."""
+    from .evaluate.perplexity import load_texts
+    from .evaluate.perplexity import perplexity as run_perplexity
+    from .io import write_json_atomic
+    from .models import load_model, load_tokenizer, resolve_model
+
+    texts = load_texts(data, column=column, split=split)
+    path = resolve_model(model)
+    result = run_perplexity(load_model(path), load_tokenizer(path), texts, window=window, stride=stride,
+                            batch_size=batch_size)
+    if out is not None:
+        write_json_atomic(out, {"model": model, "data": data, "column": column, "split": split, **result})
+    typer.echo(f"perplexity {result['perplexity']:.4f}  nll/token {result['nll']:.4f}  tokens {result['tokens']}"
+               f"  (window {result['window']}, stride {result['stride']})")
+
+
+@app.command()
+@cli_errors
 def cka(
     teacher: str = typer.Option(..., help="The teacher (embedded name or HF folder)."),
     student: list[Path] = typer.Option(..., help="Student folder(s) to compare (repeatable)."),
@@ -188,6 +216,7 @@ def cka(
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
     pooling: str = typer.Option("token", help="token (every real token) or mean (one vector per sequence)."),
     cross_tokens: int = typer.Option(4096, help="Token sample for the cross-layer matrix; 0 skips it."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
 ) -> None:
     """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
