@@ -24,8 +24,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# Each writes its section of docs/benchmarks.md (or its own doc); they take from minutes to hours on CPU.
 bench: $(STAMP)
-	$(BIN)/python bench/run_benchmarks.py --out docs/benchmarks.md
+	$(BIN)/python bench/cka_bench.py
+	$(BIN)/python bench/recovery_bench.py --step-cost
+	$(BIN)/python bench/recovery_bench.py
+
+degradation-table: $(STAMP)
+	$(BIN)/python bench/degradation_table.py --out docs/degradation.md
 
 evaluation-table: $(STAMP)
 	$(BIN)/python bench/evaluation_table.py --out docs/evaluation.md

@@ -1,11 +1,14 @@
-"""How much each degradation method damages the embedded model: held-out NLL, teacher KL, time.
+"""How much each degradation method damages the embedded model: held-out NLL, teacher KL, knowledge, time.
 
     python bench/degradation_table.py --out docs/degradation.md [--model smollm2-135m-instruct] [--quick]
+    python bench/degradation_table.py --only quant.rtn,prune.wanda   # rerun these rows, keep the others
+    python bench/degradation_table.py --render                       # Markdown from the saved JSON
 
 Held-out tokens: every third built-in prompt (all 14 categories), rendered with the model's chat
 template; the tokens of the rendering's constant prefix (the default system prompt) are not scored,
 so the figures measure the user text and the template around it. The first 2048 such tokens are
-scored (512 with --quick). Calibrated methods calibrate on the other built-in prompts, never on a
+scored (512 with --quick). Knowledge is the accuracy on the shipped knowledge suite (341 four-way
+questions; skip it with --no-knowledge). Calibrated methods calibrate on the other built-in prompts, never on a
 held-out one. Teacher KL is KL(teacher || damaged) per scored token, against the undamaged model.
 """
 
@@ -96,6 +99,13 @@ def measure(model, samples, teacher_lp) -> tuple[float, float]:
     return nll / n, kl / n
 
 
+def knowledge(model, tokenizer) -> float:
+    """Accuracy on the whole shipped knowledge suite (log-likelihood of each choice)."""
+    from recoverlm.evaluate.tasks import run_suites
+
+    return run_suites(model, tokenizer, ["knowledge"], batch_size=16)["knowledge"]["acc"]
+
+
 def label(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
@@ -106,6 +116,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
     parser.add_argument("--quick", action="store_true", help="one strength per method, 512 tokens, 32 calibration samples")
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON of the last run")
+    parser.add_argument("--only", default=None, help="comma-separated methods to rerun; the other rows come from the JSON")
+    parser.add_argument("--no-knowledge", action="store_true", help="skip the knowledge-suite column")
     args = parser.parse_args(argv)
     if args.render:
         saved = json.loads(args.out.with_suffix(".json").read_text())
@@ -122,14 +134,22 @@ def main(argv=None) -> None:
     samples, calib_prompts, prefix = heldout(tokenizer, n_tokens)
     teacher_lp = scored_logprobs(teacher, samples)
     base_nll, _ = measure(teacher, samples, teacher_lp)
-    rows = [{"method": "original", "params": "", "nll": base_nll, "kl": 0.0, "seconds": 0.0}]
-    print(f"original: NLL {base_nll:.3f} on {n_tokens} tokens", flush=True)
+    rows = [{"method": "original", "params": "", "nll": base_nll, "kl": 0.0, "seconds": 0.0,
+             "knowledge": None if args.no_knowledge else knowledge(teacher, tokenizer)}]
+    print(f"original: NLL {base_nll:.3f} on {n_tokens} tokens, knowledge {rows[0]['knowledge']}", flush=True)
+    only = set(args.only.split(",")) if args.only else None
+    if only:
+        unknown = only - {m for m, _, _ in RUNS}
+        if unknown:
+            sys.exit(f"--only: unknown method(s) {', '.join(sorted(unknown))}")
+        saved = json.loads(args.out.with_suffix(".json").read_text())["rows"][1:]
+        rows += [r for r in saved if r["method"] not in only]
 
     with tempfile.TemporaryDirectory() as tmp:
         cal_file = Path(tmp) / "calibration.jsonl"
         cal_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in calib_prompts))
         for method, params, in_quick in RUNS:
-            if args.quick and not in_quick:
+            if (args.quick and not in_quick) or (only and method not in only):
                 continue
             full = dict(params)
             if method in CALIBRATED and not (method == "prune.nm" and params["score"] == "magnitude"):
@@ -140,8 +160,11 @@ def main(argv=None) -> None:
             seconds = time.perf_counter() - start
             constraint.verify(model)
             nll, kl = measure(model, samples, teacher_lp)
-            rows.append({"method": method, "params": label(params), "nll": nll, "kl": kl, "seconds": seconds})
-            print(f"{method} {label(params)}: NLL {nll:.3f}  KL {kl:.3f}  {seconds:.0f} s", flush=True)
+            know = None if args.no_knowledge else knowledge(model, tokenizer)
+            rows.append({"method": method, "params": label(params), "nll": nll, "kl": kl, "seconds": seconds,
+                         "knowledge": know})
+            rows = [rows[0]] + sorted(rows[1:], key=lambda r: [(m, label(p)) for m, p, _ in RUNS].index((r["method"], r["params"])))
+            print(f"{method} {label(params)}: NLL {nll:.3f}  KL {kl:.3f}  knowledge {know}  {seconds:.0f} s", flush=True)
             del model
             # Rewritten after every run: a long run shows its progress and loses nothing if stopped.
             write_text_atomic(args.out, render(rows, args, n_tokens, n_calibration, prefix))
@@ -178,13 +201,17 @@ def render(rows, args, n_tokens, n_calibration, prefix, date: str | None = None)
         "NLL is the mean negative log-likelihood per scored token (nats); teacher KL is KL(original || damaged)",
         "per scored token; time is the wall time of the degradation itself, calibration included.",
         "",
-        "| method | parameters | NLL (nats) | ΔNLL | teacher KL | time (s) |",
-        "|---|---|---|---|---|---|",
+        "Knowledge is the accuracy on the shipped knowledge suite (341 questions, four choices: chance 0.25);",
+        "— where a row was measured before that column existed.",
+        "",
+        "| method | parameters | NLL (nats) | ΔNLL | teacher KL | knowledge | time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        know = "—" if r.get("knowledge") is None else f"{r['knowledge']:.3f}"
         lines.append(
             f"| {r['method']} | {r['params'] or '—'} | {r['nll']:.3f} | {r['nll'] - base:+.3f} | {r['kl']:.3f} "
-            f"| {r['seconds']:.1f} |"
+            f"| {know} | {r['seconds']:.1f} |"
         )
     lines += [
         "",
