@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from recoverlm.analysis.capture import hidden_states, layer_cka, pool, trajectory
+from recoverlm.analysis.capture import hidden_states, layer_cka, pool, trajectory, typical_token_mask
+from recoverlm.analysis.cka import linear_cka
 from recoverlm.analysis.correlate import correlate_recovery, partial_correlation, pearson, spearman
 from recoverlm.analysis.plots import plot_cka_vs_recovery, plot_cross_layer, plot_trajectories
 from recoverlm.config import DataConfig
@@ -62,6 +63,39 @@ def test_depth_pruned_student(three_layer, eval_set):
     assert cross["samples"] == 40 and cross["of"] == out["tokens"] == sum(map(len, eval_set.prompt_ids + eval_set.response_ids))
     assert m[0, 0] == pytest.approx(1.0) and m[1, 1] == pytest.approx(1.0)
     assert trajectory(teacher, student, eval_set, PAD) == pytest.approx(out["linear"], abs=1e-12)
+
+
+def test_one_massive_token_dominates_linear_cka_until_left_out():
+    """The reason for typical_token_mask: one shared huge row makes unrelated features look aligned."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 16, generator=g), torch.randn(200, 16, generator=g)  # unrelated
+    x[0], y[0] = 500.0, 500.0  # a sink token, huge in both models
+    assert linear_cka(x, y) > 0.95
+    states = (x[None], x[None] * 2)  # (B=1, T=200, d) at two layers; the teacher's states decide
+    keep = typical_token_mask(states, torch.ones(1, 200, dtype=torch.long), ratio=20.0)[0]
+    assert not keep[0] and keep[1:].all()
+    assert linear_cka(x[keep], y[keep]) < 0.3
+
+
+def test_typical_token_mask_never_keeps_padding_and_checks_the_ratio():
+    h = torch.ones(2, 4, 3)
+    h[1, 3] = 1e6  # a padded position with a huge value must not move the median or be kept
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    keep = typical_token_mask((h,), mask, ratio=5.0)
+    assert keep.tolist() == [[True] * 4, [True, True, True, False]]
+    with pytest.raises(Exception, match="ratio must be > 1"):
+        typical_token_mask((h,), mask, ratio=1.0)
+
+
+def test_layer_cka_leaves_out_the_same_tokens_for_every_model(three_layer, eval_set):
+    teacher = load_model(three_layer)
+    full = layer_cka(teacher, {"self": teacher}, eval_set, PAD, batch_size=4, progress=False)["self"]
+    loose = layer_cka(teacher, {"self": teacher}, eval_set, PAD, batch_size=4, progress=False, massive_ratio=1e9)["self"]
+    assert loose["excluded_tokens"] == 0 and loose["linear"] == pytest.approx(full["linear"], abs=1e-12)
+    tight = layer_cka(teacher, {"self": teacher}, eval_set, PAD, batch_size=4, progress=False, massive_ratio=1.05)["self"]
+    assert 0 < tight["excluded_tokens"] < tight["tokens"]
+    assert tight["samples"] == tight["tokens"] - tight["excluded_tokens"]
+    assert tight["linear"] == pytest.approx([1.0] * 4, abs=1e-9)  # the teacher against itself, on the kept rows
 
 
 def test_capture_stops_before_the_lm_head_and_masks_padding(three_layer):

@@ -217,6 +217,8 @@ def cka(
     pooling: str = typer.Option("token", help="token (every real token) or mean (one vector per sequence)."),
     cross_tokens: int = typer.Option(4096, help="Token sample for the cross-layer matrix; 0 skips it."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
+    massive_ratio: Optional[float] = typer.Option(None, help="Leave out tokens whose teacher hidden-state norm "
+                                                  "exceeds this multiple of the median (attention sinks)."),
 ) -> None:
     """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
@@ -226,11 +228,13 @@ def cka(
     if no_chat_template:
         data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
     names = {p.name or str(p): p for p in student}
-    result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent)
+    result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
+                        massive_ratio=massive_ratio)
     write_json_atomic(out, result)
     for name, r in result["cka"].items():
         mean = sum(r["linear"]) / len(r["linear"])
-        typer.echo(f"{name}: mean CKA {mean:.4f}, last layer {r['linear'][-1]:.4f} over {r['tokens']} tokens")
+        left_out = f" ({r['excluded_tokens']} massive-activation tokens left out)" if r.get("massive_ratio") else ""
+        typer.echo(f"{name}: mean CKA {mean:.4f}, last layer {r['linear'][-1]:.4f} over {r['tokens']} tokens{left_out}")
 
 
 @app.command()

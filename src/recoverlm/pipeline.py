@@ -72,7 +72,8 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     else:
         log("[4/5] cka: per-layer linear CKA against the teacher")
         cka = cka_models(teacher, students, cfg.data, cfg.cka.batch_size, progress, log, pooling=cfg.cka.pooling,
-                         cross_tokens=cfg.cka.cross_tokens, plots_dir=out)
+                         cross_tokens=cfg.cka.cross_tokens, plots_dir=out,
+                         massive_ratio=cfg.cka.massive_ratio)
         write_json_atomic(cka_path, cka)
 
     log("[5/5] report: summary.md and report.html")

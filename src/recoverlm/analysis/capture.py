@@ -68,6 +68,25 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return tuple(states)
 
 
+def typical_token_mask(states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Real tokens whose hidden-state norm stays within `ratio` x the median real-token norm at every layer.
+
+    Decoder LMs park a few "massive activations" (attention-sink tokens: the first token, some
+    delimiters) at norms hundreds of times the median. Linear CKA is a ratio of second moments, so
+    those few rows can dominate it and read as near-perfect alignment while the other tokens differ.
+    The mask is computed from the teacher alone and applied to every model, so all compare the same rows.
+    """
+    if ratio <= 1:
+        raise RecoverLMError(f"massive-activation ratio must be > 1, got {ratio}")
+    real = attention_mask.bool()
+    keep = real.clone()
+    for h in states:
+        norms = h.float().norm(dim=-1).cpu()
+        median = norms[real].median()
+        keep &= norms <= ratio * median
+    return keep
+
+
 def _check_pooling(pooling: str) -> None:
     if pooling not in POOLINGS:
         raise RecoverLMError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -138,16 +157,21 @@ def _cross(xs: list[list[torch.Tensor]], ys: list[list[torch.Tensor]], total: in
 @torch.no_grad()
 def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSet, pad_id: int,
               batch_size: int = 8, progress: bool = True, *, pooling: str = "token", cross_tokens: int = 0,
-              seed: int = 0, max_sequences: int | None = None) -> dict[str, dict]:
+              seed: int = 0, max_sequences: int | None = None,
+              massive_ratio: float | None = None) -> dict[str, dict]:
     """Per student, linear and debiased CKA between teacher layer l and student layer l.
 
     Layer 0 is the embeddings, layer l the output of block l. Layers are paired by index up to the
     shallower model's depth (a depth-pruned student has fewer); `cross_tokens` > 0 adds, per student,
     the full teacher-layers x student-layers matrix on a seeded subsample of at most that many rows
     (tokens, or sequences with pooling="mean"), the same rows for every student. Debiased values
-    are None where undefined (fewer than 4 rows). Each model is run once per batch.
+    are None where undefined (fewer than 4 rows). Each model is run once per batch. With
+    `massive_ratio`, tokens the teacher carries as massive activations (see typical_token_mask) are
+    left out of every model's rows; "excluded_tokens" counts them.
     """
     _check_pooling(pooling)
+    if massive_ratio is not None and not massive_ratio > 1:
+        raise RecoverLMError(f"massive-activation ratio must be > 1, got {massive_ratio}")
     n_seq = len(eval_set) if max_sequences is None else min(max_sequences, len(eval_set))
     total = n_seq if pooling == "mean" else sum(
         len(p) + len(r) for p, r in zip(eval_set.prompt_ids[:n_seq], eval_set.response_ids[:n_seq]))
@@ -156,13 +180,19 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
     depth: dict[str, tuple[int, int]] = {}
     cross_t: list[list[torch.Tensor]] = []
     cross_s: dict[str, list[list[torch.Tensor]]] = {name: [] for name in students}
-    offset = n_tokens = 0
+    offset = n_tokens = excluded = 0
     with _eval_mode(teacher, *students.values()):
         for start in tqdm(range(0, n_seq, batch_size), desc="cka", disable=not progress, leave=False):
             sl = slice(start, min(start + batch_size, n_seq))
             batch = collate(eval_set.prompt_ids[sl], eval_set.response_ids[sl], pad_id)
             n_tokens += int(batch.attention_mask.sum())
-            t_rows = pool(hidden_states(teacher, batch.input_ids, batch.attention_mask), batch.attention_mask, pooling)
+            t_states = hidden_states(teacher, batch.input_ids, batch.attention_mask)
+            rows_mask = batch.attention_mask
+            if massive_ratio is not None:
+                rows_mask = typical_token_mask(t_states, batch.attention_mask, massive_ratio).to(batch.attention_mask.dtype)
+                excluded += int(batch.attention_mask.sum() - rows_mask.sum())
+            t_rows = pool(t_states, rows_mask, pooling)
+            del t_states
             n_rows = t_rows[0].shape[0]
             local = None
             if pick is not None:
@@ -170,7 +200,7 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
                 cross_t.append([h[local] for h in t_rows])
             offset += n_rows
             for name, student in students.items():
-                s_rows = pool(hidden_states(student, batch.input_ids, batch.attention_mask), batch.attention_mask, pooling)
+                s_rows = pool(hidden_states(student, batch.input_ids, batch.attention_mask), rows_mask, pooling)
                 if name not in accs:
                     depth[name] = (len(t_rows), len(s_rows))
                     accs[name] = [LinearCKAAccumulator(t.shape[1], s.shape[1]) for t, s in zip(t_rows, s_rows)]
@@ -185,6 +215,7 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
             "debiased": [_or_none(acc.debiased_value) for acc in a],
             "tokens": n_tokens, "samples": a[0].n if a else 0, "pooling": pooling,
             "teacher_layers": depth[name][0], "student_layers": depth[name][1],
+            "massive_ratio": massive_ratio, "excluded_tokens": excluded,
         }
         if pick is not None:
             result[name]["cross_layer"] = _cross(cross_t, cross_s[name], total, seed)

@@ -15,7 +15,7 @@ from .capture import layer_cka
 
 def cka_models(teacher_ref, students: dict, data_cfg: DataConfig | None = None, batch_size: int = 8,
                progress: bool = True, log=print, *, pooling: str = "token", cross_tokens: int = 4096, seed: int = 0,
-               plots_dir: Path | None = None) -> dict:
+               plots_dir: Path | None = None, massive_ratio: float | None = None) -> dict:
     """Per-layer linear CKA (teacher layer l vs student layer l) for each student, plus the
     cross-layer matrix (every teacher layer vs every student layer) on a seeded subsample of at most
     `cross_tokens` rows; it shows where a depth-pruned or re-ordered student's layers went.
@@ -30,10 +30,10 @@ def cka_models(teacher_ref, students: dict, data_cfg: DataConfig | None = None, 
     teacher = models.load_model(teacher_path, dtype=torch.float32)
     loaded = load_students(teacher_path, students)
     result = layer_cka(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress, pooling=pooling,
-                       cross_tokens=cross_tokens, seed=seed)
+                       cross_tokens=cross_tokens, seed=seed, massive_ratio=massive_ratio)
     cross = {name: r.pop("cross_layer") for name, r in result.items() if "cross_layer" in r}
     out = {"teacher": str(teacher_path), "students": {k: str(v) for k, v in students.items()},
-           "pooling": pooling, "estimator": "linear (streaming, float64)", "cka": result,
+           "pooling": pooling, "massive_ratio": massive_ratio, "estimator": "linear (streaming, float64)", "cka": result,
            "cross_layer": cross, "plots": {}}
     if plots_dir is not None:
         out["plots"] = write_plots(out, Path(plots_dir))
