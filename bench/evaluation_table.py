@@ -1,7 +1,7 @@
 """docs/evaluation.md: what the shipped suites measure on the embedded teacher and on damaged copies.
 
-Damages the embedded model four ways (50% magnitude and 50% Wanda pruning, int4 group-32 RTN, and
-SFT forgetting on the extraction task), then scores the teacher and every damaged model on teacher
+Damages the embedded model five ways (50% magnitude and 50% Wanda pruning, int4 group-32 RTN, and
+SFT forgetting on each built-in task), then scores the teacher and every damaged model on teacher
 fidelity and on each shipped task suite, with the time each suite took. It checks the claims the
 suites rest on: the teacher's knowledge accuracy is at least chance + 15 points, and 50% magnitude
 pruning costs at least 10 points of it. It also runs the plain `lm_eval` CLI on the knowledge suite
@@ -40,7 +40,9 @@ DAMAGES = {
     "wanda-50%": ("prune.wanda", {"sparsity": 0.5}),
     "rtn-int4-g32": ("quant.rtn", {"bits": 4, "group_size": 32}),
     "sft-extraction": ("sft", {"task": "extraction", "steps": 150}),
+    "sft-rewriting": ("sft", {"task": "rewriting", "steps": 150}),
 }
+SFT_TASKS = {"sft-extraction": "extraction", "sft-rewriting": "rewriting"}
 # Items per suite (None = all); the generative suites are capped to keep a CPU run in hours.
 LIMITS = {"knowledge": None, "instructions": None, "arithmetic": 100, "extraction": 50, "rewriting": 50, "gsm8k": 25}
 HEADLINE = {"knowledge": "acc", "instructions": "prompt_level_strict_acc", "arithmetic": "exact_match",
@@ -88,7 +90,7 @@ def main() -> None:
     students = damaged_models(args.model, args.work)
     records = {name: json.loads((path / "degradation.json").read_text()) for name, path in students.items()}
     saved = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "limits": {}, "suites": {},
-             "sft": records["sft-extraction"].get("sft", {})}
+             "sft": {name: records[name].get("sft", {}) for name in SFT_TASKS}}
 
     start = time.perf_counter()
     fid = evaluate_models(teacher, students, DataConfig(), progress=True, generation=False)
@@ -144,13 +146,15 @@ def render(saved: dict) -> str:
         lines.append("- Instruction following (prompt-level strict / loose): " + "; ".join(
             f"{n} {inst[n]['prompt_level_strict_acc']:.3f} / {inst[n]['prompt_level_loose_acc']:.3f}"
             for n in names if n in inst) + ".")
-    sft = saved.get("sft") or {}
-    if sft and "extraction" in suites and know:
-        ext = suites["extraction"]
-        lines.append(f"- SFT forgetting: {sft.get('steps')} steps of full fine-tuning on `extraction` take its task accuracy "
-                     f"{ext['teacher']['acc']:.3f} → {ext['sft-extraction']['acc']:.3f}, while knowledge goes "
-                     f"{know['teacher']['acc']:.3f} → {know['sft-extraction']['acc']:.3f} and teacher KL "
-                     f"0 → {fid.get('sft-extraction', {}).get('kl', float('nan')):.3f}.")
+    for name, task in SFT_TASKS.items():
+        sft = (saved.get("sft") or {}).get(name)
+        if not sft or task not in suites or name not in suites[task] or name not in know or name not in inst:
+            continue
+        lines.append(f"- SFT forgetting: {sft.get('steps')} steps of full fine-tuning on `{task}` take its task accuracy "
+                     f"{suites[task]['teacher']['acc']:.3f} → {suites[task][name]['acc']:.3f}, while knowledge goes "
+                     f"{know['teacher']['acc']:.3f} → {know[name]['acc']:.3f}, instruction following (strict) "
+                     f"{inst['teacher']['prompt_level_strict_acc']:.3f} → {inst[name]['prompt_level_strict_acc']:.3f} "
+                     f"and teacher KL 0 → {fid.get(name, {}).get('kl', float('nan')):.3f}.")
     cli = saved.get("lm_eval_cli")
     if cli and know:
         same = abs(cli["acc"] - know["teacher"]["acc"]) < 1e-9
