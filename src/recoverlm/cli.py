@@ -217,8 +217,8 @@ def cka(
     pooling: str = typer.Option("token", help="token (every real token) or mean (one vector per sequence)."),
     cross_tokens: int = typer.Option(4096, help="Token sample for the cross-layer matrix; 0 skips it."),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
-    massive_ratio: Optional[float] = typer.Option(None, help="Leave out tokens whose teacher hidden-state norm "
-                                                  "exceeds this multiple of the median (attention sinks)."),
+    massive_ratio: float = typer.Option(20.0, help="Leave out tokens whose teacher hidden-state norm exceeds this "
+                                        "multiple of the median (attention sinks); 0 keeps every token."),
 ) -> None:
     """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
@@ -229,7 +229,7 @@ def cka(
         data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
     names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
-                        massive_ratio=massive_ratio)
+                        massive_ratio=massive_ratio or None)
     write_json_atomic(out, result)
     for name, r in result["cka"].items():
         mean = sum(r["linear"]) / len(r["linear"])

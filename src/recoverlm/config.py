@@ -104,8 +104,9 @@ class CKAConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     pooling: Literal["token", "mean"] = "token"  # every real token, or one mean vector per sequence
     cross_tokens: int = Field(4096, ge=0)  # token sample for the cross-layer matrix; 0 = skip it
-    # Leave out tokens the teacher carries as massive activations (norm > ratio x median at some layer).
-    massive_ratio: Optional[float] = Field(None, gt=1.0)
+    # Leave out tokens the teacher carries as massive activations (norm > ratio x median at some
+    # layer: attention sinks such as the first token); null keeps every token.
+    massive_ratio: Optional[float] = Field(20.0, gt=1.0)
 
 
 class RunConfig(_Strict):

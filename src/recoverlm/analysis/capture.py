@@ -27,6 +27,9 @@ from ..recover.response_set import ResponseSet
 from .cka import LinearCKAAccumulator, cka_matrix
 
 POOLINGS = ("token", "mean")
+# Teacher tokens whose hidden-state norm exceeds this multiple of the median are left out of CKA by
+# default (see typical_token_mask); None keeps every token.
+DEFAULT_MASSIVE_RATIO = 20.0
 
 
 class _Stop(Exception):
@@ -158,7 +161,7 @@ def _cross(xs: list[list[torch.Tensor]], ys: list[list[torch.Tensor]], total: in
 def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSet, pad_id: int,
               batch_size: int = 8, progress: bool = True, *, pooling: str = "token", cross_tokens: int = 0,
               seed: int = 0, max_sequences: int | None = None,
-              massive_ratio: float | None = None) -> dict[str, dict]:
+              massive_ratio: float | None = DEFAULT_MASSIVE_RATIO) -> dict[str, dict]:
     """Per student, linear and debiased CKA between teacher layer l and student layer l.
 
     Layer 0 is the embeddings, layer l the output of block l. Layers are paired by index up to the
@@ -223,12 +226,12 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
 
 
 def trajectory(teacher, student, eval_set: ResponseSet, pad_id: int, batch_size: int = 8, pooling: str = "token",
-               max_sequences: int | None = None) -> list[float]:
+               max_sequences: int | None = None, massive_ratio: float | None = DEFAULT_MASSIVE_RATIO) -> list[float]:
     """Per-layer linear CKA of one student against the teacher, for a trainer's periodic evaluation.
 
     No cross-layer matrix and no progress bar; `max_sequences` caps the cost (the first sequences of
     the set, so successive calls compare like with like). Both models get their train/eval mode back.
     """
     out = layer_cka(teacher, {"student": student}, eval_set, pad_id, batch_size, progress=False, pooling=pooling,
-                    max_sequences=max_sequences)
+                    max_sequences=max_sequences, massive_ratio=massive_ratio)
     return out["student"]["linear"]

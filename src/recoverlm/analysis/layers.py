@@ -10,12 +10,12 @@ from .. import models
 from ..config import DataConfig
 from ..evaluate.compare import load_students
 from ..recover.response_set import heldout_set
-from .capture import layer_cka
+from .capture import DEFAULT_MASSIVE_RATIO, layer_cka
 
 
 def cka_models(teacher_ref, students: dict, data_cfg: DataConfig | None = None, batch_size: int = 8,
                progress: bool = True, log=print, *, pooling: str = "token", cross_tokens: int = 4096, seed: int = 0,
-               plots_dir: Path | None = None, massive_ratio: float | None = None) -> dict:
+               plots_dir: Path | None = None, massive_ratio: float | None = DEFAULT_MASSIVE_RATIO) -> dict:
     """Per-layer linear CKA (teacher layer l vs student layer l) for each student, plus the
     cross-layer matrix (every teacher layer vs every student layer) on a seeded subsample of at most
     `cross_tokens` rows; it shows where a depth-pruned or re-ordered student's layers went.

@@ -89,6 +89,13 @@ def cka_table(cka: dict) -> str:
     mean_d = sum(deg["linear"]) / len(deg["linear"])
     mean_r = sum(rec["linear"]) / len(rec["linear"])
     lines.append(f"| **mean** | **{mean_d:.4f}** | **{mean_r:.4f}** |")
+    ratio = deg.get("massive_ratio")
+    if ratio:
+        lines += ["", f"Over {deg['tokens'] - deg.get('excluded_tokens', 0)} held-out tokens; "
+                  f"{deg.get('excluded_tokens', 0)} attention-sink tokens (teacher hidden-state norm above {ratio:g}x "
+                  "the median) are left out, because a few such rows would otherwise dominate linear CKA."]
+    else:
+        lines += ["", f"Over all {deg['tokens']} held-out tokens, attention-sink tokens included."]
     return "\n".join(lines)
 
 
