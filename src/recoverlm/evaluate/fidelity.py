@@ -31,16 +31,18 @@ def fidelity(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSe
     under "per_item" for paired bootstrap intervals.
     """
     sums = {name: {m: 0.0 for m in METRICS} for name in students}
-    per_item = {name: {m: [] for m in METRICS} for name in students}
+    per_item = {name: {m: [0.0] * len(eval_set) for m in METRICS} for name in students}
     n_tokens = 0
+    # Length bucketing: batches of similar lengths waste little on padding; items keep their order.
+    order = sorted(range(len(eval_set)), key=lambda i: len(eval_set.prompt_ids[i]) + len(eval_set.response_ids[i]))
     modes = {name: m.training for name, m in students.items()}
     for m in students.values():
         m.eval()
     teacher.eval()
     for start in tqdm(range(0, len(eval_set), batch_size), desc="fidelity", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
-        batch = collate(eval_set.prompt_ids[sl], eval_set.response_ids[sl], pad_id)
-        lengths = [len(r) for r in eval_set.response_ids[sl]]
+        idx = order[start:start + batch_size]
+        batch = collate([eval_set.prompt_ids[i] for i in idx], [eval_set.response_ids[i] for i in idx], pad_id)
+        lengths = [len(eval_set.response_ids[i]) for i in idx]
         targets = completion_targets(batch)
         t_logits = completion_logits(teacher, batch).float()
         n_tokens += targets.numel()
@@ -55,7 +57,8 @@ def fidelity(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSe
             for metric, v in values.items():
                 v = v.cpu().double()
                 sums[name][metric] += float(v.sum())
-                per_item[name][metric].extend(float(x.mean()) for x in torch.split(v, lengths))
+                for i, x in zip(idx, torch.split(v, lengths)):
+                    per_item[name][metric][i] = float(x.mean())
     for name, m in students.items():
         m.train(modes[name])
     return {
