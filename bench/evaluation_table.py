@@ -152,7 +152,9 @@ def render(saved: dict) -> str:
             continue
         lines.append(f"- SFT forgetting: {sft.get('steps')} steps of full fine-tuning on `{task}` take its task accuracy "
                      f"{suites[task]['teacher']['acc']:.3f} → {suites[task][name]['acc']:.3f}, while knowledge goes "
-                     f"{know['teacher']['acc']:.3f} → {know[name]['acc']:.3f}, instruction following (strict) "
+                     f"{know['teacher']['acc']:.3f} → {know[name]['acc']:.3f} "
+                     f"({'a drop' if know[name]['acc'] < know['teacher']['acc'] else 'NOT a drop'} of "
+                     f"{100 * (know['teacher']['acc'] - know[name]['acc']):+.1f} points), instruction following (strict) "
                      f"{inst['teacher']['prompt_level_strict_acc']:.3f} → {inst[name]['prompt_level_strict_acc']:.3f} "
                      f"and teacher KL 0 → {fid.get(name, {}).get('kl', float('nan')):.3f}.")
     cli = saved.get("lm_eval_cli")
