@@ -32,6 +32,22 @@ def task_accuracy(model, tokenizer, task_name: str, n: int = 64, seed: int = HEL
     return sum(task.check(text, it) for text, it in zip(texts, items)) / n
 
 
+def suite_items(task_name: str, n: int = 200) -> list[dict]:
+    """The held-out items a task's lm-eval suite ships: the first n of what task_accuracy draws, with ids."""
+    return [{"id": f"{task_name}-{i:03d}", **item} for i, item in enumerate(TASKS[task_name].generate(n, HELDOUT_SEED))]
+
+
+def suite_scorer(task_name: str):
+    """lm-eval's process_results for a task suite: the task's own checker decides."""
+    check = TASKS[task_name].check
+
+    def process_results(doc: dict, results: list[str]) -> dict:
+        item = {"prompt": doc["prompt"], "response": doc["response"], "answer": doc["answer"]}
+        return {"acc": int(check(results[0], item))}
+
+    return process_results
+
+
 def load_task_data(name_or_path: str | Path, n: int = 512, seed: int = 0) -> list[dict]:
     """Prompt/response pairs: `n` generated items of a built-in task, or every record of a user JSONL file.
 

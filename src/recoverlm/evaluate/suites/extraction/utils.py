@@ -6,11 +6,7 @@ lm-eval loads this file by path, not as part of the recoverlm package, hence the
 
 from pathlib import Path
 
-from recoverlm.tasks import extraction
+from recoverlm.tasks import suite_scorer
 
 DATA_FILES = {"test": str(Path(__file__).with_name("extraction.jsonl"))}  # see knowledge/utils.py
-
-
-def process_results(doc: dict, results: list[str]) -> dict:
-    item = {"prompt": doc["prompt"], "response": doc["response"], "answer": doc["answer"]}
-    return {"acc": int(extraction.check(results[0], item))}
+process_results = suite_scorer("extraction")

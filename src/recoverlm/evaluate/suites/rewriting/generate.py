@@ -8,16 +8,14 @@ reproduces it byte for byte, and the tests check that it still does).
 import json
 from pathlib import Path
 
-from recoverlm.tasks import HELDOUT_SEED, TASKS
-
-TASK, N = "rewriting", 200
+from recoverlm.tasks import suite_items
 
 
-def generate(n: int = N, seed: int = HELDOUT_SEED) -> list[dict]:
-    return [{"id": f"{TASK}-{i:03d}", **item} for i, item in enumerate(TASKS[TASK].generate(n, seed))]
+def generate() -> list[dict]:
+    return suite_items("rewriting")
 
 
 if __name__ == "__main__":
-    out = Path(__file__).with_name(f"{TASK}.jsonl")
+    out = Path(__file__).with_name("rewriting.jsonl")
     out.write_text("".join(json.dumps(item) + "\n" for item in generate()))
-    print(f"wrote {N} items to {out}")
+    print(f"wrote {out}")
