@@ -92,6 +92,13 @@ def degrade(
     typer.echo(f"degraded model written to {out}")
 
 
+NO_CHAT_TEMPLATE = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template.")
+
+
+def _plain_prompts(data_cfg, no_chat_template: bool):
+    return data_cfg.model_copy(update={"use_chat_template": False}) if no_chat_template else data_cfg
+
+
 def _stage_configs(config: Optional[Path]):
     from .config import DataConfig, RecoverConfig, load_yaml, parse_config
 
@@ -115,7 +122,7 @@ def recover(
     method: Optional[str] = typer.Option(None, help="distill | sft-replay | none (overrides recover.method)."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (overrides data.prompts)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUT.work/."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
+    no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
     """Self-distil the teacher into the damaged student, keeping its Constraint."""
     from .config import RecoverConfig, parse_config
@@ -127,8 +134,7 @@ def recover(
     rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
     if prompts is not None:
         data_cfg = data_cfg.model_copy(update={"prompts": prompts})
-    if no_chat_template:
-        data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
+    data_cfg = _plain_prompts(data_cfg, no_chat_template)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
     typer.echo(f"recovered model written to {out} (held-out teacher KL {last['kl']:.4f} at step {last['step']})")
@@ -145,7 +151,7 @@ def evaluate(
     suite: str = typer.Option("fidelity", help="Comma-separated: fidelity and/or task suites "
                               "(knowledge, instructions, arithmetic, or any lm-eval task or YAML path)."),
     limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all)."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
+    no_chat_template: bool = NO_CHAT_TEMPLATE,
     no_cache: bool = typer.Option(False, "--no-cache", help="Rescore every model, ignoring cached suite results."),
 ) -> None:
     """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
@@ -154,8 +160,7 @@ def evaluate(
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
-    if no_chat_template:
-        data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
+    data_cfg = _plain_prompts(data_cfg, no_chat_template)
     names = [s.strip() for s in suite.split(",") if s.strip()]
     if not names:
         raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
@@ -216,7 +221,7 @@ def cka(
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
     pooling: str = typer.Option("token", help="token (every real token) or mean (one vector per sequence)."),
     cross_tokens: int = typer.Option(4096, help="Token sample for the cross-layer matrix; 0 skips it."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
+    no_chat_template: bool = NO_CHAT_TEMPLATE,
     massive_ratio: float = typer.Option(20.0, help="Leave out tokens whose teacher hidden-state norm exceeds this "
                                         "multiple of the median (attention sinks); 0 keeps every token."),
 ) -> None:
@@ -225,8 +230,7 @@ def cka(
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
-    if no_chat_template:
-        data_cfg = data_cfg.model_copy(update={"use_chat_template": False})
+    data_cfg = _plain_prompts(data_cfg, no_chat_template)
     names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
                         massive_ratio=massive_ratio or None)
@@ -242,15 +246,14 @@ def cka(
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/demo.yaml)."),
     out: Path = typer.Option(..., help="Run folder; an interrupted run resumes here."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template."),
+    no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
     """The whole experiment: degrade, recover, evaluate, CKA, summary."""
     from .config import load_run_config
     from .pipeline import run_experiment
 
     cfg = load_run_config(config)
-    if no_chat_template:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"use_chat_template": False})})
+    cfg = cfg.model_copy(update={"data": _plain_prompts(cfg.data, no_chat_template)})
     result = run_experiment(cfg, out)
     typer.echo("")
     typer.echo(result["summary"])
