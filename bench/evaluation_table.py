@@ -1,7 +1,7 @@
 """docs/evaluation.md: what the shipped suites measure on the embedded teacher and on damaged copies.
 
-Damages the embedded model five ways (50% magnitude and 50% Wanda pruning, int4 group-32 RTN, and
-SFT forgetting on the extraction task at two learning rates), then scores the teacher and every damaged model on teacher
+Damages the embedded model six ways (50% magnitude and 50% Wanda pruning, int4 group-32 RTN, and
+SFT forgetting on each built-in task, plus the extraction task at a 5x higher learning rate), then scores the teacher and every damaged model on teacher
 fidelity and on each shipped task suite, with the time each suite took. It checks the claims the
 suites rest on: the teacher's knowledge accuracy is at least chance + 15 points, and 50% magnitude
 pruning costs at least 10 points of it. It also runs the plain `lm_eval` CLI on the knowledge suite
@@ -40,9 +40,10 @@ DAMAGES = {
     "wanda-50%": ("prune.wanda", {"sparsity": 0.5}),
     "rtn-int4-g32": ("quant.rtn", {"bits": 4, "group_size": 32}),
     "sft-extraction": ("sft", {"task": "extraction", "steps": 150, "lr": 1e-4}),
+    "sft-rewriting": ("sft", {"task": "rewriting", "steps": 150, "lr": 1e-4}),
     "sft-extraction-lr5e-4": ("sft", {"task": "extraction", "steps": 150, "lr": 5e-4}),
 }
-SFT_TASKS = {"sft-extraction": "extraction", "sft-extraction-lr5e-4": "extraction"}
+SFT_TASKS = {"sft-extraction": "extraction", "sft-rewriting": "rewriting", "sft-extraction-lr5e-4": "extraction"}
 # Items per suite (None = all); the generative suites are capped to keep a CPU run in hours.
 LIMITS = {"knowledge": None, "instructions": None, "arithmetic": 100, "extraction": 50, "rewriting": 50, "gsm8k": 25}
 HEADLINE = {"knowledge": "acc", "instructions": "prompt_level_strict_acc", "arithmetic": "exact_match",
