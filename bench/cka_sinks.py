@@ -68,7 +68,7 @@ def main() -> None:
     lines += ["", f"{worse} has the higher teacher KL. Its CKA is below {better}'s at {len(ordered['all'])} of the "
               f"{len(shown)} layers shown over all tokens, and at {len(ordered['typical'])} of {len(shown)} with the "
               f"sinks left out. Over all tokens, {len(flat)} of the layers shown read above 0.999 for both models. "
-              "The reason is that a handful of sink rows, hundreds of times the median norm and left alone by the "
+              "The reason is that a handful of sink rows, each over 20x the median norm and left alone by the "
               "damage, carry most of the second moment that linear CKA normalises by. recoverlm leaves them out "
               "by default (`--massive-ratio 0` keeps them)."]
     print(update_section("cka-sinks", "\n".join(lines)))
