@@ -1,7 +1,7 @@
 """docs/evaluation.md: what the shipped suites measure on the embedded teacher and on damaged copies.
 
-Damages the embedded model six ways (50% magnitude and 50% Wanda pruning, int4 group-32 RTN, and
-SFT forgetting on each built-in task, plus the extraction task at a 5x higher learning rate), then scores the teacher and every damaged model on teacher
+Damages the embedded model seven ways (50% magnitude and 50% Wanda pruning, int4 group-32 RTN, and
+SFT forgetting on each built-in task at two learning rates), then scores the teacher and every damaged model on teacher
 fidelity and on each shipped task suite, with the time each suite took. It checks the claims the
 suites rest on: the teacher's knowledge accuracy is at least chance + 15 points, and 50% magnitude
 pruning costs at least 10 points of it. It also runs the plain `lm_eval` CLI on the knowledge suite
@@ -42,8 +42,10 @@ DAMAGES = {
     "sft-extraction": ("sft", {"task": "extraction", "steps": 150, "lr": 1e-4}),
     "sft-rewriting": ("sft", {"task": "rewriting", "steps": 150, "lr": 1e-4}),
     "sft-extraction-lr5e-4": ("sft", {"task": "extraction", "steps": 150, "lr": 5e-4}),
+    "sft-rewriting-lr5e-4": ("sft", {"task": "rewriting", "steps": 150, "lr": 5e-4}),
 }
-SFT_TASKS = {"sft-extraction": "extraction", "sft-rewriting": "rewriting", "sft-extraction-lr5e-4": "extraction"}
+SFT_TASKS = {"sft-extraction": "extraction", "sft-rewriting": "rewriting", "sft-extraction-lr5e-4": "extraction",
+             "sft-rewriting-lr5e-4": "rewriting"}
 # Items per suite (None = all); the generative suites are capped to keep a CPU run in hours.
 LIMITS = {"knowledge": None, "instructions": None, "arithmetic": 100, "extraction": 50, "rewriting": 50, "gsm8k": 25}
 HEADLINE = {"knowledge": "acc", "instructions": "prompt_level_strict_acc", "arithmetic": "exact_match",
@@ -152,11 +154,11 @@ def render(saved: dict) -> str:
         if not sft or task not in suites or name not in suites[task] or name not in know or name not in inst:
             continue
         lr = DAMAGES[name][1].get("lr")
-        lines.append(f"- SFT forgetting: {sft.get('steps')} steps of full fine-tuning on `{task}` at lr {lr:g} take its task accuracy "
+        lines.append(f"- SFT forgetting: {sft.get('steps')} steps of full fine-tuning on `{task}` at lr {lr:.0e} take its task accuracy "
                      f"{suites[task]['teacher']['acc']:.3f} → {suites[task][name]['acc']:.3f}, while knowledge goes "
                      f"{know['teacher']['acc']:.3f} → {know[name]['acc']:.3f} "
-                     f"({'a drop' if know[name]['acc'] < know['teacher']['acc'] else 'NOT a drop'} of "
-                     f"{100 * (know['teacher']['acc'] - know[name]['acc']):+.1f} points), instruction following (strict) "
+                     f"({'a drop' if know[name]['acc'] < know['teacher']['acc'] else 'NOT a drop: a rise'} of "
+                     f"{100 * abs(know['teacher']['acc'] - know[name]['acc']):.1f} points), instruction following (strict) "
                      f"{inst['teacher']['prompt_level_strict_acc']:.3f} → {inst[name]['prompt_level_strict_acc']:.3f} "
                      f"and teacher KL 0 → {fid.get(name, {}).get('kl', float('nan')):.3f}.")
     cli = saved.get("lm_eval_cli")

@@ -69,8 +69,8 @@ def response_nll(model, batch) -> torch.Tensor:
     return token_nll(completion_logits(model, batch), targets).mean()
 
 
-def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int = 200, batch_size: int = 8,
-                 lr: float = 1e-4, lora: bool = False, lora_r: int = 16, seed: int = 0, tokenizer=None,
+def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int = 150, batch_size: int = 8,
+                 lr: float = 5e-4, lora: bool = False, lora_r: int = 16, seed: int = 0, tokenizer=None,
                  record: dict | None = None):
     """Plain SFT on `task` (a built-in task, `n_train` generated items; or every record of a
     prompt/response JSONL): full fine-tuning, or a LoRA adapter merged back so the result is a
