@@ -143,7 +143,7 @@ def main(argv=None) -> None:
         if unknown:
             sys.exit(f"--only: unknown method(s) {', '.join(sorted(unknown))}")
         saved = json.loads(args.out.with_suffix(".json").read_text())["rows"][1:]
-        rows += [r for r in saved if r["method"] not in only]
+        rows += saved  # each is replaced when its rerun finishes: a stopped run loses no row
 
     with tempfile.TemporaryDirectory() as tmp:
         cal_file = Path(tmp) / "calibration.jsonl"
@@ -161,6 +161,7 @@ def main(argv=None) -> None:
             constraint.verify(model)
             nll, kl = measure(model, samples, teacher_lp)
             know = None if args.no_knowledge else knowledge(model, tokenizer)
+            rows = [r for r in rows if (r["method"], r["params"]) != (method, label(params))]
             rows.append({"method": method, "params": label(params), "nll": nll, "kl": kl, "seconds": seconds,
                          "knowledge": know})
             rows = [rows[0]] + sorted(rows[1:], key=lambda r: [(m, label(p)) for m, p, _ in RUNS].index((r["method"], r["params"])))
