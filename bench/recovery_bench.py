@@ -87,19 +87,19 @@ def render(rows: list[dict]) -> str:
              "on student samples; `sft-replay`: the same number of steps (8 sequences each) of cross-entropy on "
              "the teacher's text. Recovery ratio on held-out mean teacher KL (48 prompts; 1 = the teacher). "
              "Rows accumulate in `bench/results/recovery.jsonl`.", "",
-             "| degradation | method | steps (off + on) | seeds | recovery ratio (mean ± std) | recovered KL | "
+             "| degradation | method | steps (off + on) | precision | seeds | recovery ratio (mean ± std) | recovered KL | "
              "degraded KL | trained tokens | time per run (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     cost = [r for r in rows if r.get("kind") == "step_cost"]
     runs = [r for r in rows if r.get("kind", "run") == "run"]
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["degradation"], r["offpolicy"], r["onpolicy"], r["method"]), []).append(r)
-    for (name, off, on, label), sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][3])):
+        groups.setdefault((r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r["bf16"]), []).append(r)
+    for (name, off, on, label, bf16), sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][3], kv[0][4])):
         ratios = [r["ratio"] for r in sel]
         spread = f"± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else "(one seed: no spread)"
         steps = f"{off} + {on}" if label == "distill" else f"{off + on} + 0"
-        lines.append(f"| {name} | {label} | {steps} | {','.join(str(r['seed']) for r in sel)} | "
+        lines.append(f"| {name} | {label} | {steps} | {'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
                      f"{statistics.mean(ratios):.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
                      f"{sel[0]['kl_degraded']:.4f} | {statistics.mean(r['tokens'] for r in sel):,.0f} | "
                      f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
