@@ -8,9 +8,7 @@ stride gives every token more context (a lower, truer perplexity) at more forwar
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -135,26 +133,15 @@ def perplexity(model, tokenizer, texts: list[str], window: int | None = None, st
             "window": window, "stride": stride, "documents": len(docs), "windows": len(per_window)}
 
 
-@contextlib.contextmanager
-def _datasets_offline():
-    """datasets reads its offline flag at import; force it for this call so nothing is downloaded."""
-    env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    os.environ.update(dict.fromkeys(env, "1"))
-    import datasets
-    import huggingface_hub.constants as hub_constants
+def _offline_datasets():
+    """The datasets library with every Hub lookup switched off (the same switch the task suites use)."""
+    from .tasks import go_offline
 
-    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub_constants.HF_HUB_OFFLINE)
-    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    go_offline()
+    import datasets
+
     datasets.logging.disable_progress_bar()
-    try:
-        yield datasets
-    finally:
-        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return datasets
 
 
 def _first_line(exc: Exception) -> str:
@@ -197,11 +184,11 @@ def _read_jsonl_column(path: Path, column: str) -> list[str]:
 
 
 def _read_saved_dataset(path: Path, column: str, split: str) -> list[str]:
-    with _datasets_offline() as datasets:
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as exc:  # noqa: BLE001 - a damaged folder: one clear line
-            raise RecoverLMError(f"cannot load the saved dataset {path}: {_first_line(exc)}") from exc
+    datasets = _offline_datasets()
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged folder: one clear line
+        raise RecoverLMError(f"cannot load the saved dataset {path}: {_first_line(exc)}") from exc
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise RecoverLMError(f"{path} has no split {split!r} (splits: {', '.join(ds)})")
@@ -230,9 +217,9 @@ def load_texts(source: str | Path, column: str = "text", split: str = "test") ->
         return _read_saved_dataset(path, column, split)
     if not path.exists() and _looks_like_path(source):
         raise RecoverLMError(f"file not found: {source}")
-    with _datasets_offline() as datasets:
-        try:
-            ds = datasets.load_dataset(source, split=split)
-        except Exception as exc:  # noqa: BLE001 - unknown name, not cached, bad split: one line
-            raise RecoverLMError(f"cannot load dataset {source!r} (split {split!r}) offline: {_first_line(exc)}") from exc
+    datasets = _offline_datasets()
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as exc:  # noqa: BLE001 - unknown name, not cached, bad split: one line
+        raise RecoverLMError(f"cannot load dataset {source!r} (split {split!r}) offline: {_first_line(exc)}") from exc
     return _column(ds, column, f"dataset {source!r} [{split}]")

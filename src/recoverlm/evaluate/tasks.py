@@ -70,7 +70,7 @@ def run_suites(
     foreign = [s for s in suites if s not in ours and not _is_yaml(s)]
     chat = {s: uses_chat_template(s, apply_chat_template) for s in suites}
 
-    _go_offline()
+    go_offline()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -144,7 +144,7 @@ def _is_yaml(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) and Path(name).is_file()
 
 
-def _go_offline() -> None:
+def go_offline() -> None:
     """Keep datasets and the Hub client off the network (they read these flags at import time)."""
     os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
     import datasets.config
