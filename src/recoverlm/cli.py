@@ -200,11 +200,11 @@ def perplexity(
     from .evaluate.perplexity import load_texts
     from .evaluate.perplexity import perplexity as run_perplexity
     from .io import write_json_atomic
-    from .models import load_model, load_tokenizer, resolve_model
+    from .models import load_for_inference, load_tokenizer, resolve_model
 
     texts = load_texts(data, column=column, split=split)
     path = resolve_model(model)
-    result = run_perplexity(load_model(path), load_tokenizer(path), texts, window=window, stride=stride,
+    result = run_perplexity(load_for_inference(path), load_tokenizer(path), texts, window=window, stride=stride,
                             batch_size=batch_size)
     if out is not None:
         write_json_atomic(out, {"model": model, "data": data, "column": column, "split": split, **result})

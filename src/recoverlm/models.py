@@ -45,6 +45,19 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def compute_device() -> torch.device:
+    """Where inference and training run: the GPU when there is one, unless RECOVERLM_DEVICE names
+    another device (e.g. "cpu" to keep a GPU free)."""
+    name = os.environ.get("RECOVERLM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise RecoverLMError(f"RECOVERLM_DEVICE={name!r} is not a device torch knows") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecoverLMError(f"RECOVERLM_DEVICE={name!r}, but torch sees no CUDA device")
+    return device
+
+
 def recoverlm_home() -> Path:
     return Path(os.environ.get("RECOVERLM_HOME", Path.home() / ".cache" / "recoverlm")).expanduser()
 
@@ -150,6 +163,11 @@ def load_model(ref: str | Path, dtype: torch.dtype = torch.float32, trust_remote
         raise RecoverLMError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
     model.eval()
     return model
+
+
+def load_for_inference(ref: str | Path) -> torch.nn.Module:
+    """A float32 model on the compute device, for scoring and analysis."""
+    return load_model(ref, dtype=torch.float32).to(compute_device())
 
 
 def save_model(model, tokenizer, out: Path, extra_json: dict[str, dict] | None = None) -> Path:

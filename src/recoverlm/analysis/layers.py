@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .. import models
 from ..config import DataConfig
 from ..evaluate.compare import load_students
@@ -27,7 +25,7 @@ def cka_models(teacher_ref, students: dict, data_cfg: DataConfig | None = None, 
     teacher_path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(teacher_path)
     eval_set = heldout_set(teacher_path, data_cfg, log=log)
-    teacher = models.load_model(teacher_path, dtype=torch.float32)
+    teacher = models.load_for_inference(teacher_path)
     loaded = load_students(teacher_path, students)
     result = layer_cka(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress, pooling=pooling,
                        cross_tokens=cross_tokens, seed=seed, massive_ratio=massive_ratio)

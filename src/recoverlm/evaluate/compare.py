@@ -18,7 +18,7 @@ def load_students(teacher_path: Path, refs: dict[str, str | Path]) -> dict[str, 
     loaded = {}
     for name, ref in refs.items():
         models.check_same_vocab(tokenizer, models.load_tokenizer(ref))
-        loaded[name] = models.load_model(ref, dtype=torch.float32)
+        loaded[name] = models.load_for_inference(ref)
     return loaded
 
 
@@ -30,7 +30,7 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
     teacher_path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(teacher_path)
     eval_set = heldout_set(teacher_path, data_cfg, log=log)
-    teacher = models.load_model(teacher_path, dtype=torch.float32)
+    teacher = models.load_for_inference(teacher_path)
     loaded = {"teacher": teacher, **load_students(teacher_path, students)}
     results = fidelity(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress)
     if generation:  # the teacher's own greedy responses are the reference: exact match 1 by construction
@@ -90,7 +90,7 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
         results[name] = {s: {**cached[s], "cached": True} for s in suites if s not in todo}
         if todo:
             log(f"task suites {', '.join(todo)}: {name}")
-            model = models.load_model(path, dtype=torch.float32)
+            model = models.load_for_inference(path)
             fresh = run_suites(model, tokenizer, todo, limit=limit, batch_size=batch_size,
                                apply_chat_template=apply_chat_template)
             del model

@@ -104,13 +104,14 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
     prompt_ids, kept, n_over = encode_prompts(tokenizer, prompts, max_prompt_tokens, use_chat_template, overflow)
     if n_over:
         log(f"{n_over} of {len(prompts)} prompts exceed max_prompt_tokens={max_prompt_tokens}: {overflow}ped")
-    gen_model = models.load_model(path, dtype=getattr(torch, generation_dtype))
+    device = models.compute_device()
+    gen_model = models.load_model(path, dtype=getattr(torch, generation_dtype)).to(device)
     responses = generate(gen_model, tokenizer, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed,
                          desc=f"teacher responses ({len(prompt_ids)} prompts)")
     del gen_model
     rs = ResponseSet([prompts[i] for i in kept], prompt_ids, responses, {**settings, "n_overflow": n_over})
     if top_k_logits:
-        scorer = teacher if teacher is not None else models.load_model(path, dtype=torch.float32)
+        scorer = teacher if teacher is not None else models.load_model(path, dtype=torch.float32).to(device)
         rs.topk_indices, rs.topk_logprobs = teacher_topk(scorer, prompt_ids, responses, top_k_logits,
                                                          tokenizer.pad_token_id, batch_size)
         rs._index()

@@ -1,0 +1,26 @@
+"""Where models run: the GPU when there is one, or what RECOVERLM_DEVICE names."""
+
+import pytest
+import torch
+
+from recoverlm.errors import RecoverLMError
+from recoverlm.models import compute_device
+
+
+def test_default_follows_cuda_availability(monkeypatch):
+    monkeypatch.delenv("RECOVERLM_DEVICE", raising=False)
+    assert compute_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_environment_names_the_device(monkeypatch):
+    monkeypatch.setenv("RECOVERLM_DEVICE", "cpu")
+    assert compute_device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("value, message", [("warp-drive", "not a device torch knows"), ("cuda:0", "no CUDA device")])
+def test_bad_device_is_one_clear_error(monkeypatch, value, message):
+    if value.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    monkeypatch.setenv("RECOVERLM_DEVICE", value)
+    with pytest.raises(RecoverLMError, match=message):
+        compute_device()
