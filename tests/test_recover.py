@@ -75,6 +75,13 @@ def test_onpolicy_stage_samples_from_student(tmp_path, tiny_model, pruned, data_
     _sparsity_ok(tmp_path / "r")
 
 
+def test_runs_in_one_process_may_differ_in_precision(tmp_path, tiny_model, pruned, data_cfg):
+    """accelerate keeps one state per process; the Python API must not be stuck with the first run's."""
+    for i, bf16 in enumerate((True, False)):
+        res = recover(tiny_model, pruned, tmp_path / f"r{i}", _cfg(bf16=bf16, select_best=False), data_cfg, progress=False)
+        assert res["recover"]["bf16"] is bf16
+
+
 def test_lmbda_zero_never_samples(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
     monkeypatch.setattr(trainer_mod.Recovery, "_sample", lambda *a, **k: pytest.fail("sampled with lmbda=0"))
     recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=0, onpolicy_steps=2, lmbda=0.0), data_cfg, progress=False)

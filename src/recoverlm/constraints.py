@@ -44,6 +44,16 @@ def _param(model, name: str) -> torch.nn.Parameter:
     return params[name]
 
 
+def placed_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`t` on `ref`'s device and, when `ref` is a DTensor (a parameter sharded by FSDP2), sharded
+    the same way, so that elementwise updates of the parameter see matching shards."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(ref, DTensor):
+        return distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements)
+    return t.to(ref.device)
+
+
 def modules_of(model, weight_names, label: str):
     """(weight name, owning module) for each name, or one clear error naming the missing module."""
     named = dict(model.named_modules())
@@ -80,12 +90,16 @@ class SparsityConstraint(Constraint):
 
     masks: dict[str, torch.Tensor]
     kind: str = field(default="sparsity", init=False)
+    _placed: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @torch.no_grad()
     def enforce(self, model) -> None:
         for name, mask in self.masks.items():
             weight = _param(model, name)
-            weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+            placed = self._placed.get(name)
+            if placed is None or placed.device != weight.device or type(placed) is not type(weight.data):
+                placed = self._placed[name] = placed_like(mask, weight.data)  # once, not on every step
+            weight.mul_(placed)
 
     def attach(self, model) -> None:
         self.enforce(model)
@@ -193,7 +207,8 @@ class QuantGridConstraint(Constraint):
         qmin, qmax = self.qrange
         for name, module in self._modules(model):
             w = module.weight.float()
-            projected = fake_quantize(w, self.scales[name].float(), self.zeros[name].float(), qmin, qmax)
+            projected = fake_quantize(w, self.scales[name].to(w.device).float(), self.zeros[name].to(w.device).float(),
+                                      qmin, qmax)
             off = (projected != w).sum().item()
             if off:
                 raise RecoverLMError(f"quantization grid broken: {off} weights of {name} are off the grid")

@@ -28,7 +28,10 @@ def save_checkpoint(work_dir: Path, model, optimizer, step: int, state: dict, em
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():  # on-policy sampling on a GPU draws from the CUDA generator
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
         write_json_atomic(tmp / "state.json", {**state, "step": step})
     return Path(work_dir) / CHECKPOINT_DIR
 
@@ -41,5 +44,8 @@ def load_checkpoint(work_dir: Path, model, optimizer, ema=None) -> dict | None:
     if ema is not None and (folder / "ema.safetensors").exists():
         ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return read_json(folder / "state.json")

@@ -11,7 +11,7 @@ from ..data import Batch, collate
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 16, seed: int = 0, desc: str = "generating",
-             progress: bool = True) -> list[list[int]]:
+             progress: bool = True, synced: bool = False) -> list[list[int]]:
     """Responses to tokenised prompts: KV-cached, left-padded, stopping at EOS.
 
     Prompts are bucketed by length so little compute goes to padding. The EOS token, when
@@ -40,7 +40,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
         result = model.generate(
             input_ids=ids.to(model.device), attention_mask=attn.to(model.device), max_new_tokens=max_new_tokens,
             do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-            top_k=None, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+            top_k=None, pad_token_id=pad, eos_token_id=eos, use_cache=True, synced_gpus=synced,
         )
         for row, i in enumerate(chunk):
             new = result[row, width:].tolist()

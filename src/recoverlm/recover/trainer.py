@@ -75,13 +75,26 @@ class Recovery:
     def __init__(self, teacher_ref, student_ref, out: Path, cfg: RecoverConfig, data_cfg: DataConfig,
                  progress: bool = True, log=print, resume: bool = False):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType
 
         self.cfg, self.data_cfg, self.out, self.log, self.progress = cfg, data_cfg, Path(out), log, progress
         self.work = self.out.with_name(self.out.name + ".work")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # accelerate keeps one state per process; a second run in the same process (the Python API,
+        # a benchmark) may ask for another precision. The process group (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
-                               cpu=not torch.cuda.is_available())
+                               cpu=models.compute_device().type == "cpu")
+        # FSDP shards the student's parameters (DTensors): the model is exported through a gathered
+        # full state dict, and what needs whole local tensors is refused up front.
+        self.sharded = self.acc.distributed_type == DistributedType.FSDP
+        if self.sharded:
+            for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
+                              (cfg.save_every or resume, "save_every / --resume")):
+                if bad:
+                    raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
         self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
         if self.out.resolve() in (self.teacher_path.resolve(), self.student_path.resolve()):
             raise RecoverLMError(f"output {out} would overwrite an input model")
@@ -172,8 +185,11 @@ class Recovery:
         checkpointing = self.cfg.gradient_checkpointing
         if checkpointing:  # checkpointing disables the KV cache: 4x slower generation
             model.gradient_checkpointing_disable()
+        # Under FSDP every rank must run the same number of forward passes: ranks that finished
+        # early keep stepping (synced) until all have.
         responses = generate(model, self.tokenizer, prompt_ids, self.cfg.onpolicy_max_new_tokens,
-                             self.cfg.onpolicy_temperature, 1.0, batch_size=len(prompt_ids), seed=seed, progress=False)
+                             self.cfg.onpolicy_temperature, 1.0, batch_size=len(prompt_ids), seed=seed, progress=False,
+                             synced=self.sharded and self.acc.num_processes > 1)
         if checkpointing:
             model.gradient_checkpointing_enable()
         return responses
@@ -186,7 +202,7 @@ class Recovery:
         if set(mb.sources) == {0} or self.task_teacher is None:
             with torch.no_grad():
                 return completion_logits(main, mb.batch)
-        rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths))
+        rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths)).to(self.acc.device)
         logits = None
         for source in sorted(set(mb.sources)):
             pick = [i for i, s in enumerate(mb.sources) if s == source]
@@ -276,7 +292,7 @@ class Recovery:
         if self.best is None or sign * row[metric] < sign * self.best[metric]:
             self.best = row
             if self.cfg.select_best:
-                self.best_state = {k: v.clone() for k, v in trainable_state(model).items()}
+                self.best_state = self._trainable_state()
         return row
 
     def _resume(self) -> None:
@@ -343,12 +359,33 @@ class Recovery:
         bar.close()
         return self._export(tokens=tokens, seconds=time.perf_counter() - started)
 
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of what training changes. Under FSDP it is gathered whole on the main process
+        (a collective: every rank calls it) and is empty elsewhere."""
+        if self.sharded:
+            return dict(self.acc.get_state_dict(self.student))
+        return {k: v.clone() for k, v in trainable_state(self.acc.unwrap_model(self.student)).items()}
+
+    def _model_to_export(self):
+        """The trained model with the best checkpoint's weights; under FSDP a plain copy rebuilt from
+        the gathered state (None on the other ranks)."""
+        if not self.sharded:
+            model = self.acc.unwrap_model(self.student)
+            if self.best_state is not None:
+                model.load_state_dict(self.best_state, strict=False)
+            return model
+        state = self.best_state if self.best_state is not None else self._trainable_state()
+        if not self.acc.is_main_process:
+            return None
+        model = models.load_model(self.student_path, dtype=torch.float32)
+        self.constraint.attach(model)  # the same parametrizations as in training, so the keys match
+        model.load_state_dict(state)
+        return model
+
     def _export(self, **extra) -> dict:
         """Write the recovered model (best checkpoint, constraint verified) atomically."""
         self.acc.wait_for_everyone()
-        model = self.acc.unwrap_model(self.student)
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state, strict=False)
+        model = self._model_to_export()
         record = {"teacher": str(self.teacher_path), "student": str(self.student_path),
                   "recover": self.cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json"),
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
