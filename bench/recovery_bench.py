@@ -14,6 +14,10 @@ long benchmark can be run a piece at a time (a CPU run of the full budget takes 
     python bench/recovery_bench.py --quick         # 1 seed, 50 steps: a smoke test of the numbers
     python bench/recovery_bench.py --render        # rewrite docs/benchmarks.md from the JSONL only
     python bench/recovery_bench.py --step-cost     # time a KD step against an SFT step on the same batches
+    python bench/recovery_bench.py --jobs 12 --threads 1   # every run in its own process (a GPU box)
+
+With --jobs, the degraded models and the teacher's response sets are built once, then each
+(degradation, method, seed) run is a child process; the parent alone writes the results file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +41,8 @@ from recoverlm.data import read_jsonl  # noqa: E402
 from recoverlm.degrade import METHODS, degrade  # noqa: E402
 from recoverlm.evaluate.compare import evaluate_models  # noqa: E402
 from recoverlm.io import write_text_atomic  # noqa: E402
+from recoverlm.models import compute_device  # noqa: E402
+from recoverlm.recover.response_set import distill_set, heldout_set  # noqa: E402
 from recoverlm.recover.trainer import Recovery, batch_order, recover  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "recovery.jsonl"
@@ -47,9 +54,10 @@ DEGRADATIONS = {
 BUDGETS = {"full": (240, 60), "quick": (40, 10)}  # (off-policy, on-policy) steps of `distill`
 
 
-def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bool, threads: int | None) -> RecoverConfig:
+def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bool, threads: int | None,
+                  lr: float) -> RecoverConfig:
     """`distill` splits the steps between the stages; `sft-replay` spends all of them on cross-entropy."""
-    common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads)
+    common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads, lr=lr)
     if label == "distill":
         return RecoverConfig(offpolicy_steps=offpolicy, onpolicy_steps=onpolicy, **common)
     return RecoverConfig(method="sft-replay", offpolicy_steps=offpolicy + onpolicy, **common)
@@ -71,6 +79,13 @@ def step_cost(teacher: str, student: Path, work: Path, data: DataConfig, steps: 
     return out
 
 
+def device_label() -> str:
+    import torch
+
+    device = compute_device()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def load_rows(path: Path = RESULTS) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
@@ -81,33 +96,127 @@ def append_row(row: dict, path: Path = RESULTS) -> None:
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+DEFAULT_LR = RecoverConfig().lr
+
+
 def render(rows: list[dict]) -> str:
     lines = ["## Recovery at equal budget (`bench/recovery_bench.py`)", "",
              "Embedded model. `distill`: off-policy forward KL on cached teacher top-64, then on-policy reverse KL "
              "on student samples; `sft-replay`: the same number of steps (8 sequences each) of cross-entropy on "
              "the teacher's text. Recovery ratio on held-out mean teacher KL (48 prompts; 1 = the teacher). "
-             "Rows accumulate in `bench/results/recovery.jsonl`.", "",
-             "| degradation | method | steps (off + on) | precision | seeds | recovery ratio (mean ± std) | recovered KL | "
-             "degraded KL | trained tokens | time per run (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    cost = [r for r in rows if r.get("kind") == "step_cost"]
-    runs = [r for r in rows if r.get("kind", "run") == "run"]
+             "Rows accumulate in `bench/results/recovery.jsonl`. Runs marked \"N at once\" shared one GPU with "
+             "N - 1 others, so their time is not a single run's. The teacher writes the held-out responses on "
+             "the run's own device, so the degraded KL differs a little between CPU and GPU rows.", "",
+             "| degradation | method | steps (off + on) | peak lr | device | precision | seeds | recovery ratio (mean ± std) | "
+             "recovered KL | degraded KL | trained tokens | time per run (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r["bf16"]), []).append(r)
-    for (name, off, on, label, bf16), sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][3], kv[0][4])):
+    for r in rows:
+        if r.get("kind", "run") == "run":
+            key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
+                   r.get("device", "cpu"), r["bf16"])
+            groups.setdefault(key, []).append(r)
+    means = {}
+    for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][3], kv[0][4], kv[0][5], kv[0][6])):
+        name, off, on, label, lr, device, bf16 = key
+        sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
-        spread = f"± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else "(one seed: no spread)"
+        means[key] = statistics.mean(ratios)
+        std = statistics.stdev(ratios) if len(ratios) > 1 else None
+        spread = "(one seed: no spread)" if std is None else f"± {std:.3f}" if std >= 0.001 else f"± {std:.4f}"
         steps = f"{off} + {on}" if label == "distill" else f"{off + on} + 0"
-        lines.append(f"| {name} | {label} | {steps} | {'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
-                     f"{statistics.mean(ratios):.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
-                     f"{sel[0]['kl_degraded']:.4f} | {statistics.mean(r['tokens'] for r in sel):,.0f} | "
-                     f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
-    for c in cost[-1:]:
+        jobs = max(r.get("concurrent", 1) for r in sel)
+        device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
+        lines.append(f"| {name} | {label} | {steps} | {lr:g} | {device_cell} | {'bf16 autocast' if bf16 else 'fp32'} | "
+                     f"{','.join(str(r['seed']) for r in sel)} | {means[key]:.3f} {spread} | "
+                     f"{statistics.mean(r['kl'] for r in sel):.4f} | {sel[0]['kl_degraded']:.4f} | "
+                     f"{statistics.mean(r['tokens'] for r in sel):,.0f} | {statistics.mean(r['seconds'] for r in sel):.0f} |")
+    for r in rows:
+        if r.get("kind") == "partial":
+            ratios = [1 - kl / r["kl_degraded"] for kl in r["kl"]]
+            lines += ["", f"Cut short: {r['degradation']} `{r['method']}` ({r['offpolicy']} + {r['onpolicy']} steps, "
+                      f"{r.get('device', 'cpu')}, seeds {','.join(map(str, r['seeds']))}) was {r['why']}. At that "
+                      f"evaluation (step {r['step']}) held-out KL was {', '.join(f'{k:.4f}' for k in r['kl'])} against "
+                      f"{r['kl_degraded']:.4f} degraded: recovery ratio {statistics.mean(ratios):.3f} "
+                      f"± {statistics.stdev(ratios):.3f} (the teacher's KL is 0)."]
+    verdicts = []
+    for key, mean in means.items():
+        name, off, on, label, lr, device, bf16 = key
+        if label != "distill" or off + on < sum(BUDGETS["full"]):
+            continue
+        control = means.get((name, off + on, 0, "sft-replay", lr, device, bf16),
+                            means.get((name, off, on, "sft-replay", lr, device, bf16)))
+        beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
+                                                          f"sft-replay ({control:.3f})")
+        verdicts.append(f"- {name}, peak lr {lr:g}, {device}: {mean:.3f}; the 0.8 target is "
+                        f"{'met' if mean >= 0.8 else 'not met'}; {beats}.")
+    if verdicts:
+        lines += ["", "Full budget against the targets (recovery ratio of at least 0.8, and above `sft-replay`):", ""] + verdicts
+    for c in [r for r in rows if r.get("kind") == "step_cost"][-1:]:
         lines += ["", f"Step cost on the same batches (batch 8, {'bf16 autocast' if c['bf16'] else 'fp32'}): off-policy "
                   f"KD with cached top-64 {c['distill']:.2f} s, plain SFT {c['sft-replay']:.2f} s, ratio "
                   f"{c['distill'] / c['sft-replay']:.2f} (target at most 1.4)."]
     return "\n".join(lines)
+
+
+def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float) -> dict:
+    return dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
+                device=device_label(), lr=lr)
+
+
+def is_done(key: dict, rows: list[dict]) -> bool:
+    """Rows written before a field existed hold its old default (cpu; the default peak lr)."""
+    implied = {"device": "cpu", "lr": DEFAULT_LR}
+    return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
+
+
+def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
+    """Train one method on one degraded model and score it on the held-out prompts."""
+    lr_tag = "" if key["lr"] == DEFAULT_LR else f"-lr{key['lr']:g}"
+    out = args.work / key["degradation"] / f"{key['method']}-{key['offpolicy']}-{key['onpolicy']}{lr_tag}-seed{key['seed']}"
+    cfg = method_config(key["method"], key["offpolicy"], key["onpolicy"], key["seed"], key["bf16"], args.threads,
+                        key["lr"])
+    result = recover(args.model, degraded, out, cfg, data, progress=args.jobs == 0)
+    report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
+                             generation=False)
+    return {**key, "kind": "run", "tokens": result["tokens"], "seconds": round(result["seconds"], 1),
+            "ratio": report["recovery_ratio"]["kl"], "kl": report["metrics"]["recovered"]["kl"],
+            "kl_degraded": report["metrics"]["degraded"]["kl"], "concurrent": max(args.jobs, 1)}
+
+
+def run_parallel(args, todo: list[dict], results: Path) -> None:
+    """Each run in a child process, at most `args.jobs` at once; rows are appended as runs finish."""
+    logs = args.work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running = list(todo), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            key = pending.pop(0)
+            tag = f"{key['degradation']}-{key['method']}-lr{key['lr']:g}-seed{key['seed']}"
+            part = logs / f"{tag}.jsonl"
+            part.unlink(missing_ok=True)
+            cmd = [sys.executable, __file__, "--model", args.model, "--work", str(args.work), "--child",
+                   "--degradations", key["degradation"], "--methods", key["method"], "--seeds", str(key["seed"]),
+                   "--results", str(part), "--jobs", str(args.jobs)]
+            cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"])]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            log = open(logs / f"{tag}.log", "w")
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log))
+            print(f"started {tag}", flush=True)
+        time.sleep(2)
+        for item in list(running):
+            proc, tag, part, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode == 0 and part.exists():
+                for row in load_rows(part):
+                    append_row(row, results)
+                    print(row, flush=True)
+            else:
+                tail = (logs / f"{tag}.log").read_text(errors="replace").splitlines()[-15:]
+                print(f"{tag} failed (exit {proc.returncode}):\n  " + "\n  ".join(tail), flush=True)
 
 
 def main() -> None:
@@ -120,46 +229,52 @@ def main() -> None:
     ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; 0 with --quick)")
     ap.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate of every method")
+    ap.add_argument("--jobs", type=int, default=0, help="run this many runs at once, each in its own process")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the JSONL the rows are appended to")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from the JSONL")
     ap.add_argument("--step-cost", action="store_true", help="time KD against SFT steps and stop")
     args = ap.parse_args()
 
     if args.render:
-        print(update_section("recovery", render(load_rows())))
+        print(update_section("recovery", render(load_rows(args.results))))
         return
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     offpolicy, onpolicy = BUDGETS["quick" if args.quick else "full"]
     bf16 = not args.fp32
     data = DataConfig()
+    todo, degraded_of = [], {}
     for name in args.degradations.split(","):
         method, params = DEGRADATIONS[name]
         if method not in METHODS:
             print(f"skipping {name}: {method} is not available")
             continue
-        degraded = args.work / name / "degraded"
+        degraded = degraded_of[name] = args.work / name / "degraded"
         if not degraded.exists():
             degrade(args.model, method, params, degraded)
         if args.step_cost:
             costs = step_cost(args.model, degraded, args.work / name, data, steps=3 if args.quick else 10, bf16=bf16)
-            append_row({"kind": "step_cost", "degradation": name, "bf16": bf16, **costs})
+            append_row({"kind": "step_cost", "degradation": name, "bf16": bf16, **costs}, args.results)
             break
         for seed in seeds:
             for label in args.methods.split(","):
-                key = dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16)
-                if any(all(r.get(k) == v for k, v in key.items()) for r in load_rows()):
+                key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr)
+                if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
-                    continue
-                out = args.work / name / f"{label}-{offpolicy}-{onpolicy}-seed{seed}"
-                cfg = method_config(label, offpolicy, onpolicy, seed, bf16, args.threads)
-                result = recover(args.model, degraded, out, cfg, data, progress=True)
-                report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
-                                         generation=False)
-                row = {**key, "kind": "run", "tokens": result["tokens"], "seconds": round(result["seconds"], 1),
-                       "ratio": report["recovery_ratio"]["kl"], "kl": report["metrics"]["recovered"]["kl"],
-                       "kl_degraded": report["metrics"]["degraded"]["kl"]}
-                append_row(row)
-                print(row, flush=True)
-    print(update_section("recovery", render(load_rows())))
+                else:
+                    todo.append(key)
+    if args.jobs and not args.child and todo:
+        distill_set(args.model, data)  # the children load these from the cache instead of racing to build them
+        heldout_set(args.model, data)
+        run_parallel(args, todo, args.results)
+    else:
+        for key in todo:
+            row = run_one(args, key, degraded_of[key["degradation"]], data)
+            append_row(row, args.results)
+            print(row, flush=True)
+    if not args.child:
+        print(update_section("recovery", render(load_rows(args.results))))
 
 
 if __name__ == "__main__":
