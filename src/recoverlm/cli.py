@@ -137,7 +137,7 @@ def recover(
     data_cfg = _plain_prompts(data_cfg, no_chat_template)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
-    typer.echo(f"recovered model written to {out} (held-out teacher KL {last['kl']:.4f} at step {last['step']})")
+    typer.echo(f"recovered model written to {out} (validation teacher KL {last['kl']:.4f} at step {last['step']})")
 
 
 @app.command()

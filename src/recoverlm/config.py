@@ -25,6 +25,9 @@ class DataConfig(_Strict):
 
     prompts: Optional[Path] = None  # JSONL with "prompt" or "messages"; None = the built-in general set
     n_heldout: int = Field(48, ge=1)
+    # Prompts taken from the training side to choose the best checkpoint, so that the held-out set
+    # only ever scores: null = an eighth of the training prompts (at most 24); 0 = choose on held-out.
+    n_validation: Optional[int] = Field(None, ge=0)
     split_seed: int = 0
     use_chat_template: bool = True
     max_prompt_tokens: int = Field(128, ge=8)

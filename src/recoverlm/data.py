@@ -57,16 +57,33 @@ def load_prompts(path: Path | None = None) -> list[str]:
     return prompts
 
 
-def split_prompts(prompts: list[str], n_heldout: int, seed: int = 0) -> tuple[list[str], list[str]]:
+def split_prompts(prompts: list[str], n_heldout: int, seed: int = 0, label: str = "n_heldout") -> tuple[list[str], list[str]]:
     """A deterministic split into (train, held-out); the two never share a prompt text."""
     unique = list(dict.fromkeys(prompts))
     if n_heldout >= len(unique):
-        raise RecoverLMError(f"n_heldout={n_heldout} leaves no training prompts (only {len(unique)} distinct prompts)")
+        raise RecoverLMError(f"{label}={n_heldout} leaves no training prompts (only {len(unique)} distinct prompts)")
     order = list(range(len(unique)))
     random.Random(seed).shuffle(order)
     heldout = [unique[i] for i in sorted(order[:n_heldout])]
     train = [unique[i] for i in sorted(order[n_heldout:])]
     return train, heldout
+
+
+def validation_size(n_train: int, requested: int | None) -> int:
+    """Prompts set aside from the training side to pick the best checkpoint: an eighth of them
+    (at most 24, at least 1) unless the config names a number; 0 selects on the held-out set."""
+    return min(24, max(1, n_train // 8)) if requested is None else requested
+
+
+def split_three(prompts: list[str], n_heldout: int, n_validation: int | None, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, held-out), pairwise disjoint. The held-out split is the same as with
+    `split_prompts`, so adding a validation split never changes what evaluation scores."""
+    train, heldout = split_prompts(prompts, n_heldout, seed)
+    n_val = validation_size(len(train), n_validation)
+    if n_val == 0:
+        return train, [], heldout
+    train, validation = split_prompts(train, n_val, seed + 1, label="n_validation")
+    return train, validation, heldout
 
 
 def texts_hash(texts: list[str]) -> str:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import models
 from ..config import DataConfig
-from ..data import encode_prompts, load_prompts, split_prompts, texts_hash
+from ..data import encode_prompts, load_prompts, split_three, texts_hash
 from ..io import atomic_dir, read_json, write_json_atomic
 from .rollout import generate, teacher_topk
 
@@ -131,7 +131,7 @@ def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prom
     With responses_per_prompt > 1 every prompt is answered several times (different seeds).
     """
     if prompts is None:
-        prompts, _ = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
+        prompts, _, _ = _splits(data_cfg)
     parts = [build_response_set(teacher_ref, prompts, temperature=data_cfg.temperature, top_p=data_cfg.top_p,
                                 top_k_logits=data_cfg.top_k_logits, teacher=teacher, log=log, seed=seed,
                                 **_common(data_cfg))
@@ -141,10 +141,20 @@ def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prom
     return merged
 
 
+def _splits(data_cfg: DataConfig) -> tuple[list[str], list[str], list[str]]:
+    return split_three(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.n_validation, data_cfg.split_seed)
+
+
 def heldout_set(teacher_ref, data_cfg: DataConfig, log=print) -> ResponseSet:
     """Greedy teacher responses to the held-out prompts, which training never sees."""
-    _, heldout = split_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)
-    return build_response_set(teacher_ref, heldout, temperature=0.0, log=log, **_common(data_cfg))
+    return build_response_set(teacher_ref, _splits(data_cfg)[2], temperature=0.0, log=log, **_common(data_cfg))
+
+
+def validation_set(teacher_ref, data_cfg: DataConfig, log=print) -> ResponseSet:
+    """Greedy teacher responses to the validation prompts: the training curve and the choice of the
+    best checkpoint. With n_validation 0 it is the held-out set (selection then peeks at the test)."""
+    _, validation, heldout = _splits(data_cfg)
+    return build_response_set(teacher_ref, validation or heldout, temperature=0.0, log=log, **_common(data_cfg))
 
 
 def concat(sets: list[ResponseSet]) -> ResponseSet:

@@ -28,7 +28,7 @@ from ..io import atomic_dir, write_json_atomic
 from .checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from .losses import divergence, token_nll, topk_divergence
 from .lora import ADAPTER_DIR, merged_for_export, wrap_lora
-from .response_set import ResponseSet, concat, distill_set, heldout_set, replay_set
+from .response_set import ResponseSet, concat, distill_set, replay_set, validation_set
 from .rollout import completion_logits, completion_targets, generate
 
 
@@ -110,7 +110,7 @@ class Recovery:
 
         with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
             self.train_set = self._training_set()
-            self.heldout = heldout_set(self.teacher_path, data_cfg, log=log)
+            self.validation = validation_set(self.teacher_path, data_cfg, log=log)
         if not len(self.train_set):
             raise RecoverLMError("the training set is empty")
 
@@ -274,13 +274,13 @@ class Recovery:
     # -- evaluation and checkpoints -------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
         model = self.acc.unwrap_model(self.student)
-        res = fidelity(self.teacher, {"student": model}, self.heldout, self.pad_id, progress=False)["student"]
+        res = fidelity(self.teacher, {"student": model}, self.validation, self.pad_id, progress=False)["student"]
         row = {"step": step, "stage": _stage(step, self.cfg), **(train or {}),
                **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}
         if self.cfg.cka_every_eval:
             from ..analysis.capture import trajectory
 
-            row["cka"] = trajectory(self.teacher, model, self.heldout, self.pad_id)
+            row["cka"] = trajectory(self.teacher, model, self.validation, self.pad_id)
         model.train()
         self.history.append(row)
         if self.acc.is_main_process:
@@ -352,7 +352,7 @@ class Recovery:
                 mean = {k: sum(s[k] for s in window) / len(window) for k in ("loss", "divergence")}
                 row = self.evaluate(step, {"train_loss": mean["loss"], "train_divergence": mean["divergence"]})
                 window = []
-                bar.write(f"step {step} ({row['stage']}): held-out KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
+                bar.write(f"step {step} ({row['stage']}): validation KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
                           f"top-1 agreement {row['top1_agreement']:.3f}")
             if cfg.save_every and step % cfg.save_every == 0 and step != steps:
                 self._checkpoint(step)

@@ -1,4 +1,4 @@
-"""The recovery curve: held-out teacher KL and mean CKA at every evaluation during training."""
+"""The recovery curve: teacher KL on the validation prompts, and mean CKA, at every evaluation in training."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
 
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.plot(steps, [r["kl"] for r in rows], "o-", color="tab:red", label="held-out teacher KL")
+    ax.plot(steps, [r["kl"] for r in rows], "o-", color="tab:red", label="validation teacher KL")
     ax.set_xlabel("step")
     ax.set_ylabel("teacher KL (nats/token)", color="tab:red")
     if all("cka" in r for r in rows):
@@ -37,7 +37,7 @@ def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
 
 
 def plot_cka_scatter(metrics_jsonl: Path, path: Path, min_points: int = 4) -> Path | None:
-    """Mean CKA against held-out teacher KL over the run's evaluations, when there are enough of them."""
+    """Mean CKA against validation teacher KL over the run's evaluations, when there are enough of them."""
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("cka")]
     if len(rows) < min_points:
@@ -45,4 +45,4 @@ def plot_cka_scatter(metrics_jsonl: Path, path: Path, min_points: int = 4) -> Pa
     from ..analysis.plots import plot_cka_vs_recovery
 
     return plot_cka_vs_recovery([sum(r["cka"]) / len(r["cka"]) for r in rows], [r["kl"] for r in rows], path,
-                                title="Mean CKA vs held-out KL across evaluations")
+                                title="Mean CKA vs validation KL across evaluations")

@@ -53,7 +53,7 @@ def tasks_table(tasks: dict) -> str:
 
 
 def correlation_text(metrics_jsonl: Path) -> str:
-    """CKA (layer mean, last layer) against held-out teacher KL across the run's evaluations,
+    """CKA (layer mean, last layer) against validation teacher KL across the run's evaluations,
     raw and with training step partialled out: both grow with training, so only the partial
     correlation says anything beyond "more steps"."""
     import json
@@ -135,12 +135,12 @@ def summary_markdown(run_dir: Path) -> str:
         for png in sorted(run_dir.glob("cka_cross_*.png")):
             parts += ["", f"![cross-layer CKA]({png.name})"]
     if (run_dir / "recovery_curve.png").exists():
-        parts += ["", "## During recovery", "", "![held-out teacher KL and mean CKA by step](recovery_curve.png)"]
+        parts += ["", "## During recovery", "", "![validation teacher KL and mean CKA by step](recovery_curve.png)"]
     curve = run_dir / "recovered" / "metrics.jsonl"
     if curve.exists():
         parts += ["", "## Does CKA track recovery?", "", correlation_text(curve)]
         if (run_dir / "cka_vs_kl.png").exists():
-            parts += ["", "![mean CKA against held-out teacher KL](cka_vs_kl.png)"]
+            parts += ["", "![mean CKA against validation teacher KL](cka_vs_kl.png)"]
     return "\n".join(parts) + "\n"
 
 
