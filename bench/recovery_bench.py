@@ -39,7 +39,7 @@ from mdsection import update_section  # noqa: E402
 from recoverlm.config import DataConfig, RecoverConfig  # noqa: E402
 from recoverlm.data import read_jsonl  # noqa: E402
 from recoverlm.degrade import METHODS, degrade  # noqa: E402
-from recoverlm.evaluate.compare import evaluate_models  # noqa: E402
+from recoverlm.evaluate.compare import evaluate_models, evaluate_task_suites  # noqa: E402
 from recoverlm.io import write_text_atomic  # noqa: E402
 from recoverlm.models import compute_device  # noqa: E402
 from recoverlm.recover.response_set import distill_set, heldout_set  # noqa: E402
@@ -99,6 +99,14 @@ def append_row(row: dict, path: Path = RESULTS) -> None:
 DEFAULT_LR = RecoverConfig().lr
 
 
+def _knowledge(runs: list[dict]) -> str:
+    """Mean knowledge accuracy of teacher / degraded / recovered over the runs that measured it."""
+    scored = [r["suites"]["knowledge"] for r in runs if "knowledge" in r.get("suites", {})]
+    if not scored:
+        return "—"
+    return " / ".join(f"{statistics.mean(s[m]['acc'] for s in scored):.3f}" for m in ("teacher", "degraded", "recovered"))
+
+
 def render(rows: list[dict]) -> str:
     lines = ["## Recovery at equal budget (`bench/recovery_bench.py`)", "",
              "Embedded model. `distill`: off-policy forward KL on cached teacher top-64, then on-policy reverse KL "
@@ -106,19 +114,23 @@ def render(rows: list[dict]) -> str:
              "the teacher's text. Recovery ratio on held-out mean teacher KL (48 prompts; 1 = the teacher). "
              "Rows accumulate in `bench/results/recovery.jsonl`. Runs marked \"N at once\" shared one GPU with "
              "N - 1 others, so their time is not a single run's. The teacher writes the held-out responses on "
-             "the run's own device, so the degraded KL differs a little between CPU and GPU rows.", "",
-             "| degradation | method | steps (off + on) | peak lr | device | precision | seeds | recovery ratio (mean ± std) | "
-             "recovered KL | degraded KL | trained tokens | time per run (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the run's own device, so the degraded KL differs a little between CPU and GPU rows. \"best on\": the "
+             "prompts that chose the exported checkpoint (validation prompts set aside from training, or, in older "
+             "rows, the held-out prompts themselves). Knowledge: accuracy on the knowledge suite (341 items) of "
+             "the teacher, the degraded and the recovered model, when the run measured it.", "",
+             "| degradation | method | steps (off + on) | peak lr | best on | device | precision | seeds | "
+             "recovery ratio (mean ± std) | recovered KL | degraded KL | knowledge T / D / R | trained tokens | "
+             "time per run (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("kind", "run") == "run":
             key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
-                   r.get("device", "cpu"), r["bf16"])
+                   r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"))
             groups.setdefault(key, []).append(r)
     means = {}
-    for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][3], kv[0][4], kv[0][5], kv[0][6])):
-        name, off, on, label, lr, device, bf16 = key
+    for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], *kv[0][3:])):
+        name, off, on, label, lr, device, bf16, selection = key
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
         means[key] = statistics.mean(ratios)
@@ -127,10 +139,11 @@ def render(rows: list[dict]) -> str:
         steps = f"{off} + {on}" if label == "distill" else f"{off + on} + 0"
         jobs = max(r.get("concurrent", 1) for r in sel)
         device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
-        lines.append(f"| {name} | {label} | {steps} | {lr:g} | {device_cell} | {'bf16 autocast' if bf16 else 'fp32'} | "
-                     f"{','.join(str(r['seed']) for r in sel)} | {means[key]:.3f} {spread} | "
-                     f"{statistics.mean(r['kl'] for r in sel):.4f} | {sel[0]['kl_degraded']:.4f} | "
-                     f"{statistics.mean(r['tokens'] for r in sel):,.0f} | {statistics.mean(r['seconds'] for r in sel):.0f} |")
+        lines.append(f"| {name} | {label} | {steps} | {lr:g} | {selection} | {device_cell} | "
+                     f"{'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
+                     f"{means[key]:.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
+                     f"{sel[0]['kl_degraded']:.4f} | {_knowledge(sel)} | {statistics.mean(r['tokens'] for r in sel):,.0f} | "
+                     f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
     for r in rows:
         if r.get("kind") == "partial":
             ratios = [1 - kl / r["kl_degraded"] for kl in r["kl"]]
@@ -141,11 +154,10 @@ def render(rows: list[dict]) -> str:
                       f"± {statistics.stdev(ratios):.3f} (the teacher's KL is 0)."]
     verdicts = []
     for key, mean in means.items():
-        name, off, on, label, lr, device, bf16 = key
+        name, off, on, label, lr, device, bf16, selection = key
         if label != "distill" or off + on < sum(BUDGETS["full"]):
             continue
-        control = means.get((name, off + on, 0, "sft-replay", lr, device, bf16),
-                            means.get((name, off, on, "sft-replay", lr, device, bf16)))
+        control = means.get((name, off, on, "sft-replay", lr, device, bf16, selection))
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f})")
         verdicts.append(f"- {name}, peak lr {lr:g}, {device}: {mean:.3f}; the 0.8 target is "
@@ -161,27 +173,56 @@ def render(rows: list[dict]) -> str:
 
 def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float) -> dict:
     return dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
-                device=device_label(), lr=lr)
+                device=device_label(), lr=lr, selection="validation")
 
 
 def is_done(key: dict, rows: list[dict]) -> bool:
-    """Rows written before a field existed hold its old default (cpu; the default peak lr)."""
-    implied = {"device": "cpu", "lr": DEFAULT_LR}
+    """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
+    checkpoint chosen on the held-out set itself)."""
+    implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout"}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
+
+
+def run_dir(work: Path, row: dict) -> Path:
+    lr = row.get("lr", DEFAULT_LR)
+    lr_tag = "" if lr == DEFAULT_LR else f"-lr{lr:g}"
+    return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{lr_tag}-seed{row['seed']}"
+
+
+def suite_scores(model: str, degraded: Path, recovered: Path, suites: str) -> dict:
+    """General ability, not only fidelity: does the recovered model net-recover it?"""
+    report = evaluate_task_suites(model, {"degraded": degraded, "recovered": recovered}, suites.split(","),
+                                  log=lambda *a: None)
+    return {suite: {name: {m: v for m, v in res[suite].items() if isinstance(v, float) and m != "seconds"}
+                    for name, res in report["results"].items()} for suite in report["suites"]}
+
+
+def backfill_suites(args) -> None:
+    """Score the suites for finished runs recorded without them, where their models are still on disk."""
+    rows = load_rows(args.results)
+    for row in rows:
+        out = run_dir(args.work, row) if row.get("kind", "run") == "run" else None
+        if out is None or row.get("suites") or not out.exists():
+            continue
+        print(f"scoring {', '.join(args.suites.split(','))} for {out}", flush=True)
+        row["suites"] = suite_scores(args.model, args.work / row["degradation"] / "degraded", out, args.suites)
+        write_text_atomic(args.results, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
     """Train one method on one degraded model and score it on the held-out prompts."""
-    lr_tag = "" if key["lr"] == DEFAULT_LR else f"-lr{key['lr']:g}"
-    out = args.work / key["degradation"] / f"{key['method']}-{key['offpolicy']}-{key['onpolicy']}{lr_tag}-seed{key['seed']}"
+    out = run_dir(args.work, key)
     cfg = method_config(key["method"], key["offpolicy"], key["onpolicy"], key["seed"], key["bf16"], args.threads,
                         key["lr"])
     result = recover(args.model, degraded, out, cfg, data, progress=args.jobs == 0)
     report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
                              generation=False)
-    return {**key, "kind": "run", "tokens": result["tokens"], "seconds": round(result["seconds"], 1),
-            "ratio": report["recovery_ratio"]["kl"], "kl": report["metrics"]["recovered"]["kl"],
-            "kl_degraded": report["metrics"]["degraded"]["kl"], "concurrent": max(args.jobs, 1)}
+    row = {**key, "kind": "run", "tokens": result["tokens"], "seconds": round(result["seconds"], 1),
+           "ratio": report["recovery_ratio"]["kl"], "kl": report["metrics"]["recovered"]["kl"],
+           "kl_degraded": report["metrics"]["degraded"]["kl"], "concurrent": max(args.jobs, 1)}
+    if args.suites:
+        row["suites"] = suite_scores(args.model, degraded, out, args.suites)
+    return row
 
 
 def run_parallel(args, todo: list[dict], results: Path) -> None:
@@ -198,7 +239,7 @@ def run_parallel(args, todo: list[dict], results: Path) -> None:
             cmd = [sys.executable, __file__, "--model", args.model, "--work", str(args.work), "--child",
                    "--degradations", key["degradation"], "--methods", key["method"], "--seeds", str(key["seed"]),
                    "--results", str(part), "--jobs", str(args.jobs)]
-            cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"])]
+            cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log))
@@ -230,14 +271,20 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate of every method")
+    ap.add_argument("--suites", default="knowledge",
+                    help="task suites scored on teacher, degraded and recovered model ('' for none)")
     ap.add_argument("--jobs", type=int, default=0, help="run this many runs at once, each in its own process")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the JSONL the rows are appended to")
+    ap.add_argument("--backfill-suites", action="store_true",
+                    help="only score --suites for recorded runs whose models are still in --work, then render")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from the JSONL")
     ap.add_argument("--step-cost", action="store_true", help="time KD against SFT steps and stop")
     args = ap.parse_args()
 
-    if args.render:
+    if args.backfill_suites:
+        backfill_suites(args)
+    if args.render or args.backfill_suites:
         print(update_section("recovery", render(load_rows(args.results))))
         return
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
