@@ -42,7 +42,7 @@ from recoverlm.degrade import METHODS, degrade  # noqa: E402
 from recoverlm.evaluate.compare import evaluate_models, evaluate_task_suites  # noqa: E402
 from recoverlm.io import write_text_atomic  # noqa: E402
 from recoverlm.models import compute_device  # noqa: E402
-from recoverlm.recover.response_set import distill_set, heldout_set  # noqa: E402
+from recoverlm.recover.response_set import distill_set, heldout_set, validation_set  # noqa: E402
 from recoverlm.recover.trainer import Recovery, batch_order, recover  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "recovery.jsonl"
@@ -118,19 +118,20 @@ def render(rows: list[dict]) -> str:
              "prompts that chose the exported checkpoint (validation prompts set aside from training, or, in older "
              "rows, the held-out prompts themselves). Knowledge: accuracy on the knowledge suite (341 items) of "
              "the teacher, the degraded and the recovered model, when the run measured it.", "",
-             "| degradation | method | steps (off + on) | peak lr | best on | device | precision | seeds | "
-             "recovery ratio (mean ± std) | recovered KL | degraded KL | knowledge T / D / R | trained tokens | "
-             "time per run (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| degradation | method | steps (off + on) | teacher text per prompt | peak lr | best on | device | "
+             "precision | seeds | recovery ratio (mean ± std) | recovered KL | degraded KL | knowledge T / D / R | "
+             "trained tokens | time per run (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("kind", "run") == "run":
             key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
-                   r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"))
+                   r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"), r.get("teacher_samples", 1),
+                   r.get("teacher_temperature", 0.0))
             groups.setdefault(key, []).append(r)
     means = {}
     for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], *kv[0][3:])):
-        name, off, on, label, lr, device, bf16, selection = key
+        name, off, on, label, lr, device, bf16, selection, samples, temp = key
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
         means[key] = statistics.mean(ratios)
@@ -139,7 +140,8 @@ def render(rows: list[dict]) -> str:
         steps = f"{off} + {on}" if label == "distill" else f"{off + on} + 0"
         jobs = max(r.get("concurrent", 1) for r in sel)
         device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
-        lines.append(f"| {name} | {label} | {steps} | {lr:g} | {selection} | {device_cell} | "
+        text = f"{samples} × " + ("greedy" if temp == 0 else f"sampled at T={temp:g}")
+        lines.append(f"| {name} | {label} | {steps} | {text} | {lr:g} | {selection} | {device_cell} | "
                      f"{'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
                      f"{means[key]:.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
                      f"{sel[0]['kl_degraded']:.4f} | {_knowledge(sel)} | {statistics.mean(r['tokens'] for r in sel):,.0f} | "
@@ -154,13 +156,14 @@ def render(rows: list[dict]) -> str:
                       f"± {statistics.stdev(ratios):.3f} (the teacher's KL is 0)."]
     verdicts = []
     for key, mean in means.items():
-        name, off, on, label, lr, device, bf16, selection = key
+        name, off, on, label, *setting = key
         if label != "distill" or off + on < sum(BUDGETS["full"]):
             continue
-        control = means.get((name, off, on, "sft-replay", lr, device, bf16, selection))
+        lr, device = setting[0], setting[1]
+        control = means.get((name, off, on, "sft-replay", *setting))
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f})")
-        verdicts.append(f"- {name}, peak lr {lr:g}, {device}: {mean:.3f}; the 0.8 target is "
+        verdicts.append(f"- {name}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt, {device}: {mean:.3f}; the 0.8 target is "
                         f"{'met' if mean >= 0.8 else 'not met'}; {beats}.")
     if verdicts:
         lines += ["", "Full budget against the targets (recovery ratio of at least 0.8, and above `sft-replay`):", ""] + verdicts
@@ -171,22 +174,24 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float) -> dict:
+def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float,
+            samples: int, temperature: float) -> dict:
     return dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
-                device=device_label(), lr=lr, selection="validation")
+                device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
+                teacher_temperature=temperature)
 
 
 def is_done(key: dict, rows: list[dict]) -> bool:
     """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
     checkpoint chosen on the held-out set itself)."""
-    implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout"}
+    implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
 
 
 def run_dir(work: Path, row: dict) -> Path:
-    lr = row.get("lr", DEFAULT_LR)
-    lr_tag = "" if lr == DEFAULT_LR else f"-lr{lr:g}"
-    return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{lr_tag}-seed{row['seed']}"
+    lr, samples = row.get("lr", DEFAULT_LR), row.get("teacher_samples", 1)
+    tag = ("" if lr == DEFAULT_LR else f"-lr{lr:g}") + ("" if samples == 1 else f"-x{samples}t{row['teacher_temperature']:g}")
+    return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{tag}-seed{row['seed']}"
 
 
 def suite_scores(model: str, degraded: Path, recovered: Path, suites: str) -> dict:
@@ -239,7 +244,8 @@ def run_parallel(args, todo: list[dict], results: Path) -> None:
             cmd = [sys.executable, __file__, "--model", args.model, "--work", str(args.work), "--child",
                    "--degradations", key["degradation"], "--methods", key["method"], "--seeds", str(key["seed"]),
                    "--results", str(part), "--jobs", str(args.jobs)]
-            cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites]
+            cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites,
+                    "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log))
@@ -271,6 +277,10 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate of every method")
+    ap.add_argument("--teacher-samples", type=int, default=1,
+                    help="teacher responses per training prompt (more unique text for the same budget)")
+    ap.add_argument("--teacher-temperature", type=float, default=0.0,
+                    help="sampling temperature of those responses (0 = greedy; needed above 0 for several samples)")
     ap.add_argument("--suites", default="knowledge",
                     help="task suites scored on teacher, degraded and recovered model ('' for none)")
     ap.add_argument("--jobs", type=int, default=0, help="run this many runs at once, each in its own process")
@@ -290,7 +300,9 @@ def main() -> None:
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     offpolicy, onpolicy = BUDGETS["quick" if args.quick else "full"]
     bf16 = not args.fp32
-    data = DataConfig()
+    if args.teacher_samples > 1 and args.teacher_temperature == 0:
+        ap.error("--teacher-samples above 1 needs --teacher-temperature above 0 (greedy answers would repeat)")
+    data = DataConfig(responses_per_prompt=args.teacher_samples, temperature=args.teacher_temperature)
     todo, degraded_of = [], {}
     for name in args.degradations.split(","):
         method, params = DEGRADATIONS[name]
@@ -306,14 +318,15 @@ def main() -> None:
             break
         for seed in seeds:
             for label in args.methods.split(","):
-                key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr)
+                key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr, args.teacher_samples,
+                              args.teacher_temperature)
                 if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
                 else:
                     todo.append(key)
     if args.jobs and not args.child and todo:
-        distill_set(args.model, data)  # the children load these from the cache instead of racing to build them
-        heldout_set(args.model, data)
+        for build in (distill_set, validation_set, heldout_set):  # built once: the children load them from the cache
+            build(args.model, data)
         run_parallel(args, todo, args.results)
     else:
         for key in todo:
