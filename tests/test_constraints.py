@@ -1,5 +1,6 @@
 import pytest
 import torch
+from _constrained import optimizer_steps
 
 from recoverlm.constraints import SparsityConstraint, linear_weights, load_constraint
 from recoverlm.degrade.prune import magnitude_mask, prune_magnitude
@@ -11,15 +12,8 @@ from recoverlm.models import load_model
 def _train(model, constraint, steps=3, lr=1e-2):
     constraint.attach(model)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        constraint.enforce(model)
+    optimizer_steps(model, constraint, steps, lr)
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
     constraint.finalize(model)
     return changed

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from _constrained import optimizer_steps
 
 from recoverlm.constraints import SparsityConstraint, fake_quantize, linear_weights, load_constraint
 from recoverlm.degrade import METHODS, apply_method, degrade
@@ -36,14 +37,7 @@ def _train_under(model, constraint, steps=3, lr=5e-2):
     """attach -> AdamW steps (each followed by enforce) -> finalize, as recovery does."""
     constraint.attach(model)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        constraint.enforce(model)
+    optimizer_steps(model, constraint, steps, lr, weight_decay=0.1)
     constraint.finalize(model)
     model.eval()
 

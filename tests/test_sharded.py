@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
+from _constrained import optimizer_steps
 
 from recoverlm.constraints import linear_weights
 from recoverlm.degrade.prune import prune_magnitude
@@ -33,17 +34,6 @@ def _shard(model):
     return model
 
 
-def _steps(model, constraint, steps=3):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        constraint.enforce(model)
-
-
 def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
@@ -54,8 +44,8 @@ def test_sparsity_holds_on_sharded_parameters(tiny_model, gloo_group):
     plain, constraint = prune_magnitude(load_model(tiny_model), 0.5)
     sharded = _shard(copy.deepcopy(plain))
     assert all(isinstance(w, DTensor) for w in linear_weights(sharded).values())
-    _steps(plain, constraint)
-    _steps(sharded, constraint)
+    optimizer_steps(plain, constraint)
+    optimizer_steps(sharded, constraint)
     for name, w in linear_weights(sharded).items():
         full = _full(w.detach())
         assert (full[~constraint.masks[name]] == 0).all(), name
@@ -70,7 +60,7 @@ def test_gathered_state_rebuilds_a_plain_model_on_the_grid(tiny_model, gloo_grou
     constraint.attach(model)
     sharded = _shard(model)
     before = {k: _full(v).clone() for k, v in sharded.state_dict().items()}
-    _steps(sharded, constraint)
+    optimizer_steps(sharded, constraint)
     state = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     assert any(not torch.equal(before[k], v) for k, v in state.items())
     rebuilt = load_model(tiny_model)
