@@ -111,7 +111,7 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
     del gen_model
     rs = ResponseSet([prompts[i] for i in kept], prompt_ids, responses, {**settings, "n_overflow": n_over})
     if top_k_logits:
-        scorer = teacher if teacher is not None else models.load_model(path, dtype=torch.float32).to(device)
+        scorer = teacher if teacher is not None else models.load_for_inference(path)
         rs.topk_indices, rs.topk_logprobs = teacher_topk(scorer, prompt_ids, responses, top_k_logits,
                                                          tokenizer.pad_token_id, batch_size)
         rs._index()
