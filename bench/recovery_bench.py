@@ -90,10 +90,13 @@ def load_rows(path: Path = RESULTS) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-def append_row(row: dict, path: Path = RESULTS) -> None:
+def write_rows(rows: list[dict], path: Path = RESULTS) -> None:
     """Rewrite the whole file atomically, so a crash never leaves half a line."""
-    rows = load_rows(path) + [row]
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def append_row(row: dict, path: Path = RESULTS) -> None:
+    write_rows(load_rows(path) + [row], path)
 
 
 DEFAULT_LR = RecoverConfig().lr
@@ -211,7 +214,7 @@ def backfill_suites(args) -> None:
             continue
         print(f"scoring {', '.join(args.suites.split(','))} for {out}", flush=True)
         row["suites"] = suite_scores(args.model, args.work / row["degradation"] / "degraded", out, args.suites)
-        write_text_atomic(args.results, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        write_rows(rows, args.results)
 
 
 def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
@@ -238,7 +241,7 @@ def run_parallel(args, todo: list[dict], results: Path) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             key = pending.pop(0)
-            tag = f"{key['degradation']}-{key['method']}-lr{key['lr']:g}-seed{key['seed']}"
+            tag = f"{key['degradation']}-{run_dir(args.work, key).name}"
             part = logs / f"{tag}.jsonl"
             part.unlink(missing_ok=True)
             cmd = [sys.executable, __file__, "--model", args.model, "--work", str(args.work), "--child",
@@ -293,6 +296,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.backfill_suites:
+        if not args.suites:
+            ap.error("--backfill-suites needs --suites")
         backfill_suites(args)
     if args.render or args.backfill_suites:
         print(update_section("recovery", render(load_rows(args.results))))
