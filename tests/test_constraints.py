@@ -2,7 +2,8 @@ import pytest
 import torch
 from _constrained import optimizer_steps
 
-from recoverlm.constraints import SparsityConstraint, linear_weights, load_constraint
+from recoverlm.constraints import (SparsityConstraint, fake_quantize, learned_scale_fake_quantize, linear_weights,
+                                   load_constraint)
 from recoverlm.degrade.prune import magnitude_mask, prune_magnitude
 from recoverlm.degrade.quantize import quantize_rtn
 from recoverlm.errors import RecoverLMError
@@ -63,6 +64,37 @@ def test_quant_grid_survives_training_steps(tiny_model, tmp_path):
     assert moved > 0, "QAT with a large learning rate should move some weights to other grid points"
     constraint.save(tmp_path)
     load_constraint(tmp_path).verify(model)
+
+
+def test_learned_scale_projection_matches_the_fixed_grid_and_reaches_the_scale():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 64, generator=gen)
+    scale = torch.rand(4, 2, generator=gen) * 0.1 + 0.05
+    zero = torch.full((4, 2), 8.0)
+    scale.requires_grad_(True)
+    projected = learned_scale_fake_quantize(w, scale, zero, 0, 15)
+    assert torch.equal(projected.detach(), fake_quantize(w, scale.detach(), zero, 0, 15))
+    projected.pow(2).sum().backward()
+    # The integers are held fixed: d/ds sum(((q - z) s)^2) = sum(2 (q - z)^2 s) over each group.
+    levels = (projected.detach().reshape(4, 2, 32) / scale.detach().unsqueeze(-1)).round()
+    expected = (2 * levels ** 2 * scale.detach().unsqueeze(-1)).sum(-1)
+    torch.testing.assert_close(scale.grad, expected)
+
+
+def test_learned_grid_scales_move_and_the_export_verifies_on_them(tiny_model, tmp_path):
+    model = load_model(tiny_model)
+    model, constraint = quantize_rtn(model, bits=4, group_size=32)
+    degraded_scales = {k: v.clone() for k, v in constraint.scales.items()}
+    constraint.learn_scales = True
+    assert _train(model, constraint, lr=5e-2)
+    assert constraint.verify(model)["learned_scales"]
+    assert any(not torch.equal(degraded_scales[k], v) for k, v in constraint.scales.items())
+    constraint.save(tmp_path)
+    load_constraint(tmp_path).verify(model)  # the saved grid is the learned one
+    stale = load_constraint(tmp_path)
+    stale.scales = degraded_scales
+    with pytest.raises(RecoverLMError, match="off the grid"):
+        stale.verify(model)
 
 
 def test_quant_args_are_checked(tiny_model):

@@ -102,6 +102,26 @@ def test_qat_keeps_grid(tmp_path, tiny_model, quantized, data_cfg):
     assert any(not torch.equal(before[k], after[k]) for k in before if "layers" in k)
 
 
+def test_learned_grid_scales_are_exported_with_the_model(tmp_path, tiny_model, quantized, data_cfg):
+    res = recover(tiny_model, quantized, tmp_path / "r",
+                  _cfg(grid_scales="learned", grid_scale_lr=5e-2, lr=1e-3, select_best=False, onpolicy_steps=1,
+                       eval_every=2), data_cfg, progress=False)
+    assert res["constraint"]["learned_scales"]
+    grid_before = load_file(str(quantized / "quant_grid.safetensors"))
+    grid_after = load_file(str(tmp_path / "r" / "quant_grid.safetensors"))
+    assert any(not torch.equal(grid_before[k], grid_after[k]) for k in grid_before if k.endswith(".scale"))
+    assert all(torch.equal(grid_before[k], grid_after[k]) for k in grid_before if k.endswith(".zero"))
+    load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))
+
+
+def test_learned_grid_scales_need_a_grid(tmp_path, tiny_model, pruned, quantized, data_cfg):
+    with pytest.raises(RecoverLMError, match="needs a student on a quantization grid"):
+        recover(tiny_model, pruned, tmp_path / "r", _cfg(grid_scales="learned"), data_cfg, progress=False)
+    with pytest.raises(RecoverLMError, match="not supported with lora"):
+        recover(tiny_model, quantized, tmp_path / "r", _cfg(grid_scales="learned", lora=LoraConfig(r=4)), data_cfg,
+                progress=False)
+
+
 def test_lora_under_masks_survives_merge(tmp_path, tiny_model, pruned, data_cfg):
     res = recover(tiny_model, pruned, tmp_path / "r", _cfg(lora=LoraConfig(r=4), lr=2e-2, select_best=False),
                   data_cfg, progress=False)
@@ -165,9 +185,11 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model, prune
     assert one["tokens"] == two["tokens"]
 
 
-def test_resume_continues_exactly(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
-    cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False)
-    recover(tiny_model, pruned, tmp_path / "straight", cfg, data_cfg, progress=False)
+@pytest.mark.parametrize("student,grid_scales", [("pruned", "fixed"), ("quantized", "learned")])
+def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, data_cfg, monkeypatch, request):
+    degraded = request.getfixturevalue(student)
+    cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False, grid_scales=grid_scales)
+    recover(tiny_model, degraded, tmp_path / "straight", cfg, data_cfg, progress=False)
     real = trainer_mod.Recovery.train_step
 
     def crash(self, step, *a):
@@ -177,11 +199,11 @@ def test_resume_continues_exactly(tmp_path, tiny_model, pruned, data_cfg, monkey
 
     monkeypatch.setattr(trainer_mod.Recovery, "train_step", crash)
     with pytest.raises(KeyboardInterrupt):
-        recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False)
+        recover(tiny_model, degraded, tmp_path / "resumed", cfg, data_cfg, progress=False)
     assert not (tmp_path / "resumed").exists()
     assert (tmp_path / "resumed.work" / "checkpoint" / "state.json").exists()
     monkeypatch.setattr(trainer_mod.Recovery, "train_step", real)
-    recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
+    recover(tiny_model, degraded, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert not (tmp_path / "resumed.work").exists()

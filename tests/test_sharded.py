@@ -53,10 +53,13 @@ def test_sparsity_holds_on_sharded_parameters(tiny_model, gloo_group):
     constraint.verify(plain)
 
 
-def test_gathered_state_rebuilds_a_plain_model_on_the_grid(tiny_model, gloo_group):
+@pytest.mark.parametrize("learn_scales", [False, True])
+def test_gathered_state_rebuilds_a_plain_model_on_the_grid(tiny_model, gloo_group, learn_scales):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model, constraint = quantize_rtn(load_model(tiny_model), bits=4, group_size=32)
+    degraded_scales = {k: v.clone() for k, v in constraint.scales.items()}
+    constraint.learn_scales = learn_scales
     constraint.attach(model)
     sharded = _shard(model)
     before = {k: _full(v).clone() for k, v in sharded.state_dict().items()}
@@ -68,3 +71,5 @@ def test_gathered_state_rebuilds_a_plain_model_on_the_grid(tiny_model, gloo_grou
     rebuilt.load_state_dict(state)
     constraint.finalize(rebuilt)
     assert constraint.verify(rebuilt)["kind"] == "quant_grid"
+    scales_moved = any(not torch.equal(degraded_scales[k], v) for k, v in constraint.scales.items())
+    assert scales_moved == learn_scales

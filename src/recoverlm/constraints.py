@@ -145,6 +145,38 @@ def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     return ((q - z) * s).reshape(out_features, in_features)
 
 
+class _FakeQuantLearnedScale(torch.autograd.Function):
+    """The same projection as `fake_quantize` (bit for bit, so the export verifies), differentiable
+    in the group scales with the integers held fixed: d w_q / d s = q - zero, the grid's true local
+    slope (as EfficientQAT trains its step sizes). The LSQ estimator would give (q - zero) - w / s
+    instead, which is zero for weights on the grid, so from a degraded model it gives the scales
+    nothing but rounding noise, which Adam then inflates to full-size steps. The weights keep the
+    plain straight-through gradient, as on a fixed grid."""
+
+    @staticmethod
+    def forward(ctx, weight, scale, zero, qmin, qmax):
+        out_features, in_features = weight.shape
+        groups = scale.shape[1]
+        w = weight.reshape(out_features, groups, in_features // groups)
+        s = scale.unsqueeze(-1).to(w.dtype)
+        z = zero.unsqueeze(-1).to(w.dtype)
+        levels = torch.clamp(torch.round(w / s) + z, qmin, qmax) - z
+        ctx.save_for_backward(levels)
+        return (levels * s).reshape(out_features, in_features)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (levels,) = ctx.saved_tensors
+        grad_scale = (grad.reshape(levels.shape) * levels).sum(-1)
+        return grad, grad_scale, None, None, None
+
+
+def learned_scale_fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int,
+                                qmax: int) -> torch.Tensor:
+    """`fake_quantize` with gradients for the weights (straight through) and for the scales."""
+    return _FakeQuantLearnedScale.apply(weight, scale, zero, qmin, qmax)
+
+
 class _GridParametrization(torch.nn.Module):
     def __init__(self, scale, zero, qmin, qmax):
         super().__init__()
@@ -156,18 +188,39 @@ class _GridParametrization(torch.nn.Module):
         return _FakeQuant.apply(weight, self.scale, self.zero, self.qmin, self.qmax)
 
 
+class _LearnedScaleGridParametrization(torch.nn.Module):
+    """A grid whose group scales train with the weights. They are kept as logarithms: an Adam step
+    then changes every scale by about the same fraction, whatever its size."""
+
+    def __init__(self, scale, zero, qmin, qmax):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(scale.float().log())
+        self.register_buffer("zero", zero, persistent=False)
+        self.qmin, self.qmax = qmin, qmax
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def forward(self, weight):
+        return learned_scale_fake_quantize(weight, self.scale(), self.zero, self.qmin, self.qmax)
+
+
 @dataclass
 class QuantGridConstraint(Constraint):
     """Weights live on a fixed integer grid: w = (q - zero) * scale with q in [qmin, qmax].
 
     Training uses fake quantization with a straight-through estimator over latent float weights
     (QAT); `finalize` rounds the latent weights onto the grid, so the export is exactly on it.
+    With `learn_scales` the group scales train too (the zero points and the bit width stay): the
+    export is still one integer grid per group, only with the scales recovery found, and they are
+    what `save` writes.
     """
 
     scales: dict[str, torch.Tensor]
     zeros: dict[str, torch.Tensor]
     bits: int
     symmetric: bool
+    learn_scales: bool = False
     kind: str = field(default="quant_grid", init=False)
 
     @property
@@ -183,19 +236,23 @@ class QuantGridConstraint(Constraint):
         from torch.nn.utils import parametrize
 
         qmin, qmax = self.qrange
+        grid = _LearnedScaleGridParametrization if self.learn_scales else _GridParametrization
         for name, module in self._modules(model):
             if not parametrize.is_parametrized(module, "weight"):
                 w = module.weight
                 parametrize.register_parametrization(
-                    module, "weight",
-                    _GridParametrization(self.scales[name].to(w.device), self.zeros[name].to(w.device), qmin, qmax),
-                )
+                    module, "weight", grid(self.scales[name].to(w.device), self.zeros[name].to(w.device), qmin, qmax))
 
     def finalize(self, model) -> None:
+        """Bake the grid into the weights; learned scales replace the degraded model's scales."""
         from torch.nn.utils import parametrize
 
-        for _, module in self._modules(model):
+        for name, module in self._modules(model):
             if parametrize.is_parametrized(module, "weight"):
+                grid = module.parametrizations.weight[0]
+                if isinstance(grid, _LearnedScaleGridParametrization):
+                    with torch.no_grad():
+                        self.scales[name] = grid.scale().detach().float().cpu()
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
     @torch.no_grad()
@@ -212,7 +269,8 @@ class QuantGridConstraint(Constraint):
             off = (projected != w).sum().item()
             if off:
                 raise RecoverLMError(f"quantization grid broken: {off} weights of {name} are off the grid")
-        return {"kind": self.kind, "bits": self.bits, "symmetric": self.symmetric, "matrices": len(self.scales)}
+        return {"kind": self.kind, "bits": self.bits, "symmetric": self.symmetric, "matrices": len(self.scales),
+                "learned_scales": self.learn_scales}
 
     def save(self, folder: Path) -> None:
         tensors = {f"{k}.scale": v.contiguous() for k, v in self.scales.items()}

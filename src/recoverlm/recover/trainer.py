@@ -40,6 +40,19 @@ def lr_at(step: int, cfg: RecoverConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def param_groups(model, cfg: RecoverConfig) -> list[dict]:
+    """The trainable weights, and learned grid log-scales apart: their own peak lr and no weight
+    decay (decay would pull every scale towards 1)."""
+    weights, scales = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (scales if name.endswith(".log_scale") else weights).append(p)
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay, "lr_ratio": 1.0}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0, "lr_ratio": cfg.grid_scale_lr / cfg.lr})
+    return groups
+
+
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """Sequence indices for every step: reshuffled each epoch, deterministic in the seed, so a
     resumed run sees exactly the batches it would have seen."""
@@ -115,6 +128,13 @@ class Recovery:
             raise RecoverLMError("the training set is empty")
 
         self.constraint: Constraint = load_constraint(self.student_path)
+        if cfg.grid_scales == "learned":
+            if not isinstance(self.constraint, QuantGridConstraint):
+                raise RecoverLMError(f"grid_scales 'learned' needs a student on a quantization grid; "
+                                     f"{self.student_path} has constraint '{self.constraint.kind}'")
+            if cfg.lora:
+                raise RecoverLMError("grid_scales 'learned' needs full fine-tuning; it is not supported with lora")
+            self.constraint.learn_scales = True
         student = models.load_model(self.student_path, dtype=torch.float32)
         self.task_teacher = self._task_teacher(student)
         if cfg.lora:
@@ -128,8 +148,7 @@ class Recovery:
         student.train()
         self.ema = copy.deepcopy(student).eval().requires_grad_(False).to(device) if cfg.teacher_mode == "ema" else None
         torch.manual_seed(cfg.seed)
-        params = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW(param_groups(student, cfg), lr=cfg.lr, betas=(0.9, 0.95))
         self.student, self.optimizer = self.acc.prepare(student, optimizer)
         self.history: list[dict] = []
         self.start_step, self.best, self.best_state = 0, None, None
@@ -248,7 +267,7 @@ class Recovery:
         micro = self._micro_batches(step, seq_indices, on_policy)
         total = self._global_tokens(micro)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step - 1, self.cfg)
+            group["lr"] = lr_at(step - 1, self.cfg) * group["lr_ratio"]
         loss_value, div_value = 0.0, 0.0
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
