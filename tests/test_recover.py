@@ -114,6 +114,14 @@ def test_learned_grid_scales_are_exported_with_the_model(tmp_path, tiny_model, q
     load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))
 
 
+def test_cached_grid_weights_sample_what_the_grid_computes(tmp_path, tiny_model, quantized, data_cfg, monkeypatch):
+    run = trainer_mod.Recovery(tiny_model, quantized, tmp_path / "r", _cfg(onpolicy_steps=1), data_cfg, progress=False)
+    prompts = run.train_set.prompt_ids[:4]
+    cached = run._sample(prompts, seed=3)
+    monkeypatch.setattr(trainer_mod.Recovery, "_frozen_weights", lambda self: trainer_mod.nullcontext())
+    assert run._sample(prompts, seed=3) == cached
+
+
 def test_learned_grid_scales_need_a_grid(tmp_path, tiny_model, pruned, quantized, data_cfg):
     with pytest.raises(RecoverLMError, match="needs a student on a quantization grid"):
         recover(tiny_model, pruned, tmp_path / "r", _cfg(grid_scales="learned"), data_cfg, progress=False)

@@ -12,10 +12,12 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from .. import models
@@ -206,12 +208,19 @@ class Recovery:
             model.gradient_checkpointing_disable()
         # Under FSDP every rank must run the same number of forward passes: ranks that finished
         # early keep stepping (synced) until all have.
-        responses = generate(model, self.tokenizer, prompt_ids, self.cfg.onpolicy_max_new_tokens,
-                             self.cfg.onpolicy_temperature, 1.0, batch_size=len(prompt_ids), seed=seed, progress=False,
-                             synced=self.sharded and self.acc.num_processes > 1)
+        with self._frozen_weights():
+            responses = generate(model, self.tokenizer, prompt_ids, self.cfg.onpolicy_max_new_tokens,
+                                 self.cfg.onpolicy_temperature, 1.0, batch_size=len(prompt_ids), seed=seed,
+                                 progress=False, synced=self.sharded and self.acc.num_processes > 1)
         if checkpointing:
             model.gradient_checkpointing_enable()
         return responses
+
+    def _frozen_weights(self):
+        """While the weights cannot change (sampling, evaluation), compute each parametrized weight
+        (a grid's fake quantization) once instead of at every forward, i.e. at every sampled token.
+        Not under FSDP, where a cached weight would outlive its layer's all-gather."""
+        return nullcontext() if self.sharded else parametrize.cached()
 
     # -- loss ---------------------------------------------------------------------------------
     def _teacher_logits(self, mb: MicroBatch) -> torch.Tensor:
@@ -293,13 +302,14 @@ class Recovery:
     # -- evaluation and checkpoints -------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
         model = self.acc.unwrap_model(self.student)
-        res = fidelity(self.teacher, {"student": model}, self.validation, self.pad_id, progress=False)["student"]
-        row = {"step": step, "stage": _stage(step, self.cfg), **(train or {}),
-               **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}
-        if self.cfg.cka_every_eval:
-            from ..analysis.capture import trajectory
+        with self._frozen_weights():
+            res = fidelity(self.teacher, {"student": model}, self.validation, self.pad_id, progress=False)["student"]
+            row = {"step": step, "stage": _stage(step, self.cfg), **(train or {}),
+                   **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}
+            if self.cfg.cka_every_eval:
+                from ..analysis.capture import trajectory
 
-            row["cka"] = trajectory(self.teacher, model, self.validation, self.pad_id)
+                row["cka"] = trajectory(self.teacher, model, self.validation, self.pad_id)
         model.train()
         self.history.append(row)
         if self.acc.is_main_process:
