@@ -55,9 +55,11 @@ BUDGETS = {"full": (240, 60), "quick": (40, 10)}  # (off-policy, on-policy) step
 
 
 def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bool, threads: int | None,
-                  lr: float) -> RecoverConfig:
-    """`distill` splits the steps between the stages; `sft-replay` spends all of them on cross-entropy."""
-    common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads, lr=lr)
+                  lr: float, grid_scales: str = "fixed") -> RecoverConfig:
+    """`distill` splits the steps between the stages; `sft-replay` spends all of them on cross-entropy.
+    Both train the same parameters (with learned grid scales, the control learns them too)."""
+    common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads, lr=lr,
+                  grid_scales=grid_scales)
     if label == "distill":
         return RecoverConfig(offpolicy_steps=offpolicy, onpolicy_steps=onpolicy, **common)
     return RecoverConfig(method="sft-replay", offpolicy_steps=offpolicy + onpolicy, **common)
@@ -120,21 +122,23 @@ def render(rows: list[dict]) -> str:
              "the run's own device, so the degraded KL differs a little between CPU and GPU rows. \"best on\": the "
              "prompts that chose the exported checkpoint (validation prompts set aside from training, or, in older "
              "rows, the held-out prompts themselves). Knowledge: accuracy on the knowledge suite (341 items) of "
-             "the teacher, the degraded and the recovered model, when the run measured it.", "",
+             "the teacher, the degraded and the recovered model, when the run measured it. Best step: the "
+             "evaluation (every 50 steps) whose checkpoint was exported; 0 means training never beat the "
+             "degraded model on those prompts, so the degraded model itself was kept.", "",
              "| degradation | method | steps (off + on) | teacher text per prompt | peak lr | best on | device | "
              "precision | seeds | recovery ratio (mean ± std) | recovered KL | degraded KL | knowledge T / D / R | "
-             "trained tokens | time per run (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "best step per seed | trained tokens | time per run (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("kind", "run") == "run":
             key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
                    r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"), r.get("teacher_samples", 1),
-                   r.get("teacher_temperature", 0.0))
+                   r.get("teacher_temperature", 0.0), r.get("grid_scales", "fixed"))
             groups.setdefault(key, []).append(r)
     means = {}
     for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], *kv[0][3:])):
-        name, off, on, label, lr, device, bf16, selection, samples, temp = key
+        name, off, on, label, lr, device, bf16, selection, samples, temp, grid_scales = key
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
         means[key] = statistics.mean(ratios)
@@ -144,10 +148,12 @@ def render(rows: list[dict]) -> str:
         jobs = max(r.get("concurrent", 1) for r in sel)
         device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
         text = f"{samples} × " + ("greedy" if temp == 0 else f"sampled at T={temp:g}")
-        lines.append(f"| {name} | {label} | {steps} | {text} | {lr:g} | {selection} | {device_cell} | "
+        method = label + (" (learned grid scales)" if grid_scales == "learned" else "")
+        lines.append(f"| {name} | {method} | {steps} | {text} | {lr:g} | {selection} | {device_cell} | "
                      f"{'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
                      f"{means[key]:.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
-                     f"{sel[0]['kl_degraded']:.4f} | {_knowledge(sel)} | {statistics.mean(r['tokens'] for r in sel):,.0f} | "
+                     f"{sel[0]['kl_degraded']:.4f} | {_knowledge(sel)} | {','.join(str(r.get('best_step', '—')) for r in sel)} | "
+                     f"{statistics.mean(r['tokens'] for r in sel):,.0f} | "
                      f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
     for r in rows:
         if r.get("kind") == "partial":
@@ -163,10 +169,16 @@ def render(rows: list[dict]) -> str:
         if label != "distill" or off + on < sum(BUDGETS["full"]):
             continue
         lr, device = setting[0], setting[1]
-        control = means.get((name, off, on, "sft-replay", *setting))
+        control, where = means.get((name, off, on, "sft-replay", *setting)), ""
+        if control is None:  # the same setting measured on another device still controls for the budget
+            elsewhere = [(k[5], m) for k, m in means.items()
+                         if k[:4] == (name, off, on, "sft-replay") and k[4] == lr and k[6:] == key[6:]]
+            if elsewhere:
+                (other_device, control), where = elsewhere[0], f", on {elsewhere[0][0]}"
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
-                                                          f"sft-replay ({control:.3f})")
-        verdicts.append(f"- {name}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt, {device}: {mean:.3f}; the 0.8 target is "
+                                                          f"sft-replay ({control:.3f}{where})")
+        scales = ", learned grid scales" if setting[6] == "learned" else ""
+        verdicts.append(f"- {name}{scales}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt, {device}: {mean:.3f}; the 0.8 target is "
                         f"{'met' if mean >= 0.8 else 'not met'}; {beats}.")
     if verdicts:
         lines += ["", "Full budget against the targets (recovery ratio of at least 0.8, and above `sft-replay`):", ""] + verdicts
@@ -178,22 +190,24 @@ def render(rows: list[dict]) -> str:
 
 
 def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float,
-            samples: int, temperature: float) -> dict:
+            samples: int, temperature: float, grid_scales: str = "fixed") -> dict:
     return dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
                 device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
-                teacher_temperature=temperature)
+                teacher_temperature=temperature, grid_scales=grid_scales)
 
 
 def is_done(key: dict, rows: list[dict]) -> bool:
     """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
     checkpoint chosen on the held-out set itself)."""
-    implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0}
+    implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0,
+               "grid_scales": "fixed"}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
 
 
 def run_dir(work: Path, row: dict) -> Path:
     lr, samples = row.get("lr", DEFAULT_LR), row.get("teacher_samples", 1)
     tag = ("" if lr == DEFAULT_LR else f"-lr{lr:g}") + ("" if samples == 1 else f"-x{samples}t{row['teacher_temperature']:g}")
+    tag += "-learned-scales" if row.get("grid_scales") == "learned" else ""
     return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{tag}-seed{row['seed']}"
 
 
@@ -221,13 +235,14 @@ def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
     """Train one method on one degraded model and score it on the held-out prompts."""
     out = run_dir(args.work, key)
     cfg = method_config(key["method"], key["offpolicy"], key["onpolicy"], key["seed"], key["bf16"], args.threads,
-                        key["lr"])
+                        key["lr"], key["grid_scales"])
     result = recover(args.model, degraded, out, cfg, data, progress=args.jobs == 0)
     report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
                              generation=False)
     row = {**key, "kind": "run", "tokens": result["tokens"], "seconds": round(result["seconds"], 1),
            "ratio": report["recovery_ratio"]["kl"], "kl": report["metrics"]["recovered"]["kl"],
-           "kl_degraded": report["metrics"]["degraded"]["kl"], "concurrent": max(args.jobs, 1)}
+           "kl_degraded": report["metrics"]["degraded"]["kl"], "concurrent": max(args.jobs, 1),
+           "best_step": result["best_step"]}
     if args.suites:
         row["suites"] = suite_scores(args.model, degraded, out, args.suites)
     return row
@@ -248,7 +263,8 @@ def run_parallel(args, todo: list[dict], results: Path) -> None:
                    "--degradations", key["degradation"], "--methods", key["method"], "--seeds", str(key["seed"]),
                    "--results", str(part), "--jobs", str(args.jobs)]
             cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites,
-                    "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature)]
+                    "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature),
+                    "--grid-scales", args.grid_scales]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log))
@@ -284,6 +300,8 @@ def main() -> None:
                     help="teacher responses per training prompt (more unique text for the same budget)")
     ap.add_argument("--teacher-temperature", type=float, default=0.0,
                     help="sampling temperature of those responses (0 = greedy; needed above 0 for several samples)")
+    ap.add_argument("--grid-scales", choices=["fixed", "learned"], default="fixed",
+                    help="quantized degradations: also train the group scales (both methods); pruning ignores it")
     ap.add_argument("--suites", default="knowledge",
                     help="task suites scored on teacher, degraded and recovered model ('' for none)")
     ap.add_argument("--jobs", type=int, default=0, help="run this many runs at once, each in its own process")
@@ -324,7 +342,7 @@ def main() -> None:
         for seed in seeds:
             for label in args.methods.split(","):
                 key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr, args.teacher_samples,
-                              args.teacher_temperature)
+                              args.teacher_temperature, args.grid_scales if method.startswith("quant.") else "fixed")
                 if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
                 else:
