@@ -134,15 +134,22 @@ class _FakeQuant(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Project `weight` (out, in) on a group-wise grid: scale and zero are (out, in // group)."""
+def grid_levels(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int,
+                qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The integer level minus the zero point of every weight, (out, groups, group), and the scales
+    broadcast to match: the projected weight is their product."""
     out_features, in_features = weight.shape
     groups = scale.shape[1]
     w = weight.reshape(out_features, groups, in_features // groups)
     s = scale.unsqueeze(-1).to(w.dtype)
     z = zero.unsqueeze(-1).to(w.dtype)
-    q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
-    return ((q - z) * s).reshape(out_features, in_features)
+    return torch.clamp(torch.round(w / s) + z, qmin, qmax) - z, s
+
+
+def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Project `weight` (out, in) on a group-wise grid: scale and zero are (out, in // group)."""
+    levels, s = grid_levels(weight, scale, zero, qmin, qmax)
+    return (levels * s).reshape(weight.shape)
 
 
 class _FakeQuantLearnedScale(torch.autograd.Function):
@@ -155,14 +162,9 @@ class _FakeQuantLearnedScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, scale, zero, qmin, qmax):
-        out_features, in_features = weight.shape
-        groups = scale.shape[1]
-        w = weight.reshape(out_features, groups, in_features // groups)
-        s = scale.unsqueeze(-1).to(w.dtype)
-        z = zero.unsqueeze(-1).to(w.dtype)
-        levels = torch.clamp(torch.round(w / s) + z, qmin, qmax) - z
+        levels, s = grid_levels(weight, scale, zero, qmin, qmax)
         ctx.save_for_backward(levels)
-        return (levels * s).reshape(out_features, in_features)
+        return (levels * s).reshape(weight.shape)
 
     @staticmethod
     def backward(ctx, grad):
