@@ -17,13 +17,17 @@ long benchmark can be run a piece at a time (a CPU run of the full budget takes 
     python bench/recovery_bench.py --jobs 12 --threads 1   # every run in its own process (a GPU box)
 
 With --jobs, the degraded models and the teacher's response sets are built once, then each
-(degradation, method, seed) run is a child process; the parent alone writes the results file.
+(degradation, method, seed) run is a child process; the parent alone writes the results file. Stopped
+early (Ctrl-C, or the SIGTERM of a time limit), it records each unfinished run's last validation
+evaluation as a "cut short" row. docs/benchmarks.md is rewritten only from bench/results/recovery.jsonl;
+with another --results the table is printed instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,7 @@ from mdsection import update_section  # noqa: E402
 from recoverlm.config import DataConfig, RecoverConfig  # noqa: E402
 from recoverlm.data import read_jsonl  # noqa: E402
 from recoverlm.degrade import METHODS, degrade  # noqa: E402
+from recoverlm.errors import RecoverLMError  # noqa: E402
 from recoverlm.evaluate.compare import evaluate_models, evaluate_task_suites  # noqa: E402
 from recoverlm.io import write_text_atomic  # noqa: E402
 from recoverlm.models import compute_device  # noqa: E402
@@ -155,8 +160,23 @@ def render(rows: list[dict]) -> str:
                      f"{sel[0]['kl_degraded']:.4f} | {_knowledge(sel)} | {','.join(str(r.get('best_step', '—')) for r in sel)} | "
                      f"{statistics.mean(r['tokens'] for r in sel):,.0f} | "
                      f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
+    cut: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r.get("kind") == "partial":
+        if r.get("kind") == "partial" and "kl_validation" in r:
+            cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
+                            r.get("grid_scales", "fixed"), r["why"]), []).append(r)
+    for (name, label, off, on, device, grid_scales, why), sel in cut.items():
+        sel = sorted(sel, key=lambda r: r["seed"])
+        ratios = [1 - r["kl_validation"] / r["kl_validation_start"] for r in sel]
+        spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
+        lines += ["", f"Cut short: {name} `{label}`{' (learned grid scales)' if grid_scales == 'learned' else ''} "
+                  f"({off} + {on} steps, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
+                  f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) validation KL was "
+                  f"{', '.join(format(r['kl_validation'], '.4f') for r in sel)} against "
+                  f"{', '.join(format(r['kl_validation_start'], '.4f') for r in sel)} at the start: ratio on the "
+                  f"validation prompts {statistics.mean(ratios):.3f}{spread}."]
+    for r in rows:
+        if r.get("kind") == "partial" and "kl_validation" not in r:
             ratios = [1 - kl / r["kl_degraded"] for kl in r["kl"]]
             lines += ["", f"Cut short: {r['degradation']} `{r['method']}` ({r['offpolicy']} + {r['onpolicy']} steps, "
                       f"{r.get('device', 'cpu')}, seeds {','.join(map(str, r['seeds']))}) was {r['why']}. At that "
@@ -248,11 +268,44 @@ def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
     return row
 
 
+def partial_row(key: dict, work: Path, why: str) -> dict | None:
+    """What a run stopped before its end had shown: its last evaluation on the validation prompts,
+    read from the trainer's metrics.jsonl (None before the first evaluation after the start)."""
+    out = run_dir(work, key)
+    trained = out / "metrics.jsonl"  # training had finished; the run was being scored
+    try:
+        evals = load_rows(trained if trained.exists() else out.with_name(out.name + ".work") / "metrics.jsonl")
+    except RecoverLMError:  # a line cut off by the stop
+        return None
+    if len(evals) < 2:
+        return None
+    return {**key, "kind": "partial", "why": why, "step": evals[-1]["step"], "kl_validation": evals[-1]["kl"],
+            "kl_validation_start": evals[0]["kl"]}
+
+
 def run_parallel(args, todo: list[dict], results: Path) -> None:
-    """Each run in a child process, at most `args.jobs` at once; rows are appended as runs finish."""
+    """Each run in a child process, at most `args.jobs` at once; rows are appended as runs finish.
+    Interrupted (Ctrl-C, or SIGTERM from a time limit), it stops the children and records how far
+    each one got, so a cut benchmark still leaves its evidence in the results file."""
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    pending, running = list(todo), []
+    running: list[tuple] = []
+    try:
+        _run_children(args, list(todo), running, logs, results)
+    except KeyboardInterrupt:
+        for proc, tag, _, log, key in running:
+            proc.terminate()
+            proc.wait()
+            log.close()
+            row = partial_row(key, args.work, "interrupted")
+            if row:
+                append_row(row, results)
+            print(f"{tag} interrupted" + (f" after step {row['step']}" if row else " before its first evaluation"),
+                  flush=True)
+        raise
+
+
+def _run_children(args, pending: list[dict], running: list[tuple], logs: Path, results: Path) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             key = pending.pop(0)
@@ -267,11 +320,11 @@ def run_parallel(args, todo: list[dict], results: Path) -> None:
                     "--grid-scales", args.grid_scales]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log))
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log, key))
             print(f"started {tag}", flush=True)
         time.sleep(2)
         for item in list(running):
-            proc, tag, part, log = item
+            proc, tag, part, log, _ = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -283,6 +336,13 @@ def run_parallel(args, todo: list[dict], results: Path) -> None:
             else:
                 tail = (logs / f"{tag}.log").read_text(errors="replace").splitlines()[-15:]
                 print(f"{tag} failed (exit {proc.returncode}):\n  " + "\n  ".join(tail), flush=True)
+
+
+def publish(results: Path) -> None:
+    """docs/benchmarks.md is rendered from the project's own results file only; rows kept elsewhere
+    (a scratch run, a GPU machine's output) print their table instead."""
+    table = render(load_rows(results))
+    print(update_section("recovery", table) if results.resolve() == RESULTS.resolve() else table)
 
 
 def main() -> None:
@@ -318,7 +378,7 @@ def main() -> None:
             ap.error("--backfill-suites needs --suites")
         backfill_suites(args)
     if args.render or args.backfill_suites:
-        print(update_section("recovery", render(load_rows(args.results))))
+        publish(args.results)
         return
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     offpolicy, onpolicy = BUDGETS["quick" if args.quick else "full"]
@@ -348,6 +408,7 @@ def main() -> None:
                 else:
                     todo.append(key)
     if args.jobs and not args.child and todo:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # a time limit's SIGTERM interrupts like Ctrl-C
         for build in (distill_set, validation_set, heldout_set):  # built once: the children load them from the cache
             build(args.model, data)
         run_parallel(args, todo, args.results)
@@ -357,7 +418,7 @@ def main() -> None:
             append_row(row, args.results)
             print(row, flush=True)
     if not args.child:
-        print(update_section("recovery", render(load_rows(args.results))))
+        publish(args.results)
 
 
 if __name__ == "__main__":
