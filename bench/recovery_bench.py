@@ -162,27 +162,19 @@ def render(rows: list[dict]) -> str:
                      f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
     cut: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r.get("kind") == "partial" and "kl_validation" in r:
+        if r.get("kind") == "partial":
             cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
-                            r.get("grid_scales", "fixed"), r["why"]), []).append(r)
-    for (name, label, off, on, device, grid_scales, why), sel in cut.items():
+                            r.get("grid_scales", "fixed"), r["prompts"], r["why"]), []).append(r)
+    for (name, label, off, on, device, grid_scales, prompts, why), sel in cut.items():
         sel = sorted(sel, key=lambda r: r["seed"])
-        ratios = [1 - r["kl_validation"] / r["kl_validation_start"] for r in sel]
+        ratios = [1 - r["kl_at_stop"] / r["kl_start"] for r in sel]  # the teacher's KL is 0
         spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
         lines += ["", f"Cut short: {name} `{label}`{' (learned grid scales)' if grid_scales == 'learned' else ''} "
                   f"({off} + {on} steps, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
-                  f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) validation KL was "
-                  f"{', '.join(format(r['kl_validation'], '.4f') for r in sel)} against "
-                  f"{', '.join(format(r['kl_validation_start'], '.4f') for r in sel)} at the start: ratio on the "
-                  f"validation prompts {statistics.mean(ratios):.3f}{spread}."]
-    for r in rows:
-        if r.get("kind") == "partial" and "kl_validation" not in r:
-            ratios = [1 - kl / r["kl_degraded"] for kl in r["kl"]]
-            lines += ["", f"Cut short: {r['degradation']} `{r['method']}` ({r['offpolicy']} + {r['onpolicy']} steps, "
-                      f"{r.get('device', 'cpu')}, seeds {','.join(map(str, r['seeds']))}) was {r['why']}. At that "
-                      f"evaluation (step {r['step']}) held-out KL was {', '.join(f'{k:.4f}' for k in r['kl'])} against "
-                      f"{r['kl_degraded']:.4f} degraded: recovery ratio {statistics.mean(ratios):.3f} "
-                      f"± {statistics.stdev(ratios):.3f} (the teacher's KL is 0)."]
+                  f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) {prompts} KL was "
+                  f"{', '.join(format(r['kl_at_stop'], '.4f') for r in sel)} against "
+                  f"{', '.join(format(r['kl_start'], '.4f') for r in sel)} at the start: ratio on the "
+                  f"{prompts} prompts {statistics.mean(ratios):.3f}{spread}."]
     verdicts = []
     for key, mean in means.items():
         name, off, on, label, *setting = key
@@ -194,7 +186,8 @@ def render(rows: list[dict]) -> str:
             elsewhere = [(k[5], m) for k, m in means.items()
                          if k[:4] == (name, off, on, "sft-replay") and k[4] == lr and k[6:] == key[6:]]
             if elsewhere:
-                (other_device, control), where = elsewhere[0], f", on {elsewhere[0][0]}"
+                other_device, control = elsewhere[0]
+                where = f", on {other_device}"
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f}{where})")
         scales = ", learned grid scales" if setting[6] == "learned" else ""
@@ -279,8 +272,8 @@ def partial_row(key: dict, work: Path, why: str) -> dict | None:
         return None
     if len(evals) < 2:
         return None
-    return {**key, "kind": "partial", "why": why, "step": evals[-1]["step"], "kl_validation": evals[-1]["kl"],
-            "kl_validation_start": evals[0]["kl"]}
+    return {**key, "kind": "partial", "why": why, "step": evals[-1]["step"], "kl_at_stop": evals[-1]["kl"],
+            "kl_start": evals[0]["kl"], "prompts": "validation"}
 
 
 def run_parallel(args, todo: list[dict], results: Path) -> None:
