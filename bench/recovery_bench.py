@@ -139,11 +139,11 @@ def render(rows: list[dict]) -> str:
         if r.get("kind", "run") == "run":
             key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
                    r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"), r.get("teacher_samples", 1),
-                   r.get("teacher_temperature", 0.0), r.get("grid_scales", "fixed"))
+                   r.get("teacher_temperature", 0.0), r.get("grid_scales", "fixed"), r.get("teacher_prompts", 0))
             groups.setdefault(key, []).append(r)
     means = {}
     for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], *kv[0][3:])):
-        name, off, on, label, lr, device, bf16, selection, samples, temp, grid_scales = key
+        name, off, on, label, lr, device, bf16, selection, samples, temp, grid_scales, written = key
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
         means[key] = statistics.mean(ratios)
@@ -153,6 +153,7 @@ def render(rows: list[dict]) -> str:
         jobs = max(r.get("concurrent", 1) for r in sel)
         device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
         text = f"{samples} × " + ("greedy" if temp == 0 else f"sampled at T={temp:g}")
+        text += f"; + {written} prompts written by the teacher" if written else ""
         method = label + (" (learned grid scales)" if grid_scales == "learned" else "")
         lines.append(f"| {name} | {method} | {steps} | {text} | {lr:g} | {selection} | {device_cell} | "
                      f"{'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
@@ -191,7 +192,9 @@ def render(rows: list[dict]) -> str:
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f}{where})")
         scales = ", learned grid scales" if setting[6] == "learned" else ""
-        verdicts.append(f"- {name}{scales}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt, {device}: {mean:.3f}; the 0.8 target is "
+        written = f", + {setting[7]} teacher-written prompts" if setting[7] else ""
+        verdicts.append(f"- {name}{scales}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt{written}, {device}: "
+                        f"{mean:.3f}; the 0.8 target is "
                         f"{'met' if mean >= 0.8 else 'not met'}; {beats}.")
     if verdicts:
         lines += ["", "Full budget against the targets (recovery ratio of at least 0.8, and above `sft-replay`):", ""] + verdicts
@@ -203,17 +206,17 @@ def render(rows: list[dict]) -> str:
 
 
 def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float,
-            samples: int, temperature: float, grid_scales: str = "fixed") -> dict:
+            samples: int, temperature: float, grid_scales: str = "fixed", written: int = 0) -> dict:
     return dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
                 device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
-                teacher_temperature=temperature, grid_scales=grid_scales)
+                teacher_temperature=temperature, grid_scales=grid_scales, teacher_prompts=written)
 
 
 def is_done(key: dict, rows: list[dict]) -> bool:
     """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
     checkpoint chosen on the held-out set itself)."""
     implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0,
-               "grid_scales": "fixed"}
+               "grid_scales": "fixed", "teacher_prompts": 0}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
 
 
@@ -221,6 +224,7 @@ def run_dir(work: Path, row: dict) -> Path:
     lr, samples = row.get("lr", DEFAULT_LR), row.get("teacher_samples", 1)
     tag = ("" if lr == DEFAULT_LR else f"-lr{lr:g}") + ("" if samples == 1 else f"-x{samples}t{row['teacher_temperature']:g}")
     tag += "-learned-scales" if row.get("grid_scales") == "learned" else ""
+    tag += f"-written{row['teacher_prompts']}" if row.get("teacher_prompts") else ""
     return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{tag}-seed{row['seed']}"
 
 
@@ -310,7 +314,7 @@ def _run_children(args, pending: list[dict], running: list[tuple], logs: Path, r
                    "--results", str(part), "--jobs", str(args.jobs)]
             cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites,
                     "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature),
-                    "--grid-scales", args.grid_scales]
+                    "--grid-scales", args.grid_scales, "--teacher-prompts", str(args.teacher_prompts)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log, key))
@@ -353,6 +357,8 @@ def main() -> None:
                     help="teacher responses per training prompt (more unique text for the same budget)")
     ap.add_argument("--teacher-temperature", type=float, default=0.0,
                     help="sampling temperature of those responses (0 = greedy; needed above 0 for several samples)")
+    ap.add_argument("--teacher-prompts", type=int, default=0,
+                    help="extra training prompts the teacher writes itself (both methods train on them)")
     ap.add_argument("--grid-scales", choices=["fixed", "learned"], default="fixed",
                     help="quantized degradations: also train the group scales (both methods); pruning ignores it")
     ap.add_argument("--suites", default="knowledge",
@@ -378,7 +384,8 @@ def main() -> None:
     bf16 = not args.fp32
     if args.teacher_samples > 1 and args.teacher_temperature == 0:
         ap.error("--teacher-samples above 1 needs --teacher-temperature above 0 (greedy answers would repeat)")
-    data = DataConfig(responses_per_prompt=args.teacher_samples, temperature=args.teacher_temperature)
+    data = DataConfig(responses_per_prompt=args.teacher_samples, temperature=args.teacher_temperature,
+                      teacher_prompts=args.teacher_prompts)
     todo, degraded_of = [], {}
     for name in args.degradations.split(","):
         method, params = DEGRADATIONS[name]
@@ -395,7 +402,8 @@ def main() -> None:
         for seed in seeds:
             for label in args.methods.split(","):
                 key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr, args.teacher_samples,
-                              args.teacher_temperature, args.grid_scales if method.startswith("quant.") else "fixed")
+                              args.teacher_temperature, args.grid_scales if method.startswith("quant.") else "fixed",
+                              args.teacher_prompts)
                 if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
                 else:

@@ -121,6 +121,8 @@ def recover(
     onpolicy_steps: Optional[int] = typer.Option(None, help="Override recover.onpolicy_steps (stage 2)."),
     method: Optional[str] = typer.Option(None, help="distill | sft-replay | none (overrides recover.method)."),
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (overrides data.prompts)."),
+    teacher_prompts: Optional[int] = typer.Option(
+        None, min=0, help="Extra training prompts the teacher writes itself (overrides data.teacher_prompts)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUT.work/."),
     no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
@@ -134,6 +136,8 @@ def recover(
     rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
     if prompts is not None:
         data_cfg = data_cfg.model_copy(update={"prompts": prompts})
+    if teacher_prompts is not None:
+        data_cfg = data_cfg.model_copy(update={"teacher_prompts": teacher_prompts})
     data_cfg = _plain_prompts(data_cfg, no_chat_template)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]

@@ -37,6 +37,10 @@ class DataConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k_logits: int = Field(64, ge=1)  # cached teacher logits per token (+ one tail bucket)
     responses_per_prompt: int = Field(1, ge=1)
+    # Extra training prompts the teacher writes from the opening of a user turn (needs a chat
+    # template); the validation and held-out prompts stay the curated ones.
+    teacher_prompts: int = Field(0, ge=0)
+    teacher_prompt_temperature: float = Field(1.0, gt=0.0)
     task_prompts: Optional[Path] = None  # SFT forgetting: prompts of the new task, answered by `task_teacher`
     task_teacher: Optional[str] = None  # default: the student as it was before recovery (keeps the new skill)
     replay_data: Optional[Path] = None  # sft-replay with replay_source=data: JSONL of prompt/response pairs

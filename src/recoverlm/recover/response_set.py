@@ -18,8 +18,10 @@ from safetensors.torch import load_file, save_file
 from .. import models
 from ..config import DataConfig
 from ..data import encode_prompts, load_prompts, split_three, texts_hash
+from ..errors import RecoverLMError
 from ..io import atomic_dir, read_json, write_json_atomic
 from .rollout import generate, teacher_topk
+from .written_prompts import teacher_written_prompts
 
 
 @dataclass
@@ -131,7 +133,7 @@ def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prom
     With responses_per_prompt > 1 every prompt is answered several times (different seeds).
     """
     if prompts is None:
-        prompts, _, _ = _splits(data_cfg)
+        prompts = training_prompts(teacher_ref, data_cfg, log)
     parts = [build_response_set(teacher_ref, prompts, temperature=data_cfg.temperature, top_p=data_cfg.top_p,
                                 top_k_logits=data_cfg.top_k_logits, teacher=teacher, log=log, seed=seed,
                                 **_common(data_cfg))
@@ -139,6 +141,22 @@ def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prom
     merged = concat(parts)
     merged.sources = []  # one teacher answered all of them
     return merged
+
+
+def training_prompts(teacher_ref, data_cfg: DataConfig, log=print) -> list[str]:
+    """The training split, plus the prompts the teacher writes itself when the config asks for them."""
+    train, validation, heldout = _splits(data_cfg)
+    if not data_cfg.teacher_prompts:
+        return train
+    if not data_cfg.use_chat_template:
+        raise RecoverLMError("data.teacher_prompts needs the chat template, which use_chat_template: false turns off")
+    written = teacher_written_prompts(
+        teacher_ref, data_cfg.teacher_prompts, exclude=train + validation + heldout,
+        max_prompt_tokens=data_cfg.max_prompt_tokens, temperature=data_cfg.teacher_prompt_temperature,
+        batch_size=data_cfg.generation_batch_size, generation_dtype=data_cfg.teacher_generation_dtype,
+        seed=data_cfg.split_seed, log=log)
+    log(f"training prompts: {len(train)} from the prompt set + {len(written)} written by the teacher")
+    return train + written
 
 
 def _splits(data_cfg: DataConfig) -> tuple[list[str], list[str], list[str]]:

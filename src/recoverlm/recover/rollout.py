@@ -11,15 +11,15 @@ from ..data import Batch, collate
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 16, seed: int = 0, desc: str = "generating",
-             progress: bool = True, synced: bool = False) -> list[list[int]]:
-    """Responses to tokenised prompts: KV-cached, left-padded, stopping at EOS.
+             progress: bool = True, synced: bool = False, stop_id: int | None = None) -> list[list[int]]:
+    """Responses to tokenised prompts: KV-cached, left-padded, stopping at EOS (or `stop_id`).
 
     Prompts are bucketed by length so little compute goes to padding. The EOS token, when
     produced, is kept as the last response token so that students learn to stop.
     Returns response token ids in the order of `prompt_ids`.
     """
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos = tokenizer.eos_token_id if stop_id is None else stop_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     out: list[list[int] | None] = [None] * len(prompt_ids)
     gen = torch.Generator().manual_seed(seed)
