@@ -89,7 +89,8 @@ def teacher_written_prompts(teacher_ref, n: int, *, exclude: list[str], max_prom
                              f"(the chat template alone takes {wrapping} tokens)")
     settings = {"teacher_hash": models.model_hash(path), "n": n, "exclude_hash": texts_hash(sorted(exclude)),
                 "template_hash": texts_hash([str(tokenizer.chat_template)]), "room": room,
-                "temperature": temperature, "generation_dtype": generation_dtype, "seed": seed, "version": 1}
+                "temperature": temperature, "generation_dtype": generation_dtype, "batch_size": batch_size, "seed": seed,
+                "version": 1}
     cache = _cache_file(settings)
     if cache.exists():
         return [json.loads(line)["prompt"] for line in cache.read_text(encoding="utf-8").splitlines()]
