@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -91,7 +92,7 @@ class Recovery:
                  progress: bool = True, log=print, resume: bool = False):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedType
+        from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
         self.cfg, self.data_cfg, self.out, self.log, self.progress = cfg, data_cfg, Path(out), log, progress
         self.work = self.out.with_name(self.out.name + ".work")
@@ -100,8 +101,12 @@ class Recovery:
         # accelerate keeps one state per process; a second run in the same process (the Python API,
         # a benchmark) may ask for another precision. The process group (PartialState) is kept.
         AcceleratorState._reset_state()
-        self.acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
-                               cpu=models.compute_device().type == "cpu")
+        on_cpu = models.compute_device().type == "cpu"
+        # accelerate sets DeepSpeed up only when not told `cpu`, and counts its processes only when
+        # it knows the backend: on a CPU machine that is gloo.
+        deepspeed_on_cpu = on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        self.acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=on_cpu and not deepspeed_on_cpu,
+                               kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None)
         # FSDP shards the student's parameters (DTensors): the model is exported through a gathered
         # full state dict, and what needs whole local tensors is refused up front.
         self.sharded = self.acc.distributed_type == DistributedType.FSDP
@@ -110,6 +115,9 @@ class Recovery:
                               (cfg.save_every or resume, "save_every / --resume")):
                 if bad:
                     raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
+        self.deepspeed = self.acc.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed:
+            self._configure_deepspeed(resume)
         self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
         if self.out.resolve() in (self.teacher_path.resolve(), self.student_path.resolve()):
             raise RecoverLMError(f"output {out} would overwrite an input model")
@@ -183,6 +191,34 @@ class Recovery:
         ref = self.data_cfg.task_teacher or self.student_path
         model = models.load_model(ref, dtype=torch.float32).to(self.acc.device)
         return model.requires_grad_(False)
+
+    def _configure_deepspeed(self, resume: bool) -> None:
+        """ZeRO steps, clips and reduces inside its engine. The recover config stays the one place
+        for those settings: its clipping threshold is handed to the engine, and every rank must run
+        the same number of micro-batches, because ZeRO reduces gradients after each of them."""
+        cfg = self.cfg
+        if cfg.save_every or resume:
+            raise RecoverLMError("save_every / --resume is not supported under DeepSpeed; use DDP "
+                                 "(configs/accelerate/ddp_gpu.yaml)")
+        if cfg.batch_size % (self.acc.num_processes * cfg.grad_accum):
+            raise RecoverLMError(f"under DeepSpeed, batch_size ({cfg.batch_size}) must be a multiple of processes x "
+                                 f"grad_accum ({self.acc.num_processes} x {cfg.grad_accum})")
+        ds_config = self.acc.state.deepspeed_plugin.deepspeed_config
+        ds_config["gradient_clipping"] = cfg.max_grad_norm
+        # The engine's own accounting sees one micro-batch per step: train_step marks the boundaries.
+        micro = cfg.batch_size // (self.acc.num_processes * cfg.grad_accum)
+        ds_config.update(gradient_accumulation_steps=1, train_micro_batch_size_per_gpu=micro,
+                         train_batch_size=micro * self.acc.num_processes)
+
+    def _backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        if not self.deepspeed:
+            self.acc.backward(loss)
+            return
+        engine = self.acc.deepspeed_engine_wrapped.engine
+        engine.set_gradient_accumulation_boundary(last_micro_batch)
+        engine.backward(loss)
+        if last_micro_batch:
+            engine.step()  # clips, steps and zeroes the gradients
 
     def _micro_batches(self, step: int, seq_indices: list[int], on_policy: bool) -> list[MicroBatch]:
         local = seq_indices[self.acc.process_index::self.acc.num_processes]
@@ -286,12 +322,13 @@ class Recovery:
                 loss = loss_sum * self.acc.num_processes / max(total, 1)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}")
-            self.acc.backward(loss)
+            self._backward(loss, sync)
             loss_value += float(loss.detach()) / self.acc.num_processes
             div_value += div * mb.n_tokens / max(total, 1)
-        self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if not self.deepspeed:
+            self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.constraint.enforce(self.acc.unwrap_model(self.student) if not self.cfg.lora else self.acc.unwrap_model(self.student).get_base_model())
         if self.ema is not None:
             with torch.no_grad():
@@ -420,7 +457,7 @@ class Recovery:
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
                   "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
                   "teacher_generation_dtype": self.data_cfg.teacher_generation_dtype,
-                  "world_size": self.acc.num_processes, **extra}
+                  "world_size": self.acc.num_processes, "distributed": self.acc.distributed_type.value, **extra}
         if not self.acc.is_main_process:
             return record
         with atomic_dir(self.out) as tmp:
