@@ -165,13 +165,15 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         if r.get("kind") == "partial":
             cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
-                            r.get("grid_scales", "fixed"), r["prompts"], r["why"]), []).append(r)
-    for (name, label, off, on, device, grid_scales, prompts, why), sel in cut.items():
+                            r.get("grid_scales", "fixed"), r["prompts"], r["why"], r.get("teacher_samples", 1),
+                            r.get("teacher_temperature", 0.0)), []).append(r)
+    for (name, label, off, on, device, grid_scales, prompts, why, samples, temp), sel in cut.items():
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [1 - r["kl_at_stop"] / r["kl_start"] for r in sel]  # the teacher's KL is 0
         spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
+        text = f", {samples} teacher responses per prompt sampled at T={temp:g}" if samples > 1 else ""
         lines += ["", f"Cut short: {name} `{label}`{' (learned grid scales)' if grid_scales == 'learned' else ''} "
-                  f"({off} + {on} steps, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
+                  f"({off} + {on} steps{text}, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
                   f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) {prompts} KL was "
                   f"{', '.join(format(r['kl_at_stop'], '.4f') for r in sel)} against "
                   f"{', '.join(format(r['kl_start'], '.4f') for r in sel)} at the start: ratio on the "
