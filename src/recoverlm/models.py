@@ -17,6 +17,10 @@ import torch
 from .errors import RecoverLMError
 from .io import atomic_dir, read_json, write_json_atomic
 
+if not torch.cuda.is_available():
+    # transformers imports DeepSpeed, when installed, as it loads a model; named, it need not guess (and warn).
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:

@@ -105,8 +105,6 @@ class Recovery:
         # accelerate sets DeepSpeed up only when not told `cpu`, and counts its processes only when
         # it knows the backend: on a CPU machine that is gloo.
         deepspeed_on_cpu = on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        if on_cpu:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # when installed, DeepSpeed need not guess (and warn)
         self.acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=on_cpu and not deepspeed_on_cpu,
                                kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None)
         # FSDP shards the student's parameters (DTensors): the model is exported through a gathered
