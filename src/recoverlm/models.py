@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,12 @@ def compute_device() -> torch.device:
 
 def recoverlm_home() -> Path:
     return Path(os.environ.get("RECOVERLM_HOME", Path.home() / ".cache" / "recoverlm")).expanduser()
+
+
+def settings_cache_path(kind: str, settings: dict, suffix: str = "") -> Path:
+    """Where an artefact that `settings` fully determine is cached: a changed input never reuses it."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+    return recoverlm_home() / kind / f"{key}{suffix}"
 
 
 def embedded_model_dir(name: str) -> Path:

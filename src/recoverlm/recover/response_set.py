@@ -7,7 +7,6 @@ the prompts, the tokenisation and the generation settings, so a changed input ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,11 +78,6 @@ class ResponseSet:
             total += len(r)
 
 
-def _cache_dir(key_fields: dict) -> Path:
-    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
-    return models.recoverlm_home() / "response_sets" / key
-
-
 def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: int, max_new_tokens: int,
                        temperature: float = 0.0, top_p: float = 1.0, top_k_logits: int = 0,
                        use_chat_template: bool = True, overflow: str = "skip", generation_dtype: str = "bfloat16",
@@ -99,7 +93,7 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
         "top_p": top_p, "top_k_logits": top_k_logits, "use_chat_template": use_chat_template, "overflow": overflow,
         "generation_dtype": generation_dtype, "seed": seed, "version": 1,
     }
-    cache = _cache_dir(settings)
+    cache = models.settings_cache_path("response_sets", settings)
     if (cache / "meta.json").exists():
         return ResponseSet.load(cache)
 

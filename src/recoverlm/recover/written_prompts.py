@@ -10,10 +10,8 @@ among the written ones, so evaluation is unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from pathlib import Path
 
 import torch
 
@@ -68,11 +66,6 @@ def usable_prompts(drafts: list[list[int]], end_id: int, tokenizer, seen: set[st
     return kept
 
 
-def _cache_file(settings: dict) -> Path:
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-    return models.recoverlm_home() / "written_prompts" / f"{key}.jsonl"
-
-
 def teacher_written_prompts(teacher_ref, n: int, *, exclude: list[str], max_prompt_tokens: int,
                             temperature: float = 1.0, batch_size: int = 16, generation_dtype: str = "bfloat16",
                             seed: int = 0, log=print) -> list[str]:
@@ -91,7 +84,7 @@ def teacher_written_prompts(teacher_ref, n: int, *, exclude: list[str], max_prom
                 "template_hash": texts_hash([str(tokenizer.chat_template)]), "room": room,
                 "temperature": temperature, "generation_dtype": generation_dtype, "batch_size": batch_size, "seed": seed,
                 "version": 1}
-    cache = _cache_file(settings)
+    cache = models.settings_cache_path("written_prompts", settings, ".jsonl")
     if cache.exists():
         return [json.loads(line)["prompt"] for line in cache.read_text(encoding="utf-8").splitlines()]
 
