@@ -166,12 +166,13 @@ def render(rows: list[dict]) -> str:
         if r.get("kind") == "partial":
             cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
                             r.get("grid_scales", "fixed"), r["prompts"], r["why"], r.get("teacher_samples", 1),
-                            r.get("teacher_temperature", 0.0)), []).append(r)
-    for (name, label, off, on, device, grid_scales, prompts, why, samples, temp), sel in cut.items():
+                            r.get("teacher_temperature", 0.0), r.get("lr", DEFAULT_LR)), []).append(r)
+    for (name, label, off, on, device, grid_scales, prompts, why, samples, temp, lr), sel in cut.items():
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [1 - r["kl_at_stop"] / r["kl_start"] for r in sel]  # the teacher's KL is 0
         spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
         text = f", {samples} teacher responses per prompt sampled at T={temp:g}" if samples > 1 else ""
+        text += f", peak lr {lr:g}" if lr != DEFAULT_LR else ""
         lines += ["", f"Cut short: {name} `{label}`{' (learned grid scales)' if grid_scales == 'learned' else ''} "
                   f"({off} + {on} steps{text}, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
                   f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) {prompts} KL was "

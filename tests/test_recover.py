@@ -75,6 +75,24 @@ def test_onpolicy_stage_samples_from_student(tmp_path, tiny_model, pruned, data_
     _sparsity_ok(tmp_path / "r")
 
 
+@pytest.mark.parametrize("student,bf16,autocast", [("pruned", True, True), ("pruned", False, False),
+                                                   ("quantized", True, False)])
+def test_onpolicy_sampling_precision(tmp_path, tiny_model, data_cfg, monkeypatch, request, student, bf16, autocast):
+    """bf16 runs sample under autocast, except a grid student, whose computed weights autocast would
+    cast again at every token."""
+    seen = []
+    real = trainer_mod.generate
+
+    def spy(*a, **k):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer_mod, "generate", spy)
+    recover(tiny_model, request.getfixturevalue(student), tmp_path / "r",
+            _cfg(offpolicy_steps=0, onpolicy_steps=1, bf16=bf16, select_best=False), data_cfg, progress=False)
+    assert seen == [autocast]
+
+
 def test_runs_in_one_process_may_differ_in_precision(tmp_path, tiny_model, pruned, data_cfg):
     """accelerate keeps one state per process; the Python API must not be stuck with the first run's."""
     for i, bf16 in enumerate((True, False)):

@@ -244,13 +244,21 @@ class Recovery:
             model.gradient_checkpointing_disable()
         # Under FSDP every rank must run the same number of forward passes: ranks that finished
         # early keep stepping (synced) until all have.
-        with self._frozen_weights():
+        with self._frozen_weights(), self._sampling_precision(model):
             responses = generate(model, self.tokenizer, prompt_ids, self.cfg.onpolicy_max_new_tokens,
                                  self.cfg.onpolicy_temperature, 1.0, batch_size=len(prompt_ids), seed=seed,
                                  progress=False, synced=self.sharded and self.acc.num_processes > 1)
         if checkpointing:
             model.gradient_checkpointing_enable()
         return responses
+
+    def _sampling_precision(self, model):
+        """Sample in the precision the student trains in (bf16 autocast casts each trainable weight
+        once per call: 30% faster on CPU), but only where the weights are plain trainable parameters.
+        A grid's computed weight or a LoRA base is not cached by autocast and would be cast again at
+        every token, which costs more than fp32 (15% slower on a grid student)."""
+        plain = not self.cfg.lora and not any(parametrize.is_parametrized(m) for m in model.modules())
+        return self.acc.autocast() if plain else nullcontext()
 
     def _frozen_weights(self):
         """While the weights cannot change (sampling, evaluation), compute each parametrized weight
