@@ -13,7 +13,7 @@ long benchmark can be run a piece at a time (a CPU run of the full budget takes 
     python bench/recovery_bench.py                 # everything: 2 degradations x 2 methods x 3 seeds
     python bench/recovery_bench.py --quick         # 1 seed, 50 steps: a smoke test of the numbers
     python bench/recovery_bench.py --render        # rewrite docs/benchmarks.md from the JSONL only
-    python bench/recovery_bench.py --step-cost     # time a KD step against an SFT step on the same batches
+    python bench/recovery_bench.py --step-cost     # a KD step against an SFT step on the same batches; an on-policy step split up
     python bench/recovery_bench.py --jobs 12 --threads 1   # every run in its own process (a GPU box)
 
 With --jobs, the degraded models and the teacher's response sets are built once, then each
@@ -83,7 +83,36 @@ def step_cost(teacher: str, student: Path, work: Path, data: DataConfig, steps: 
         for i in range(2, steps + 2):
             run.train_step(i, plan[i - 1], False)
         out[method] = (time.perf_counter() - start) / steps
+        if method == "distill":
+            out["onpolicy"] = onpolicy_cost(run, plan, steps)
     return out
+
+
+def onpolicy_cost(run: Recovery, plan: list[list[int]], steps: int) -> dict:
+    """Seconds per on-policy step, split into the student's sampling, the teacher's scoring and the
+    rest (student forward, backward, optimizer): generation should dominate, the teacher run once."""
+    spent = {"sample": 0.0, "teacher": 0.0, "teacher_calls": 0, "new_tokens": 0}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - start
+            if name == "sample":
+                spent["new_tokens"] += sum(len(r) for r in out)
+            else:
+                spent["teacher_calls"] += 1
+            return out
+        return wrapper
+
+    run._sample, run._teacher_logits = timed("sample", run._sample), timed("teacher", run._teacher_logits)
+    start = time.perf_counter()
+    for i in range(steps):
+        run.train_step(steps + 2 + i, plan[i % len(plan)], True)
+    total = time.perf_counter() - start
+    return {"step": total / steps, "sample": spent["sample"] / steps, "teacher": spent["teacher"] / steps,
+            "teacher_calls_per_step": spent["teacher_calls"] / steps,
+            "new_tokens_per_s": spent["new_tokens"] / max(spent["sample"], 1e-9)}
 
 
 def device_label() -> str:
@@ -205,6 +234,13 @@ def render(rows: list[dict]) -> str:
         lines += ["", f"Step cost on the same batches (batch 8, {'bf16 autocast' if c['bf16'] else 'fp32'}): off-policy "
                   f"KD with cached top-64 {c['distill']:.2f} s, plain SFT {c['sft-replay']:.2f} s, ratio "
                   f"{c['distill'] / c['sft-replay']:.2f} (target at most 1.4)."]
+        if "onpolicy" in c:
+            o = c["onpolicy"]
+            lines[-1] += (f" An on-policy step (8 prompts, up to 64 sampled tokens each) takes {o['step']:.2f} s: the "
+                          f"student's KV-cached sampling {o['sample']:.2f} s ({o['new_tokens_per_s']:.0f} new tokens/s), "
+                          f"the teacher's scoring {o['teacher']:.2f} s in {o['teacher_calls_per_step']:g} forward per "
+                          f"step, and the student's forward, backward and update the remaining "
+                          f"{o['step'] - o['sample'] - o['teacher']:.2f} s.")
     return "\n".join(lines)
 
 
@@ -372,7 +408,7 @@ def main() -> None:
                     help="only score --suites for recorded runs whose models are still in --work, then render")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from the JSONL")
-    ap.add_argument("--step-cost", action="store_true", help="time KD against SFT steps and stop")
+    ap.add_argument("--step-cost", action="store_true", help="time KD against SFT steps, split an on-policy step into its parts, and stop")
     args = ap.parse_args()
 
     if args.backfill_suites:
