@@ -13,7 +13,7 @@ long benchmark can be run a piece at a time (a CPU run of the full budget takes 
     python bench/recovery_bench.py                 # everything: 2 degradations x 2 methods x 3 seeds
     python bench/recovery_bench.py --quick         # 1 seed, 50 steps: a smoke test of the numbers
     python bench/recovery_bench.py --render        # rewrite docs/benchmarks.md from the JSONL only
-    python bench/recovery_bench.py --step-cost     # a KD step against an SFT step on the same batches; an on-policy step split up
+    python bench/recovery_bench.py --step-cost     # KD against SFT steps on the same batches; an on-policy step's parts
     python bench/recovery_bench.py --jobs 12 --threads 1   # every run in its own process (a GPU box)
 
 With --jobs, the degraded models and the teacher's response sets are built once, then each
@@ -408,7 +408,8 @@ def main() -> None:
                     help="only score --suites for recorded runs whose models are still in --work, then render")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from the JSONL")
-    ap.add_argument("--step-cost", action="store_true", help="time KD against SFT steps, split an on-policy step into its parts, and stop")
+    ap.add_argument("--step-cost", action="store_true",
+                    help="time KD against SFT steps, split an on-policy step into its parts, and stop")
     args = ap.parse_args()
 
     if args.backfill_suites:
