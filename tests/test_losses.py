@@ -59,3 +59,18 @@ def test_bucket_logprobs_sum_to_one():
 def test_temperature_softens_both_sides():
     s, t = _logits(9, (4, 11)), _logits(10, (4, 11))
     assert (losses.forward_kl(s, t, temperature=4.0) < losses.forward_kl(s, t)).all()
+
+
+def test_hidden_relative_mse_is_relative_per_position_and_averaged_over_layers():
+    from recoverlm.recover.losses import hidden_relative_mse
+
+    teacher = torch.randn(3, 5, 8)
+    assert torch.equal(hidden_relative_mse(teacher, teacher), torch.zeros(5))
+    student = teacher * 1.1  # 10% off everywhere: a relative squared error of 0.01 at every layer
+    assert torch.allclose(hidden_relative_mse(student, teacher), torch.full((5,), 0.01), atol=1e-5)
+    big = teacher.clone()
+    big[:, 0] *= 1000  # a massive-activation position weighs no more than any other
+    assert torch.allclose(hidden_relative_mse(big * 1.1, big), torch.full((5,), 0.01), atol=1e-5)
+    off = teacher.clone()
+    off[1] = 0  # one layer of three entirely wrong: error 1 there, so 1/3 on average
+    assert torch.allclose(hidden_relative_mse(off, teacher), torch.full((5,), 1 / 3), atol=1e-5)

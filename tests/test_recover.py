@@ -314,13 +314,47 @@ def test_task_prompts_are_scored_by_the_task_teacher(tmp_path, tiny_model, prune
     mixed = [i for i, s in enumerate(run.train_set.sources) if s == 0][:2] + \
             [i for i, s in enumerate(run.train_set.sources) if s == 1][:2]
     mb = run._micro_batches(1, mixed, on_policy=False)[0]
-    logits = run._teacher_logits(mb)
+    logits, states = run._teacher_outputs(mb, hidden=True)
     with torch.no_grad():
-        from recoverlm.recover.rollout import completion_logits
+        from recoverlm.recover.rollout import completion_outputs
 
-        main, task = completion_logits(run.teacher, mb.batch), completion_logits(run.task_teacher, mb.batch)
+        main, task = completion_outputs(run.teacher, mb.batch, hidden=True), completion_outputs(run.task_teacher, mb.batch, hidden=True)
     rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths))
-    assert torch.allclose(logits[rows == 0], main[rows == 0], atol=1e-4)
-    assert torch.allclose(logits[rows == 1], task[rows == 1], atol=1e-4)
+    assert torch.allclose(logits[rows == 0], main[0][rows == 0], atol=1e-4)
+    assert torch.allclose(logits[rows == 1], task[0][rows == 1], atol=1e-4)
+    assert torch.allclose(states[:, rows == 0], main[1][:, rows == 0], atol=1e-4)
+    assert torch.allclose(states[:, rows == 1], task[1][:, rows == 1], atol=1e-4)
     res = run.run()
     assert res["constraint"]["sparsity"] == pytest.approx(0.5)
+
+
+def test_hidden_states_are_matched_per_position_and_layer(tmp_path, tiny_model, pruned, data_cfg):
+    """With hidden_weight the loss adds the relative hidden-state error, taken against the teacher's
+    states at exactly the positions the logits score, in both stages."""
+    from recoverlm.recover.losses import hidden_relative_mse
+    from recoverlm.recover.rollout import completion_outputs
+
+    run = trainer_mod.Recovery(tiny_model, pruned, tmp_path / "r", _cfg(hidden_weight=2.0, onpolicy_steps=1), data_cfg,
+                               progress=False)
+    for on_policy in (False, True):
+        mb = run._micro_batches(1, [0, 1, 2, 3], on_policy=on_policy)[0]
+        total, parts = run._loss_sum(mb)
+        with torch.no_grad():
+            s_logits, s_states = completion_outputs(run.student, mb.batch, hidden=True)
+            _, t_states = completion_outputs(run.teacher, mb.batch, hidden=True)
+        assert s_states.shape == (run.teacher.config.num_hidden_layers, s_logits.shape[0], run.teacher.config.hidden_size)
+        expected = float((hidden_relative_mse(s_states, t_states) * mb.keep).sum()) / mb.n_tokens
+        assert parts["hidden"] == pytest.approx(expected, rel=1e-4) and expected > 0
+        assert float(total.detach()) / mb.n_tokens == pytest.approx(parts["divergence"] + 2.0 * expected, rel=1e-4)
+    res = run.run()
+    assert "train_hidden" in res["history"][-1] and res["constraint"]["sparsity"] == pytest.approx(0.5)
+
+
+def test_hidden_weight_needs_distill_and_matching_layers(tmp_path, tiny_model, data_cfg):
+    with pytest.raises(RecoverLMError, match="hidden_weight needs method 'distill'"):
+        recover(tiny_model, tiny_model, tmp_path / "r", _cfg(method="sft-replay", hidden_weight=1.0), data_cfg,
+                progress=False)
+    shallow = tmp_path / "shallow"
+    degrade(tiny_model, "prune.depth", {"n_blocks": 1}, shallow)
+    with pytest.raises(RecoverLMError, match="the teacher has 2 layers of width 64, the student 1"):
+        recover(tiny_model, shallow, tmp_path / "r", _cfg(hidden_weight=1.0), data_cfg, progress=False)

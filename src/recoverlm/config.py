@@ -79,6 +79,10 @@ class RecoverConfig(_Strict):
     lmbda: float = Field(1.0, ge=0.0, le=1.0)  # fraction of stage-2 batches sampled by the student
     ce_weight: float = Field(0.0, ge=0.0)  # + ce_weight * cross-entropy on the teacher's tokens (seq-KD)
     skip_first_tokens: int = Field(0, ge=0)  # leave the first response tokens out of the loss
+    # + hidden_weight * the relative squared error of every block's hidden state against the
+    # teacher's (distill only; needs the teacher's layer shapes): aligns the activation trajectory
+    # directly. Stage 1 then runs the teacher once per batch, for its hidden states.
+    hidden_weight: float = Field(0.0, ge=0.0)
     teacher_mode: Literal["base", "ema"] = "base"  # stage-2 teacher: the fixed teacher or an EMA of the student
     ema_rate: float = Field(0.99, gt=0.0, lt=1.0)
     onpolicy_max_new_tokens: int = Field(64, ge=1)

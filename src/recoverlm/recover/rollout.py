@@ -61,12 +61,21 @@ def completion_logits(model, batch: Batch) -> torch.Tensor:
     the model's own forward, so DDP and PEFT wrappers see it. Rows are sequence-major, matching
     `completion_targets`.
     """
+    return completion_outputs(model, batch)[0]
+
+
+def completion_outputs(model, batch: Batch, logits: bool = True, hidden: bool = False):
+    """`completion_logits` (None when `logits` is off: the LM head then runs on no position) and,
+    with `hidden`, every block's hidden state at the same positions, shape (L, N, d), from one
+    forward. The last state is the final-norm output, as HF returns it."""
     device = batch.input_ids.device if not hasattr(model, "parameters") else next(model.parameters()).device
-    predicts = batch.completion[:, 1:]
+    predicts = batch.completion[:, 1:].to(device)
     cols = predicts.any(0).nonzero().squeeze(1)
     out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                logits_to_keep=cols.to(device), use_cache=False)
-    return out.logits[predicts[:, cols].to(device)]
+                logits_to_keep=cols if logits else cols[:0], use_cache=False, output_hidden_states=hidden)
+    rows = out.logits[predicts[:, cols]] if logits else None
+    states = torch.stack([h[:, :-1][predicts] for h in out.hidden_states[1:]]) if hidden else None
+    return rows, states
 
 
 def completion_targets(batch: Batch) -> torch.Tensor:

@@ -29,10 +29,10 @@ from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import atomic_dir, write_json_atomic
 from .checkpoint import load_checkpoint, save_checkpoint, trainable_state
-from .losses import divergence, token_nll, topk_divergence
+from .losses import divergence, hidden_relative_mse, token_nll, topk_divergence
 from .lora import ADAPTER_DIR, merged_for_export, wrap_lora
 from .response_set import ResponseSet, concat, distill_set, replay_set, validation_set
-from .rollout import completion_logits, completion_targets, generate
+from .rollout import completion_outputs, completion_targets, generate
 
 
 def lr_at(step: int, cfg: RecoverConfig) -> float:
@@ -54,6 +54,20 @@ def param_groups(model, cfg: RecoverConfig) -> list[dict]:
     if scales:
         groups.append({"params": scales, "weight_decay": 0.0, "lr_ratio": cfg.grid_scale_lr / cfg.lr})
     return groups
+
+
+def check_hidden_targets(cfg: RecoverConfig, teacher_config, student_config) -> None:
+    """hidden_weight matches the student's hidden states to the teacher's layer by layer: it needs
+    a teacher to match (distill) and the same number and width of layers (not a depth-pruned
+    student)."""
+    if not cfg.hidden_weight:
+        return
+    if cfg.method != "distill":
+        raise RecoverLMError(f"hidden_weight needs method 'distill'; method '{cfg.method}' has no teacher to match")
+    shape = [(c.num_hidden_layers, c.hidden_size) for c in (teacher_config, student_config)]
+    if shape[0] != shape[1]:
+        raise RecoverLMError(f"hidden_weight needs the teacher's layer shapes: the teacher has {shape[0][0]} layers of "
+                             f"width {shape[0][1]}, the student {shape[1][0]} of width {shape[1][1]}")
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -130,6 +144,10 @@ class Recovery:
         self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(device)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        if cfg.hidden_weight:
+            from transformers import AutoConfig
+
+            check_hidden_targets(cfg, self.teacher.config, AutoConfig.from_pretrained(self.student_path))
 
         with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
             self.train_set = self._training_set()
@@ -267,47 +285,63 @@ class Recovery:
         return nullcontext() if self.sharded else parametrize.cached()
 
     # -- loss ---------------------------------------------------------------------------------
-    def _teacher_logits(self, mb: MicroBatch) -> torch.Tensor:
-        """Full-vocabulary teacher logits for an on-policy micro-batch: one forward per teacher."""
-        main = self.ema if self.ema is not None else self.teacher
+    def _teacher_outputs(self, mb: MicroBatch, logits: bool = True, hidden: bool = False):
+        """Full-vocabulary teacher logits (on-policy) and hidden states (with `hidden_weight`) for a
+        micro-batch: one forward per teacher. Off-policy rows are scored by the fixed teacher,
+        whose top-k logits are cached; on-policy rows by the stage-2 teacher (fixed or EMA)."""
+        main = self.ema if self.ema is not None and mb.on_policy else self.teacher
         teachers = {0: main, 1: self.task_teacher}
         if set(mb.sources) == {0} or self.task_teacher is None:
             with torch.no_grad():
-                return completion_logits(main, mb.batch)
+                return completion_outputs(main, mb.batch, logits, hidden)
         rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths)).to(self.acc.device)
-        logits = None
+        merged: list = [None, None]
         for source in sorted(set(mb.sources)):
             pick = [i for i, s in enumerate(mb.sources) if s == source]
             sub = collate([mb.batch.input_ids[i][mb.batch.attention_mask[i].bool()][:-mb.response_lengths[i]].tolist() for i in pick],
                           [mb.batch.input_ids[i][mb.batch.attention_mask[i].bool()][-mb.response_lengths[i]:].tolist() for i in pick],
                           self.pad_id)
             with torch.no_grad():
-                part = completion_logits(teachers[source], sub)
-            if logits is None:
-                logits = part.new_empty((len(rows), part.shape[-1]))
-            logits[rows == source] = part
-        return logits
+                parts = completion_outputs(teachers[source], sub, logits, hidden)
+            for j, part in enumerate(parts):
+                if part is None:
+                    continue
+                if merged[j] is None:  # rows are the second-last dimension of both outputs
+                    merged[j] = part.new_empty((*part.shape[:-2], len(rows), part.shape[-1]))
+                merged[j][..., rows == source, :] = part
+        return tuple(merged)
 
-    def _loss_sum(self, mb: MicroBatch) -> tuple[torch.Tensor, float]:
-        """Sum over kept response tokens of the per-token loss, and the mean divergence for logging."""
+    def _loss_sum(self, mb: MicroBatch) -> tuple[torch.Tensor, dict]:
+        """Sum over kept response tokens of the per-token loss, and the mean of its parts (the
+        divergence, and the hidden-state error when it is trained) for logging."""
         cfg = self.cfg
-        logits = completion_logits(self.student, mb.batch)
+        want_hidden = cfg.hidden_weight > 0 and cfg.method == "distill"
+        logits, states = completion_outputs(self.student, mb.batch, hidden=want_hidden)
         keep = mb.keep.to(logits.device)
         targets = completion_targets(mb.batch).to(logits.device)
+
+        def mean(per_token: torch.Tensor) -> float:
+            return float((per_token.detach() * keep).sum()) / max(mb.n_tokens, 1)
+
         if cfg.method == "sft-replay":
             per_token = token_nll(logits, targets)
-            total = (per_token * keep).sum()
-            return total, float(total.detach()) / max(mb.n_tokens, 1)
+            return (per_token * keep).sum(), {"divergence": mean(per_token)}
+        t_logits, t_states = (self._teacher_outputs(mb, logits=mb.on_policy, hidden=want_hidden)
+                              if mb.on_policy or want_hidden else (None, None))
         if mb.on_policy:
-            per_token = divergence(logits, self._teacher_logits(mb), cfg.onpolicy_divergence, cfg.beta, cfg.temperature)
+            per_token = divergence(logits, t_logits, cfg.onpolicy_divergence, cfg.beta, cfg.temperature)
         else:
             idx, lp = self.train_set.topk_rows(mb.seq_indices)
             per_token = topk_divergence(logits, lp.to(logits.device), idx.to(logits.device), cfg.divergence,
                                         cfg.beta, cfg.temperature)
-        div = float((per_token.detach() * keep).sum()) / max(mb.n_tokens, 1)
+        parts = {"divergence": mean(per_token)}
+        if want_hidden:
+            hidden = hidden_relative_mse(states, t_states)
+            parts["hidden"] = mean(hidden)
+            per_token = per_token + cfg.hidden_weight * hidden
         if cfg.ce_weight:
             per_token = per_token + cfg.ce_weight * token_nll(logits, targets)
-        return (per_token * keep).sum(), div
+        return (per_token * keep).sum(), parts
 
     def _global_tokens(self, micro: list[MicroBatch]) -> int:
         local = torch.tensor([sum(mb.n_tokens for mb in micro)], dtype=torch.long, device=self.acc.device)
@@ -321,18 +355,19 @@ class Recovery:
         total = self._global_tokens(micro)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step - 1, self.cfg) * group["lr_ratio"]
-        loss_value, div_value = 0.0, 0.0
+        loss_value, part_values = 0.0, {}
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
             ctx = self.acc.no_sync(self.student) if not sync and self.acc.num_processes > 1 else _null()
             with ctx, self.acc.autocast():
-                loss_sum, div = self._loss_sum(mb)
+                loss_sum, parts = self._loss_sum(mb)
                 loss = loss_sum * self.acc.num_processes / max(total, 1)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}")
             self._backward(loss, sync)
             loss_value += float(loss.detach()) / self.acc.num_processes
-            div_value += div * mb.n_tokens / max(total, 1)
+            for name, value in parts.items():
+                part_values[name] = part_values.get(name, 0.0) + value * mb.n_tokens / max(total, 1)
         if not self.deepspeed:
             self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
@@ -342,7 +377,7 @@ class Recovery:
             with torch.no_grad():
                 for e, s in zip(self.ema.parameters(), self.acc.unwrap_model(self.student).parameters()):
                     e.mul_(self.cfg.ema_rate).add_(s.detach(), alpha=1 - self.cfg.ema_rate)
-        return {"loss": loss_value, "divergence": div_value, "tokens": total}
+        return {"loss": loss_value, **part_values, "tokens": total}
 
     # -- evaluation and checkpoints -------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
@@ -423,8 +458,8 @@ class Recovery:
                             tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
             bar.update(1)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
-                mean = {k: sum(s[k] for s in window) / len(window) for k in ("loss", "divergence")}
-                row = self.evaluate(step, {"train_loss": mean["loss"], "train_divergence": mean["divergence"]})
+                row = self.evaluate(step, {f"train_{k}": sum(s[k] for s in window) / len(window)
+                                           for k in ("loss", "divergence", "hidden") if k in window[0]})
                 window = []
                 bar.write(f"step {step} ({row['stage']}): validation KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
                           f"top-1 agreement {row['top1_agreement']:.3f}")
