@@ -60,13 +60,13 @@ BUDGETS = {"full": (240, 60), "quick": (40, 10)}  # (off-policy, on-policy) step
 
 
 def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bool, threads: int | None,
-                  lr: float, grid_scales: str = "fixed") -> RecoverConfig:
+                  lr: float, grid_scales: str = "fixed", hidden_weight: float = 0.0) -> RecoverConfig:
     """`distill` splits the steps between the stages; `sft-replay` spends all of them on cross-entropy.
     Both train the same parameters (with learned grid scales, the control learns them too)."""
     common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads, lr=lr,
                   grid_scales=grid_scales)
     if label == "distill":
-        return RecoverConfig(offpolicy_steps=offpolicy, onpolicy_steps=onpolicy, **common)
+        return RecoverConfig(offpolicy_steps=offpolicy, onpolicy_steps=onpolicy, hidden_weight=hidden_weight, **common)
     return RecoverConfig(method="sft-replay", offpolicy_steps=offpolicy + onpolicy, **common)
 
 
@@ -168,11 +168,12 @@ def render(rows: list[dict]) -> str:
         if r.get("kind", "run") == "run":
             key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
                    r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"), r.get("teacher_samples", 1),
-                   r.get("teacher_temperature", 0.0), r.get("grid_scales", "fixed"), r.get("teacher_prompts", 0))
+                   r.get("teacher_temperature", 0.0), r.get("grid_scales", "fixed"), r.get("teacher_prompts", 0),
+                   r.get("hidden_weight", 0.0))
             groups.setdefault(key, []).append(r)
     means = {}
     for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], *kv[0][3:])):
-        name, off, on, label, lr, device, bf16, selection, samples, temp, grid_scales, written = key
+        name, off, on, label, lr, device, bf16, selection, samples, temp, grid_scales, written, hidden = key
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
         means[key] = statistics.mean(ratios)
@@ -183,7 +184,7 @@ def render(rows: list[dict]) -> str:
         device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
         text = f"{samples} × " + ("greedy" if temp == 0 else f"sampled at T={temp:g}")
         text += f"; + {written} prompts written by the teacher" if written else ""
-        method = label + (" (learned grid scales)" if grid_scales == "learned" else "")
+        method = label + _variant(grid_scales, hidden)
         lines.append(f"| {name} | {method} | {steps} | {text} | {lr:g} | {selection} | {device_cell} | "
                      f"{'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
                      f"{means[key]:.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
@@ -195,14 +196,15 @@ def render(rows: list[dict]) -> str:
         if r.get("kind") == "partial":
             cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
                             r.get("grid_scales", "fixed"), r["prompts"], r["why"], r.get("teacher_samples", 1),
-                            r.get("teacher_temperature", 0.0), r.get("lr", DEFAULT_LR)), []).append(r)
-    for (name, label, off, on, device, grid_scales, prompts, why, samples, temp, lr), sel in cut.items():
+                            r.get("teacher_temperature", 0.0), r.get("lr", DEFAULT_LR), r.get("hidden_weight", 0.0)),
+                           []).append(r)
+    for (name, label, off, on, device, grid_scales, prompts, why, samples, temp, lr, hidden), sel in cut.items():
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [1 - r["kl_at_stop"] / r["kl_start"] for r in sel]  # the teacher's KL is 0
         spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
         text = f", {samples} teacher responses per prompt sampled at T={temp:g}" if samples > 1 else ""
         text += f", peak lr {lr:g}" if lr != DEFAULT_LR else ""
-        lines += ["", f"Cut short: {name} `{label}`{' (learned grid scales)' if grid_scales == 'learned' else ''} "
+        lines += ["", f"Cut short: {name} `{label}`{_variant(grid_scales, hidden)} "
                   f"({off} + {on} steps{text}, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
                   f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) {prompts} KL was "
                   f"{', '.join(format(r['kl_at_stop'], '.4f') for r in sel)} against "
@@ -214,16 +216,18 @@ def render(rows: list[dict]) -> str:
         if label != "distill" or off + on < sum(BUDGETS["full"]):
             continue
         lr, device = setting[0], setting[1]
-        control, where = means.get((name, off, on, "sft-replay", *setting)), ""
+        plain = (*setting[:-1], 0.0)  # the control has no hidden-state term
+        control, where = means.get((name, off, on, "sft-replay", *plain)), ""
         if control is None:  # the same setting measured on another device still controls for the budget
             elsewhere = [(k[5], m) for k, m in means.items()
-                         if k[:4] == (name, off, on, "sft-replay") and k[4] == lr and k[6:] == key[6:]]
+                         if k[:4] == (name, off, on, "sft-replay") and k[4] == lr and k[6:] == (*key[6:-1], 0.0)]
             if elsewhere:
                 other_device, control = elsewhere[0]
                 where = f", on {other_device}"
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f}{where})")
-        scales = ", learned grid scales" if setting[6] == "learned" else ""
+        scales = (", learned grid scales" if setting[6] == "learned" else "") + \
+            (f", hidden states at weight {setting[8]:g}" if setting[8] else "")
         written = f", + {setting[7]} teacher-written prompts" if setting[7] else ""
         verdicts.append(f"- {name}{scales}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt{written}, {device}: "
                         f"{mean:.3f}; the 0.8 target is "
@@ -244,18 +248,29 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _variant(grid_scales: str, hidden_weight: float) -> str:
+    """What a method label leaves out: learned grid scales, a hidden-state term."""
+    parts = (["learned grid scales"] if grid_scales == "learned" else []) + \
+        ([f"+ hidden states × {hidden_weight:g}"] if hidden_weight else [])
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float,
-            samples: int, temperature: float, grid_scales: str = "fixed", written: int = 0) -> dict:
-    return dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
-                device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
-                teacher_temperature=temperature, grid_scales=grid_scales, teacher_prompts=written)
+            samples: int, temperature: float, grid_scales: str = "fixed", written: int = 0,
+            hidden_weight: float = 0.0) -> dict:
+    key = dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
+               device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
+               teacher_temperature=temperature, grid_scales=grid_scales, teacher_prompts=written)
+    if label == "distill":  # the control has no hidden-state term
+        key["hidden_weight"] = hidden_weight
+    return key
 
 
 def is_done(key: dict, rows: list[dict]) -> bool:
     """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
     checkpoint chosen on the held-out set itself)."""
     implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0,
-               "grid_scales": "fixed", "teacher_prompts": 0}
+               "grid_scales": "fixed", "teacher_prompts": 0, "hidden_weight": 0.0}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
 
 
@@ -264,6 +279,7 @@ def run_dir(work: Path, row: dict) -> Path:
     tag = ("" if lr == DEFAULT_LR else f"-lr{lr:g}") + ("" if samples == 1 else f"-x{samples}t{row['teacher_temperature']:g}")
     tag += "-learned-scales" if row.get("grid_scales") == "learned" else ""
     tag += f"-written{row['teacher_prompts']}" if row.get("teacher_prompts") else ""
+    tag += f"-hidden{row['hidden_weight']:g}" if row.get("hidden_weight") else ""
     return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{tag}-seed{row['seed']}"
 
 
@@ -291,7 +307,7 @@ def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
     """Train one method on one degraded model and score it on the held-out prompts."""
     out = run_dir(args.work, key)
     cfg = method_config(key["method"], key["offpolicy"], key["onpolicy"], key["seed"], key["bf16"], args.threads,
-                        key["lr"], key["grid_scales"])
+                        key["lr"], key["grid_scales"], key.get("hidden_weight", 0.0))
     result = recover(args.model, degraded, out, cfg, data, progress=args.jobs == 0)
     report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
                              generation=False)
@@ -353,7 +369,8 @@ def _run_children(args, pending: list[dict], running: list[tuple], logs: Path, r
                    "--results", str(part), "--jobs", str(args.jobs)]
             cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites,
                     "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature),
-                    "--grid-scales", args.grid_scales, "--teacher-prompts", str(args.teacher_prompts)]
+                    "--grid-scales", args.grid_scales, "--teacher-prompts", str(args.teacher_prompts),
+                    "--hidden-weight", str(args.hidden_weight)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), tag, part, log, key))
@@ -400,6 +417,8 @@ def main() -> None:
                     help="extra training prompts the teacher writes itself (both methods train on them)")
     ap.add_argument("--grid-scales", choices=["fixed", "learned"], default="fixed",
                     help="quantized degradations: also train the group scales (both methods); pruning ignores it")
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="distill also matches every layer's hidden states to the teacher's at this weight")
     ap.add_argument("--suites", default="knowledge",
                     help="task suites scored on teacher, degraded and recovered model ('' for none)")
     ap.add_argument("--jobs", type=int, default=0, help="run this many runs at once, each in its own process")
@@ -443,7 +462,7 @@ def main() -> None:
             for label in args.methods.split(","):
                 key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr, args.teacher_samples,
                               args.teacher_temperature, args.grid_scales if method.startswith("quant.") else "fixed",
-                              args.teacher_prompts)
+                              args.teacher_prompts, args.hidden_weight)
                 if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
                 else:

@@ -102,15 +102,19 @@ def topk_forward_kl(student_logits: torch.Tensor, teacher_bucket_logprobs: torch
     return topk_divergence(student_logits, teacher_bucket_logprobs, teacher_indices, "forward_kl", temperature=temperature)
 
 
+def hidden_relative_error(student_states: torch.Tensor, teacher_states: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """|h_student - h_teacher|^2 / |h_teacher|^2 per layer and position: (L, N, d) -> (L, N), float32."""
+    s, t = student_states.float(), teacher_states.float()
+    return (s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(eps)
+
+
 def hidden_relative_mse(student_states: torch.Tensor, teacher_states: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-position squared error of the student's hidden states against the teacher's, relative to
-    the teacher's squared norm at that position and layer, averaged over layers: (L, N, d) -> (N,).
+    """The hidden-state loss per position, (L, N, d) -> (N,): the relative error averaged over layers.
 
     Dividing per position (not by a layer-wide variance) keeps the few massive-activation tokens
     from outweighing every other token, and makes the layers count alike whatever their scale.
     """
-    s, t = student_states.float(), teacher_states.float()
-    return ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(eps)).mean(0)
+    return hidden_relative_error(student_states, teacher_states, eps).mean(0)
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
