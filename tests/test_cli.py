@@ -54,9 +54,10 @@ def test_stage_commands(tmp_path, tiny_model, prompt_file):
                             "--group-size", "32", "--out", str(deg)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out", str(rec),
-                            "--config", str(cfg), "--steps", "2"])
+                            "--config", str(cfg), "--steps", "2", "--hidden-weight", "1"])
     assert r.exit_code == 0, r.output
-    assert json.loads((rec / "recovery.json").read_text())["constraint"]["kind"] == "quant_grid"
+    record = json.loads((rec / "recovery.json").read_text())
+    assert record["constraint"]["kind"] == "quant_grid" and record["recover"]["hidden_weight"] == 1.0
     r = runner.invoke(app, ["evaluate", "--model", str(rec), "--degraded", str(deg), "--teacher", str(tiny_model),
                             "--out", str(tmp_path / "eval.json"), "--config", str(cfg)])
     assert r.exit_code == 0, r.output
@@ -96,6 +97,16 @@ def test_missing_prompt_file(tmp_path, tiny_model):
     r = runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out",
                             str(tmp_path / "rec"), "--prompts", str(tmp_path / "missing.jsonl")])
     _one_line_error(r, "missing.jsonl")
+    assert not (tmp_path / "rec").exists()
+
+
+def test_hidden_weight_errors(tmp_path, tiny_model):
+    deg = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(deg)]).exit_code == 0
+    base = ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out", str(tmp_path / "rec")]
+    _one_line_error(runner.invoke(app, base + ["--hidden-weight", "-1"]), "hidden_weight")
+    _one_line_error(runner.invoke(app, base + ["--hidden-weight", "1", "--method", "sft-replay"]),
+                    "hidden_weight needs method 'distill'")
     assert not (tmp_path / "rec").exists()
 
 

@@ -123,6 +123,8 @@ def recover(
     prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (overrides data.prompts)."),
     teacher_prompts: Optional[int] = typer.Option(
         None, min=0, help="Extra training prompts the teacher writes itself (overrides data.teacher_prompts)."),
+    hidden_weight: Optional[float] = typer.Option(
+        None, help="Also match every layer's hidden states to the teacher's at this weight (overrides recover.hidden_weight)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUT.work/."),
     no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
@@ -131,7 +133,8 @@ def recover(
     from .recover.trainer import recover as run_recover
 
     rec_cfg, data_cfg = _stage_configs(config)
-    overrides = {k: v for k, v in {"offpolicy_steps": steps, "onpolicy_steps": onpolicy_steps, "method": method}.items()
+    overrides = {k: v for k, v in {"offpolicy_steps": steps, "onpolicy_steps": onpolicy_steps, "method": method,
+                                       "hidden_weight": hidden_weight}.items()
                  if v is not None}
     rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
     if prompts is not None:
