@@ -37,7 +37,8 @@ from recoverlm.io import write_text_atomic  # noqa: E402
 from recoverlm.recover.response_set import heldout_set  # noqa: E402
 
 
-def arms(rows: list[dict], degradation: str, budget: str, seed: int, work: Path) -> dict[float, dict]:
+def arms(rows: list[dict], degradation: str, budget: str, seed: int, work: Path,
+         grid_scales: str = "fixed") -> dict[float, dict]:
     """The recorded `distill` runs that differ only in hidden_weight, and whose models are still in `work`."""
     off, on = BUDGETS[budget]
     found = {}
@@ -45,7 +46,7 @@ def arms(rows: list[dict], degradation: str, budget: str, seed: int, work: Path)
         if (r.get("kind", "run") == "run" and r["method"] == "distill" and r["degradation"] == degradation
                 and (r["offpolicy"], r["onpolicy"], r["seed"]) == (off, on, seed) and r.get("lr", DEFAULT_LR) == DEFAULT_LR
                 and r.get("selection") == "validation" and r.get("teacher_samples", 1) == 1
-                and r.get("grid_scales", "fixed") == "fixed" and not r.get("teacher_prompts")
+                and r.get("grid_scales", "fixed") == grid_scales and not r.get("teacher_prompts")
                 and r.get("device", "cpu") == "cpu" and run_dir(work, r).exists()):
             found[r.get("hidden_weight", 0.0)] = r
     return dict(sorted(found.items()))
@@ -78,7 +79,8 @@ HEADER = ("## Does alignment cause recovery? (`bench/alignment_intervention.py`)
 def render(degradation: str, budget: str, seed: int, found: dict[float, dict], measured: dict[str, dict]) -> str:
     off, on = BUDGETS[budget]
     deg = measured["degraded"]
-    lines = [f"**{degradation}, {off} + {on} steps, seed {seed}**", "",
+    scales = ", learned grid scales" if next(iter(found.values())).get("grid_scales") == "learned" else ""
+    lines = [f"**{degradation}{scales}, {off} + {on} steps, seed {seed}**", "",
              "| hidden weight | held-out KL | recovery ratio | hidden error: mean | hidden error: final | CKA: mean | "
              "CKA: last block | knowledge |", "|---|---|---|---|---|---|---|---|"]
 
@@ -94,7 +96,7 @@ def render(degradation: str, budget: str, seed: int, found: dict[float, dict], m
     weights = list(found)
     base, top = measured[f"{weights[0]:g}"], measured[f"{weights[-1]:g}"]
     lines += ["", f"Reading: {rates_sentence(deg, base, 'distillation alone (weight ' + format(weights[0], 'g') + ')')} "
-              f"{rates_sentence(base, top, 'the hidden term at weight ' + format(weights[-1], 'g') + ', on top of it,')}"]
+              f"{rates_sentence(base, top, 'The hidden term at weight ' + format(weights[-1], 'g') + ', on top of it,')}"]
     return "\n".join(lines)
 
 
@@ -135,8 +137,9 @@ def late_training(records: list[dict]) -> str:
     return "\n\n".join(out)
 
 
-def results_path(degradation: str, budget: str, seed: int) -> Path:
-    return RESULTS.parent / f"alignment-{degradation.replace('%', '')}-{budget}-seed{seed}.json"
+def results_path(degradation: str, budget: str, seed: int, grid_scales: str) -> Path:
+    scales = "-learned-scales" if grid_scales == "learned" else ""
+    return RESULTS.parent / f"alignment-{degradation.replace('%', '')}{scales}-{budget}-seed{seed}.json"
 
 
 def main() -> None:
@@ -146,11 +149,13 @@ def main() -> None:
     ap.add_argument("--degradation", default="wanda-50%")
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="quick")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--grid-scales", choices=["fixed", "learned"], default="fixed",
+                    help="quantized degradations: the arms' grid scales (as in the recovery benchmark)")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the section from the saved measurements (bench/results/alignment-*.json)")
     args = ap.parse_args()
     if not args.render:
-        found = arms(load_rows(RESULTS), args.degradation, args.budget, args.seed, args.work)
+        found = arms(load_rows(RESULTS), args.degradation, args.budget, args.seed, args.work, args.grid_scales)
         if len(found) < 2 or 0.0 not in found:
             sys.exit(f"error: need recorded runs with hidden weight 0 and at least one other for {args.degradation} "
                      f"({args.budget}, seed {args.seed}) with their models in {args.work}; found weights {list(found)}")
@@ -161,7 +166,8 @@ def main() -> None:
         except RecoverLMError as exc:
             sys.exit(f"error: {exc}")
         record = {"runs": {str(w): r for w, r in found.items()}, "measured": measured}
-        write_text_atomic(results_path(args.degradation, args.budget, args.seed), json.dumps(record, indent=1) + "\n")
+        saved = results_path(args.degradation, args.budget, args.seed, args.grid_scales)
+        write_text_atomic(saved, json.dumps(record, indent=1) + "\n")
     records = []
     for path in sorted(RESULTS.parent.glob("alignment-*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
