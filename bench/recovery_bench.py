@@ -105,7 +105,7 @@ def onpolicy_cost(run: Recovery, plan: list[list[int]], steps: int) -> dict:
             return out
         return wrapper
 
-    run._sample, run._teacher_logits = timed("sample", run._sample), timed("teacher", run._teacher_logits)
+    run._sample, run._teacher_outputs = timed("sample", run._sample), timed("teacher", run._teacher_outputs)
     start = time.perf_counter()
     for i in range(steps):
         run.train_step(steps + 2 + i, plan[i % len(plan)], True)
@@ -152,8 +152,8 @@ def render(rows: list[dict]) -> str:
              "on student samples; `sft-replay`: the same number of steps (8 sequences each) of cross-entropy on "
              "the teacher's text. Recovery ratio on held-out mean teacher KL (48 prompts; 1 = the teacher). "
              "Rows accumulate in `bench/results/recovery.jsonl`. Runs marked \"N at once\" shared the machine "
-             "(one GPU, or the 2 CPU cores at one thread each) with N - 1 others, so their time is not a single run's. The teacher writes the held-out responses on "
-             "the run's own device, so the degraded KL differs a little between CPU and GPU rows. \"best on\": the "
+             "(one GPU, or the 2 CPU cores at one thread each) with N - 1 others, so their time is not a single "
+             "run's. The teacher writes the held-out responses on the run's own device, so the degraded KL differs a little between CPU and GPU rows. \"best on\": the "
              "prompts that chose the exported checkpoint (validation prompts set aside from training, or, in older "
              "rows, the held-out prompts themselves). Knowledge: accuracy on the knowledge suite (341 items) of "
              "the teacher, the degraded and the recovered model, when the run measured it. Best step: the "
