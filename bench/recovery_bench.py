@@ -70,21 +70,27 @@ def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bo
     return RecoverConfig(method="sft-replay", offpolicy_steps=offpolicy + onpolicy, **common)
 
 
-def step_cost(teacher: str, student: Path, work: Path, data: DataConfig, steps: int, bf16: bool) -> dict:
-    """Seconds per optimizer step of off-policy KD and of plain SFT on the same batch plan."""
+def step_cost(teacher: str, student: Path, work: Path, data: DataConfig, steps: int, bf16: bool,
+              hidden_weight: float = 0.0) -> dict:
+    """Seconds per optimizer step of off-policy KD and of plain SFT on the same batch plan; with a
+    hidden weight, also KD with the hidden-state term, whose teacher runs every off-policy step."""
     out = {}
-    for method in ("distill", "sft-replay"):
+    arms = [("distill", 0.0), ("sft-replay", 0.0)] + ([("distill", hidden_weight)] if hidden_weight else [])
+    for method, weight in arms:
+        name = "distill_hidden" if weight else method
         cfg = RecoverConfig(method=method, offpolicy_steps=steps, eval_every=0, cka_every_eval=False,
-                            select_best=False, bf16=bf16)
-        run = Recovery(teacher, student, work / f"cost-{method}", cfg, data, progress=False)
+                            select_best=False, bf16=bf16, hidden_weight=weight)
+        run = Recovery(teacher, student, work / f"cost-{name}", cfg, data, progress=False)
         plan = batch_order(len(run.train_set), cfg.batch_size, steps + 1, cfg.seed)
         run.train_step(1, plan[0], False)  # warm-up
         start = time.perf_counter()
         for i in range(2, steps + 2):
             run.train_step(i, plan[i - 1], False)
-        out[method] = (time.perf_counter() - start) / steps
+        out[name] = (time.perf_counter() - start) / steps
         if method == "distill":
-            out["onpolicy"] = onpolicy_cost(run, plan, steps)
+            out["onpolicy_hidden" if weight else "onpolicy"] = onpolicy_cost(run, plan, steps)
+    if hidden_weight:
+        out["hidden_weight"] = hidden_weight
     return out
 
 
@@ -245,6 +251,12 @@ def render(rows: list[dict]) -> str:
                           f"the teacher's scoring {o['teacher']:.2f} s in {o['teacher_calls_per_step']:g} forward per "
                           f"step, and the student's forward, backward and update the remaining "
                           f"{o['step'] - o['sample'] - o['teacher']:.2f} s.")
+        if "distill_hidden" in c:
+            o = c["onpolicy_hidden"]
+            lines[-1] += (f" With the hidden-state term (weight {c['hidden_weight']:g}) the teacher runs on every "
+                          f"off-policy batch for its hidden states: an off-policy step takes {c['distill_hidden']:.2f} s "
+                          f"({c['distill_hidden'] / c['sft-replay']:.2f} times SFT) and an on-policy step "
+                          f"{o['step']:.2f} s, still in {o['teacher_calls_per_step']:g} teacher forward per step.")
     return "\n".join(lines)
 
 
@@ -428,7 +440,8 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from the JSONL")
     ap.add_argument("--step-cost", action="store_true",
-                    help="time KD against SFT steps, split an on-policy step into its parts, and stop")
+                    help="time KD against SFT steps, split an on-policy step into its parts, and stop "
+                         "(with --hidden-weight, KD with the hidden-state term too)")
     args = ap.parse_args()
 
     if args.backfill_suites:
@@ -455,7 +468,8 @@ def main() -> None:
         if not degraded.exists():
             degrade(args.model, method, params, degraded)
         if args.step_cost:
-            costs = step_cost(args.model, degraded, args.work / name, data, steps=3 if args.quick else 10, bf16=bf16)
+            costs = step_cost(args.model, degraded, args.work / name, data, steps=3 if args.quick else 10, bf16=bf16,
+                              hidden_weight=args.hidden_weight)
             append_row({"kind": "step_cost", "degradation": name, "bf16": bf16, **costs}, args.results)
             break
         for seed in seeds:
