@@ -54,10 +54,12 @@ def test_stage_commands(tmp_path, tiny_model, prompt_file):
                             "--group-size", "32", "--out", str(deg)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out", str(rec),
-                            "--config", str(cfg), "--steps", "2", "--hidden-weight", "1"])
+                            "--config", str(cfg), "--steps", "2", "--hidden-weight", "1", "--grid-latents", "teacher"])
     assert r.exit_code == 0, r.output
+    assert "grid latents:" in r.output
     record = json.loads((rec / "recovery.json").read_text())
     assert record["constraint"]["kind"] == "quant_grid" and record["recover"]["hidden_weight"] == 1.0
+    assert record["recover"]["grid_latents"] == "teacher"
     r = runner.invoke(app, ["evaluate", "--model", str(rec), "--degraded", str(deg), "--teacher", str(tiny_model),
                             "--out", str(tmp_path / "eval.json"), "--config", str(cfg)])
     assert r.exit_code == 0, r.output
@@ -107,6 +109,9 @@ def test_hidden_weight_errors(tmp_path, tiny_model):
     _one_line_error(runner.invoke(app, base + ["--hidden-weight", "-1"]), "hidden_weight")
     _one_line_error(runner.invoke(app, base + ["--hidden-weight", "1", "--method", "sft-replay"]),
                     "hidden_weight needs method 'distill'")
+    _one_line_error(runner.invoke(app, base + ["--grid-latents", "nearby"]), "grid_latents")
+    _one_line_error(runner.invoke(app, base + ["--grid-latents", "teacher"]),
+                    "grid_latents 'teacher' needs a student on a quantization grid")
     assert not (tmp_path / "rec").exists()
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from _constrained import optimizer_steps
 
-from recoverlm.constraints import (SparsityConstraint, fake_quantize, learned_scale_fake_quantize, linear_weights,
-                                   load_constraint)
+from recoverlm.constraints import (SparsityConstraint, fake_quantize, latent_within_cell, learned_scale_fake_quantize,
+                                   linear_weights, load_constraint)
 from recoverlm.degrade.prune import magnitude_mask, prune_magnitude
 from recoverlm.degrade.quantize import quantize_rtn
 from recoverlm.errors import RecoverLMError
@@ -79,6 +79,59 @@ def test_learned_scale_projection_matches_the_fixed_grid_and_reaches_the_scale()
     levels = (projected.detach().reshape(4, 2, 32) / scale.detach().unsqueeze(-1)).round()
     expected = (2 * levels ** 2 * scale.detach().unsqueeze(-1)).sum(-1)
     torch.testing.assert_close(scale.grad, expected)
+
+
+def test_latents_within_cell_keep_the_projection_and_follow_the_reference():
+    gen = torch.Generator().manual_seed(1)
+    scale = torch.rand(4, 2, generator=gen) * 0.1 + 0.05
+    zero = torch.full((4, 2), 8.0)
+    reference = torch.randn(4, 64, generator=gen) * 0.3
+    on_grid = fake_quantize(reference, scale, zero, 0, 15)
+    # A damaged grid: some weights one level off the reference's rounding.
+    damaged = on_grid.clone()
+    damaged[:, ::7] += scale.repeat_interleave(32, dim=1)[:, ::7]
+    damaged = fake_quantize(damaged, scale, zero, 0, 15)
+    latent = latent_within_cell(damaged, reference, scale, zero, 0, 15)
+    assert torch.equal(fake_quantize(latent, scale, zero, 0, 15), damaged)
+    steps = scale.repeat_interleave(32, dim=1)
+    inside = (reference - damaged).abs() < 0.49 * steps
+    assert inside.any() and (~inside).any()
+    torch.testing.assert_close(latent[inside], reference[inside])  # RTN of the reference: exactly where it was
+    assert torch.all((latent - damaged).abs()[~inside] <= 0.49 * steps[~inside] + 1e-7)  # clamped at the cell edge
+    assert torch.all(torch.sign(latent - damaged)[~inside] == torch.sign(reference - damaged)[~inside])
+
+
+def test_seeded_latents_leave_the_quantized_model_unchanged(tiny_model):
+    teacher = load_model(tiny_model)
+    model, constraint = quantize_rtn(load_model(tiny_model), bits=4, group_size=32)
+    ids = torch.arange(12).reshape(2, 6)
+    with torch.no_grad():
+        before = model(ids).logits
+        constraint.attach(model)
+        seeded = constraint.seed_latents(model, teacher)
+        after = model(ids).logits
+    assert torch.equal(before, after)
+    assert seeded["moved"] > 0.9 and 0.1 < seeded["mean_offset_in_steps"] < 0.5
+    # Round-to-nearest of the teacher: every latent is the teacher's own weight, up to the margin
+    # that keeps it off the rounding boundary (0.01 of a grid step).
+    name = next(iter(constraint.scales))
+    module = dict(model.named_modules())[name.rsplit(".", 1)[0]]
+    gap = (module.parametrizations.weight.original - dict(teacher.named_parameters())[name]).abs()
+    steps = constraint.scales[name].repeat_interleave(32, dim=1)
+    assert torch.all(gap <= 0.0101 * steps) and (gap == 0).float().mean() > 0.9
+    constraint.finalize(model)
+    constraint.verify(model)
+
+
+def test_seeded_latents_need_the_teachers_shapes(tiny_model):
+    teacher = load_model(tiny_model)
+    model, constraint = quantize_rtn(load_model(tiny_model), bits=4, group_size=32)
+    constraint.attach(model)
+    name = next(iter(constraint.scales))
+    module = dict(teacher.named_modules())[name.rsplit(".", 1)[0]]
+    module.weight = torch.nn.Parameter(module.weight[:, :-32].clone())
+    with pytest.raises(RecoverLMError, match="grid latents from the teacher need its"):
+        constraint.seed_latents(model, teacher)
 
 
 def test_learned_grid_scales_move_and_the_export_verifies_on_them(tiny_model, tmp_path):

@@ -140,11 +140,37 @@ def test_cached_grid_weights_sample_what_the_grid_computes(tmp_path, tiny_model,
     assert run._sample(prompts, seed=3) == cached
 
 
+def test_teacher_grid_latents_start_from_the_degraded_model_and_keep_the_grid(tmp_path, tiny_model, quantized,
+                                                                              data_cfg):
+    cfg = _cfg(grid_latents="teacher", grid_scales="learned", onpolicy_steps=1, select_best=False)
+    run = trainer_mod.Recovery(tiny_model, quantized, tmp_path / "r", cfg, data_cfg, progress=False, log=lambda *_: None)
+    on_grid = trainer_mod.Recovery(tiny_model, quantized, tmp_path / "g", cfg.model_copy(update={"grid_latents": "grid"}),
+                                   data_cfg, progress=False)
+    degraded = load_model(quantized)
+    ids = torch.tensor(run.train_set.prompt_ids[0]).unsqueeze(0)
+    with torch.no_grad():  # moving the latents inside their cells changes nothing the model computes
+        assert torch.equal(run.student(ids).logits, on_grid.student(ids).logits)
+    teacher = dict(run.teacher.named_parameters())
+    latents = {n: p for n, p in run.student.named_parameters() if n.endswith("weight.original")}
+    name, latent = next(iter(latents.items()))
+    plain = name.replace(".parametrizations.weight.original", ".weight")
+    assert (latent != dict(degraded.named_parameters())[plain]).float().mean() > 0.9
+    assert (latent == teacher[plain]).float().mean() > 0.9  # RTN: the teacher's own weights
+    res = recover(tiny_model, quantized, tmp_path / "r2", cfg, data_cfg, progress=False)
+    assert res["constraint"]["learned_scales"]
+    load_constraint(tmp_path / "r2").verify(load_model(tmp_path / "r2"))
+
+
 def test_learned_grid_scales_need_a_grid(tmp_path, tiny_model, pruned, quantized, data_cfg):
     with pytest.raises(RecoverLMError, match="needs a student on a quantization grid"):
         recover(tiny_model, pruned, tmp_path / "r", _cfg(grid_scales="learned"), data_cfg, progress=False)
     with pytest.raises(RecoverLMError, match="not supported with lora"):
         recover(tiny_model, quantized, tmp_path / "r", _cfg(grid_scales="learned", lora=LoraConfig(r=4)), data_cfg,
+                progress=False)
+    with pytest.raises(RecoverLMError, match="grid_latents 'teacher' needs a student on a quantization grid"):
+        recover(tiny_model, pruned, tmp_path / "r", _cfg(grid_latents="teacher"), data_cfg, progress=False)
+    with pytest.raises(RecoverLMError, match="grid_latents 'teacher' needs full fine-tuning"):
+        recover(tiny_model, quantized, tmp_path / "r", _cfg(grid_latents="teacher", lora=LoraConfig(r=4)), data_cfg,
                 progress=False)
 
 

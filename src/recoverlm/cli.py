@@ -125,6 +125,8 @@ def recover(
         None, min=0, help="Extra training prompts the teacher writes itself (overrides data.teacher_prompts)."),
     hidden_weight: Optional[float] = typer.Option(
         None, help="Also match every layer's hidden states to the teacher's at this weight (overrides recover.hidden_weight)."),
+    grid_latents: Optional[str] = typer.Option(
+        None, help="grid | teacher: where a quantized student's latent weights start (overrides recover.grid_latents)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUT.work/."),
     no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
@@ -134,7 +136,7 @@ def recover(
 
     rec_cfg, data_cfg = _stage_configs(config)
     overrides = {k: v for k, v in {"offpolicy_steps": steps, "onpolicy_steps": onpolicy_steps, "method": method,
-                                       "hidden_weight": hidden_weight}.items()
+                                       "hidden_weight": hidden_weight, "grid_latents": grid_latents}.items()
                  if v is not None}
     rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
     if prompts is not None:

@@ -91,6 +91,9 @@ class RecoverConfig(_Strict):
     # Quantization-grid students: also train the group scales, as log-scales with their own peak lr.
     grid_scales: Literal["fixed", "learned"] = "fixed"
     grid_scale_lr: float = Field(1e-3, gt=0)
+    # Their latent (QAT) weights start on the grid, or at the teacher's weights inside each grid
+    # cell: the same forward pass, but rounding changes the teacher leaned towards are a small step away.
+    grid_latents: Literal["grid", "teacher"] = "grid"
     lora: Optional[LoraConfig] = None
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
     select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"

@@ -152,6 +152,23 @@ def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     return (levels * s).reshape(weight.shape)
 
 
+def latent_within_cell(weight: torch.Tensor, reference: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                       qmin: int, qmax: int, margin: float = 0.49) -> torch.Tensor:
+    """Latent weights that project to exactly the grid values `weight` projects to, moved towards
+    `reference` (the undamaged weights) as far as their grid cell allows. A latent weight at the
+    centre of its cell needs half a grid step of updates before its rounding can change; one at
+    the reference's position is as close to the rounding boundary as the original weight was, so
+    the updates that flip it are the ones the undamaged model already leaned towards."""
+    levels, s = grid_levels(weight.float(), scale.float(), zero.float(), qmin, qmax)
+    on_grid = levels * s
+    ref = reference.float().reshape(on_grid.shape)
+    latent = on_grid + torch.clamp(ref - on_grid, -margin * s, margin * s)
+    latent = latent.reshape(weight.shape).to(weight.dtype)
+    # In low precision a latent can round into the next cell: those keep their grid value.
+    moved = grid_levels(latent.float(), scale.float(), zero.float(), qmin, qmax)[0]
+    return torch.where((moved == levels).reshape(weight.shape), latent, on_grid.reshape(weight.shape).to(weight.dtype))
+
+
 class _FakeQuantLearnedScale(torch.autograd.Function):
     """The same projection as `fake_quantize` (bit for bit, so the export verifies), differentiable
     in the group scales with the integers held fixed: d w_q / d s = q - zero, the grid's true local
@@ -244,6 +261,36 @@ class QuantGridConstraint(Constraint):
                 w = module.weight
                 parametrize.register_parametrization(
                     module, "weight", grid(self.scales[name].to(w.device), self.zeros[name].to(w.device), qmin, qmax))
+
+    @torch.no_grad()
+    def seed_latents(self, model, reference) -> dict:
+        """Move the attached model's latent weights inside their grid cells towards `reference`'s
+        weights (`latent_within_cell`); the forward pass does not change."""
+        from torch.nn.utils import parametrize
+
+        qmin, qmax = self.qrange
+        named_ref = dict(reference.named_parameters())
+        moved, total, offset = 0, 0, 0.0
+        for name, module in self._modules(model):
+            if not parametrize.is_parametrized(module, "weight"):
+                raise RecoverLMError(f"grid latents need the grid attached to {name}")
+            latent = module.parametrizations.weight.original
+            ref = named_ref.get(name)
+            if ref is None or ref.shape != latent.shape:
+                got = "no such weight" if ref is None else f"shape {tuple(ref.shape)}"
+                raise RecoverLMError(f"grid latents from the teacher need its {name} of shape {tuple(latent.shape)}; "
+                                     f"the teacher has {got}")
+            grid = module.parametrizations.weight[0]
+            scale = grid.scale() if isinstance(grid, _LearnedScaleGridParametrization) else grid.scale
+            new = latent_within_cell(latent, ref.to(latent.device), scale, self.zeros[name].to(latent.device),
+                                     qmin, qmax)
+            delta = (new - latent).float()
+            moved += int((delta != 0).sum())
+            total += latent.numel()
+            offset += float((delta.reshape(scale.shape[0], scale.shape[1], -1).abs()
+                             / scale.float().unsqueeze(-1)).sum())
+            latent.copy_(new)
+        return {"moved": moved / max(total, 1), "mean_offset_in_steps": offset / max(total, 1)}
 
     def finalize(self, model) -> None:
         """Bake the grid into the weights; learned scales replace the degraded model's scales."""

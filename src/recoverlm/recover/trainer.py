@@ -140,6 +140,18 @@ class Recovery:
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id
+        # The student's Constraint decides what it can train: checked before any teacher work.
+        self.constraint: Constraint = load_constraint(self.student_path)
+        for option, value in (("grid_scales", "learned"), ("grid_latents", "teacher")):
+            if getattr(cfg, option) != value:
+                continue
+            if not isinstance(self.constraint, QuantGridConstraint):
+                raise RecoverLMError(f"{option} '{value}' needs a student on a quantization grid; "
+                                     f"{self.student_path} has constraint '{self.constraint.kind}'")
+            if cfg.lora:
+                raise RecoverLMError(f"{option} '{value}' needs full fine-tuning; it is not supported with lora")
+        if cfg.grid_scales == "learned":
+            self.constraint.learn_scales = True
         device = self.acc.device
         self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(device)
         for p in self.teacher.parameters():
@@ -155,14 +167,6 @@ class Recovery:
         if not len(self.train_set):
             raise RecoverLMError("the training set is empty")
 
-        self.constraint: Constraint = load_constraint(self.student_path)
-        if cfg.grid_scales == "learned":
-            if not isinstance(self.constraint, QuantGridConstraint):
-                raise RecoverLMError(f"grid_scales 'learned' needs a student on a quantization grid; "
-                                     f"{self.student_path} has constraint '{self.constraint.kind}'")
-            if cfg.lora:
-                raise RecoverLMError("grid_scales 'learned' needs full fine-tuning; it is not supported with lora")
-            self.constraint.learn_scales = True
         student = models.load_model(self.student_path, dtype=torch.float32)
         self.task_teacher = self._task_teacher(student)
         if cfg.lora:
@@ -171,6 +175,10 @@ class Recovery:
             student = wrap_lora(student, cfg.lora, self.constraint)
         else:
             self.constraint.attach(student)
+            if cfg.grid_latents == "teacher":
+                seeded = self.constraint.seed_latents(student, self.teacher)
+                log(f"grid latents: {seeded['moved']:.1%} of the quantized weights moved towards the teacher's, "
+                    f"{seeded['mean_offset_in_steps']:.3f} grid steps on average")
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable()
         student.train()
