@@ -46,7 +46,8 @@ def arms(rows: list[dict], degradation: str, budget: str, seed: int, work: Path,
         if (r.get("kind", "run") == "run" and r["method"] == "distill" and r["degradation"] == degradation
                 and (r["offpolicy"], r["onpolicy"], r["seed"]) == (off, on, seed) and r.get("lr", DEFAULT_LR) == DEFAULT_LR
                 and r.get("selection") == "validation" and r.get("teacher_samples", 1) == 1
-                and r.get("grid_scales", "fixed") == grid_scales and not r.get("teacher_prompts")
+                and r.get("grid_scales", "fixed") == grid_scales and r.get("grid_latents", "grid") == "grid"
+                and not r.get("teacher_prompts")
                 and r.get("device", "cpu") == "cpu" and run_dir(work, r).exists()):
             found[r.get("hidden_weight", 0.0)] = r
     return dict(sorted(found.items()))

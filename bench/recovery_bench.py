@@ -60,11 +60,13 @@ BUDGETS = {"full": (240, 60), "quick": (40, 10)}  # (off-policy, on-policy) step
 
 
 def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bool, threads: int | None,
-                  lr: float, grid_scales: str = "fixed", hidden_weight: float = 0.0) -> RecoverConfig:
+                  lr: float, grid_scales: str = "fixed", hidden_weight: float = 0.0,
+                  grid_latents: str = "grid") -> RecoverConfig:
     """`distill` splits the steps between the stages; `sft-replay` spends all of them on cross-entropy.
-    Both train the same parameters (with learned grid scales, the control learns them too)."""
+    Both train the same parameters from the same start (with learned grid scales, or latents from
+    the teacher, the control gets them too)."""
     common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads, lr=lr,
-                  grid_scales=grid_scales)
+                  grid_scales=grid_scales, grid_latents=grid_latents)
     if label == "distill":
         return RecoverConfig(offpolicy_steps=offpolicy, onpolicy_steps=onpolicy, hidden_weight=hidden_weight, **common)
     return RecoverConfig(method="sft-replay", offpolicy_steps=offpolicy + onpolicy, **common)
@@ -174,12 +176,12 @@ def render(rows: list[dict]) -> str:
         if r.get("kind", "run") == "run":
             key = (r["degradation"], r["offpolicy"], r["onpolicy"], r["method"], r.get("lr", DEFAULT_LR),
                    r.get("device", "cpu"), r["bf16"], r.get("selection", "heldout"), r.get("teacher_samples", 1),
-                   r.get("teacher_temperature", 0.0), r.get("grid_scales", "fixed"), r.get("teacher_prompts", 0),
+                   r.get("teacher_temperature", 0.0), _grid(r), r.get("teacher_prompts", 0),
                    r.get("hidden_weight", 0.0))
             groups.setdefault(key, []).append(r)
     means = {}
     for key, sel in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], *kv[0][3:])):
-        name, off, on, label, lr, device, bf16, selection, samples, temp, grid_scales, written, hidden = key
+        name, off, on, label, lr, device, bf16, selection, samples, temp, grid, written, hidden = key
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [r["ratio"] for r in sel]
         means[key] = statistics.mean(ratios)
@@ -190,7 +192,7 @@ def render(rows: list[dict]) -> str:
         device_cell = device + (f" ({jobs} runs at once)" if jobs > 1 else "")
         text = f"{samples} × " + ("greedy" if temp == 0 else f"sampled at T={temp:g}")
         text += f"; + {written} prompts written by the teacher" if written else ""
-        method = label + _variant(grid_scales, hidden)
+        method = label + _variant(grid, hidden)
         lines.append(f"| {name} | {method} | {steps} | {text} | {lr:g} | {selection} | {device_cell} | "
                      f"{'bf16 autocast' if bf16 else 'fp32'} | {','.join(str(r['seed']) for r in sel)} | "
                      f"{means[key]:.3f} {spread} | {statistics.mean(r['kl'] for r in sel):.4f} | "
@@ -201,16 +203,16 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         if r.get("kind") == "partial":
             cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
-                            r.get("grid_scales", "fixed"), r["prompts"], r["why"], r.get("teacher_samples", 1),
+                            _grid(r), r["prompts"], r["why"], r.get("teacher_samples", 1),
                             r.get("teacher_temperature", 0.0), r.get("lr", DEFAULT_LR), r.get("hidden_weight", 0.0)),
                            []).append(r)
-    for (name, label, off, on, device, grid_scales, prompts, why, samples, temp, lr, hidden), sel in cut.items():
+    for (name, label, off, on, device, grid, prompts, why, samples, temp, lr, hidden), sel in cut.items():
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [1 - r["kl_at_stop"] / r["kl_start"] for r in sel]  # the teacher's KL is 0
         spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
         text = f", {samples} teacher responses per prompt sampled at T={temp:g}" if samples > 1 else ""
         text += f", peak lr {lr:g}" if lr != DEFAULT_LR else ""
-        lines += ["", f"Cut short: {name} `{label}`{_variant(grid_scales, hidden)} "
+        lines += ["", f"Cut short: {name} `{label}`{_variant(grid, hidden)} "
                   f"({off} + {on} steps{text}, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
                   f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) {prompts} KL was "
                   f"{', '.join(format(r['kl_at_stop'], '.4f') for r in sel)} against "
@@ -232,7 +234,8 @@ def render(rows: list[dict]) -> str:
                 where = f", on {other_device}"
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f}{where})")
-        scales = (", learned grid scales" if setting[6] == "learned" else "") + \
+        scales = (", learned grid scales" if setting[6][0] == "learned" else "") + \
+            (", grid latents from the teacher" if setting[6][1] == "teacher" else "") + \
             (f", hidden states at weight {setting[8]:g}" if setting[8] else "")
         written = f", + {setting[7]} teacher-written prompts" if setting[7] else ""
         verdicts.append(f"- {name}{scales}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt{written}, {device}: "
@@ -260,19 +263,26 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _variant(grid_scales: str, hidden_weight: float) -> str:
-    """What a method label leaves out: learned grid scales, a hidden-state term."""
-    parts = (["learned grid scales"] if grid_scales == "learned" else []) + \
+def _grid(row: dict) -> tuple[str, str]:
+    """How a quantized student trains its grid: (group scales, where the latent weights start)."""
+    return row.get("grid_scales", "fixed"), row.get("grid_latents", "grid")
+
+
+def _variant(grid: tuple[str, str], hidden_weight: float) -> str:
+    """What a method label leaves out: learned grid scales, latents from the teacher, a hidden-state term."""
+    parts = (["learned grid scales"] if grid[0] == "learned" else []) + \
+        (["latents from the teacher"] if grid[1] == "teacher" else []) + \
         ([f"+ hidden states × {hidden_weight:g}"] if hidden_weight else [])
     return f" ({'; '.join(parts)})" if parts else ""
 
 
 def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float,
             samples: int, temperature: float, grid_scales: str = "fixed", written: int = 0,
-            hidden_weight: float = 0.0) -> dict:
+            hidden_weight: float = 0.0, grid_latents: str = "grid") -> dict:
     key = dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
                device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
-               teacher_temperature=temperature, grid_scales=grid_scales, teacher_prompts=written)
+               teacher_temperature=temperature, grid_scales=grid_scales, grid_latents=grid_latents,
+               teacher_prompts=written)
     if label == "distill":  # the control has no hidden-state term
         key["hidden_weight"] = hidden_weight
     return key
@@ -282,7 +292,7 @@ def is_done(key: dict, rows: list[dict]) -> bool:
     """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
     checkpoint chosen on the held-out set itself)."""
     implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0,
-               "grid_scales": "fixed", "teacher_prompts": 0, "hidden_weight": 0.0}
+               "grid_scales": "fixed", "grid_latents": "grid", "teacher_prompts": 0, "hidden_weight": 0.0}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
 
 
@@ -290,6 +300,7 @@ def run_dir(work: Path, row: dict) -> Path:
     lr, samples = row.get("lr", DEFAULT_LR), row.get("teacher_samples", 1)
     tag = ("" if lr == DEFAULT_LR else f"-lr{lr:g}") + ("" if samples == 1 else f"-x{samples}t{row['teacher_temperature']:g}")
     tag += "-learned-scales" if row.get("grid_scales") == "learned" else ""
+    tag += "-teacher-latents" if row.get("grid_latents") == "teacher" else ""
     tag += f"-written{row['teacher_prompts']}" if row.get("teacher_prompts") else ""
     tag += f"-hidden{row['hidden_weight']:g}" if row.get("hidden_weight") else ""
     return work / row["degradation"] / f"{row['method']}-{row['offpolicy']}-{row['onpolicy']}{tag}-seed{row['seed']}"
@@ -319,7 +330,7 @@ def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
     """Train one method on one degraded model and score it on the held-out prompts."""
     out = run_dir(args.work, key)
     cfg = method_config(key["method"], key["offpolicy"], key["onpolicy"], key["seed"], key["bf16"], args.threads,
-                        key["lr"], key["grid_scales"], key.get("hidden_weight", 0.0))
+                        key["lr"], key["grid_scales"], key.get("hidden_weight", 0.0), key.get("grid_latents", "grid"))
     result = recover(args.model, degraded, out, cfg, data, progress=args.jobs == 0)
     report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
                              generation=False)
@@ -381,7 +392,8 @@ def _run_children(args, pending: list[dict], running: list[tuple], logs: Path, r
                    "--results", str(part), "--jobs", str(args.jobs)]
             cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites,
                     "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature),
-                    "--grid-scales", args.grid_scales, "--teacher-prompts", str(args.teacher_prompts),
+                    "--grid-scales", args.grid_scales, "--grid-latents", args.grid_latents,
+                    "--teacher-prompts", str(args.teacher_prompts),
                     "--hidden-weight", str(args.hidden_weight)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             log = open(logs / f"{tag}.log", "w")
@@ -429,6 +441,8 @@ def main() -> None:
                     help="extra training prompts the teacher writes itself (both methods train on them)")
     ap.add_argument("--grid-scales", choices=["fixed", "learned"], default="fixed",
                     help="quantized degradations: also train the group scales (both methods); pruning ignores it")
+    ap.add_argument("--grid-latents", choices=["grid", "teacher"], default="grid",
+                    help="quantized degradations: where the latent weights start (both methods); pruning ignores it")
     ap.add_argument("--hidden-weight", type=float, default=0.0,
                     help="distill also matches every layer's hidden states to the teacher's at this weight")
     ap.add_argument("--suites", default="knowledge",
@@ -476,7 +490,8 @@ def main() -> None:
             for label in args.methods.split(","):
                 key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr, args.teacher_samples,
                               args.teacher_temperature, args.grid_scales if method.startswith("quant.") else "fixed",
-                              args.teacher_prompts, args.hidden_weight)
+                              args.teacher_prompts, args.hidden_weight,
+                              args.grid_latents if method.startswith("quant.") else "grid")
                 if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
                 else:
