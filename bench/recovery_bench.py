@@ -12,6 +12,7 @@ long benchmark can be run a piece at a time (a CPU run of the full budget takes 
     python bench/recovery_bench.py --degradations wanda-50% --seeds 0 --methods distill
     python bench/recovery_bench.py                 # everything: 2 degradations x 2 methods x 3 seeds
     python bench/recovery_bench.py --quick         # 1 seed, 50 steps: a smoke test of the numbers
+    python bench/recovery_bench.py --steps 480,120 # twice the budget: where the ratio goes with more tokens
     python bench/recovery_bench.py --render        # rewrite docs/benchmarks.md from the JSONL only
     python bench/recovery_bench.py --step-cost     # KD against SFT steps on the same batches; an on-policy step's parts
     python bench/recovery_bench.py --jobs 12 --threads 1   # every run in its own process (a GPU box)
@@ -61,12 +62,13 @@ BUDGETS = {"full": (240, 60), "quick": (40, 10)}  # (off-policy, on-policy) step
 
 def method_config(label: str, offpolicy: int, onpolicy: int, seed: int, bf16: bool, threads: int | None,
                   lr: float, grid_scales: str = "fixed", hidden_weight: float = 0.0,
-                  grid_latents: str = "grid") -> RecoverConfig:
+                  grid_latents: str = "grid", grid_scale_lr: float | None = None) -> RecoverConfig:
     """`distill` splits the steps between the stages; `sft-replay` spends all of them on cross-entropy.
     Both train the same parameters from the same start (with learned grid scales, or latents from
     the teacher, the control gets them too)."""
     common = dict(seed=seed, cka_every_eval=False, eval_every=50, bf16=bf16, threads=threads, lr=lr,
-                  grid_scales=grid_scales, grid_latents=grid_latents)
+                  grid_scales=grid_scales, grid_latents=grid_latents,
+                  grid_scale_lr=grid_scale_lr or DEFAULT_SCALE_LR)
     if label == "distill":
         return RecoverConfig(offpolicy_steps=offpolicy, onpolicy_steps=onpolicy, hidden_weight=hidden_weight, **common)
     return RecoverConfig(method="sft-replay", offpolicy_steps=offpolicy + onpolicy, **common)
@@ -143,6 +145,7 @@ def append_row(row: dict, path: Path = RESULTS) -> None:
     write_rows(load_rows(path) + [row], path)
 
 
+DEFAULT_SCALE_LR = RecoverConfig().grid_scale_lr
 DEFAULT_LR = RecoverConfig().lr
 
 
@@ -221,7 +224,7 @@ def render(rows: list[dict]) -> str:
     verdicts = []
     for key, mean in means.items():
         name, off, on, label, *setting = key
-        if label != "distill" or off + on < sum(BUDGETS["full"]):
+        if label != "distill" or off + on != sum(BUDGETS["full"]):  # the targets are set at the full budget
             continue
         lr, device = setting[0], setting[1]
         plain = (*setting[:-1], 0.0)  # the control has no hidden-state term
@@ -234,11 +237,8 @@ def render(rows: list[dict]) -> str:
                 where = f", on {other_device}"
         beats = "no control run" if control is None else (f"{'beats' if mean > control else 'does not beat'} "
                                                           f"sft-replay ({control:.3f}{where})")
-        scales = (", learned grid scales" if setting[6][0] == "learned" else "") + \
-            (", grid latents from the teacher" if setting[6][1] == "teacher" else "") + \
-            (f", hidden states at weight {setting[8]:g}" if setting[8] else "")
         written = f", + {setting[7]} teacher-written prompts" if setting[7] else ""
-        verdicts.append(f"- {name}{scales}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt{written}, {device}: "
+        verdicts.append(f"- {name}{_variant(setting[6], setting[8])}, peak lr {lr:g}, {setting[4]} teacher response(s) per prompt{written}, {device}: "
                         f"{mean:.3f}; the 0.8 target is "
                         f"{'met' if mean >= 0.8 else 'not met'}; {beats}.")
     if verdicts:
@@ -263,14 +263,17 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _grid(row: dict) -> tuple[str, str]:
-    """How a quantized student trains its grid: (group scales, where the latent weights start)."""
-    return row.get("grid_scales", "fixed"), row.get("grid_latents", "grid")
+def _grid(row: dict) -> tuple[str, str, float | None]:
+    """How a quantized student trains its grid: (group scales, where the latent weights start, the
+    scales' peak lr when they train)."""
+    scales = row.get("grid_scales", "fixed")
+    return scales, row.get("grid_latents", "grid"), row.get("grid_scale_lr", DEFAULT_SCALE_LR) if scales == "learned" else None
 
 
 def _variant(grid: tuple[str, str], hidden_weight: float) -> str:
     """What a method label leaves out: learned grid scales, latents from the teacher, a hidden-state term."""
-    parts = (["learned grid scales"] if grid[0] == "learned" else []) + \
+    scale_lr = "" if grid[2] in (None, DEFAULT_SCALE_LR) else f" at peak lr {grid[2]:g}"
+    parts = ([f"learned grid scales{scale_lr}"] if grid[0] == "learned" else []) + \
         (["latents from the teacher"] if grid[1] == "teacher" else []) + \
         ([f"+ hidden states × {hidden_weight:g}"] if hidden_weight else [])
     return f" ({'; '.join(parts)})" if parts else ""
@@ -278,11 +281,13 @@ def _variant(grid: tuple[str, str], hidden_weight: float) -> str:
 
 def run_key(name: str, label: str, seed: int, offpolicy: int, onpolicy: int, bf16: bool, lr: float,
             samples: int, temperature: float, grid_scales: str = "fixed", written: int = 0,
-            hidden_weight: float = 0.0, grid_latents: str = "grid") -> dict:
+            hidden_weight: float = 0.0, grid_latents: str = "grid", grid_scale_lr: float | None = None) -> dict:
     key = dict(degradation=name, method=label, seed=seed, offpolicy=offpolicy, onpolicy=onpolicy, bf16=bf16,
                device=device_label(), lr=lr, selection="validation", teacher_samples=samples,
                teacher_temperature=temperature, grid_scales=grid_scales, grid_latents=grid_latents,
                teacher_prompts=written)
+    if grid_scales == "learned":
+        key["grid_scale_lr"] = grid_scale_lr or DEFAULT_SCALE_LR
     if label == "distill":  # the control has no hidden-state term
         key["hidden_weight"] = hidden_weight
     return key
@@ -292,7 +297,8 @@ def is_done(key: dict, rows: list[dict]) -> bool:
     """Rows written before a field existed hold its old value (cpu; the default peak lr; the best
     checkpoint chosen on the held-out set itself)."""
     implied = {"device": "cpu", "lr": DEFAULT_LR, "selection": "heldout", "teacher_samples": 1, "teacher_temperature": 0.0,
-               "grid_scales": "fixed", "grid_latents": "grid", "teacher_prompts": 0, "hidden_weight": 0.0}
+               "grid_scales": "fixed", "grid_latents": "grid", "teacher_prompts": 0, "hidden_weight": 0.0,
+               "grid_scale_lr": DEFAULT_SCALE_LR}
     return any(all(r.get(k, implied.get(k)) == v for k, v in key.items()) for r in rows)
 
 
@@ -300,6 +306,7 @@ def run_dir(work: Path, row: dict) -> Path:
     lr, samples = row.get("lr", DEFAULT_LR), row.get("teacher_samples", 1)
     tag = ("" if lr == DEFAULT_LR else f"-lr{lr:g}") + ("" if samples == 1 else f"-x{samples}t{row['teacher_temperature']:g}")
     tag += "-learned-scales" if row.get("grid_scales") == "learned" else ""
+    tag += f"-scale-lr{row['grid_scale_lr']:g}" if row.get("grid_scale_lr", DEFAULT_SCALE_LR) != DEFAULT_SCALE_LR else ""
     tag += "-teacher-latents" if row.get("grid_latents") == "teacher" else ""
     tag += f"-written{row['teacher_prompts']}" if row.get("teacher_prompts") else ""
     tag += f"-hidden{row['hidden_weight']:g}" if row.get("hidden_weight") else ""
@@ -330,7 +337,8 @@ def run_one(args, key: dict, degraded: Path, data: DataConfig) -> dict:
     """Train one method on one degraded model and score it on the held-out prompts."""
     out = run_dir(args.work, key)
     cfg = method_config(key["method"], key["offpolicy"], key["onpolicy"], key["seed"], key["bf16"], args.threads,
-                        key["lr"], key["grid_scales"], key.get("hidden_weight", 0.0), key.get("grid_latents", "grid"))
+                        key["lr"], key["grid_scales"], key.get("hidden_weight", 0.0), key.get("grid_latents", "grid"),
+                        key.get("grid_scale_lr"))
     result = recover(args.model, degraded, out, cfg, data, progress=args.jobs == 0)
     report = evaluate_models(args.model, {"degraded": degraded, "recovered": out}, data, progress=False,
                              generation=False)
@@ -390,9 +398,11 @@ def _run_children(args, pending: list[dict], running: list[tuple], logs: Path, r
             cmd = [sys.executable, __file__, "--model", args.model, "--work", str(args.work), "--child",
                    "--degradations", key["degradation"], "--methods", key["method"], "--seeds", str(key["seed"]),
                    "--results", str(part), "--jobs", str(args.jobs)]
+            cmd += ["--steps", f"{key['offpolicy']},{key['onpolicy']}"]
             cmd += ["--quick"] * args.quick + ["--fp32"] * args.fp32 + ["--lr", str(key["lr"]), "--suites", args.suites,
                     "--teacher-samples", str(args.teacher_samples), "--teacher-temperature", str(args.teacher_temperature),
                     "--grid-scales", args.grid_scales, "--grid-latents", args.grid_latents,
+                    "--grid-scale-lr", str(args.grid_scale_lr),
                     "--teacher-prompts", str(args.teacher_prompts),
                     "--hidden-weight", str(args.hidden_weight)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -422,6 +432,16 @@ def publish(results: Path) -> None:
     print(update_section("recovery", table) if results.resolve() == RESULTS.resolve() else table)
 
 
+def _budget(text: str) -> tuple[int, int]:
+    try:
+        off, on = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected OFF,ON step counts such as 240,60, got {text!r}") from None
+    if off < 0 or on < 0 or off + on == 0:
+        raise argparse.ArgumentTypeError(f"step counts must be non-negative and not both zero, got {text!r}")
+    return off, on
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -429,6 +449,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 seed, 40 + 10 steps")
     ap.add_argument("--degradations", default="wanda-50%,rtn-int4-g32")
     ap.add_argument("--methods", default="distill,sft-replay")
+    ap.add_argument("--steps", type=_budget, default=None, metavar="OFF,ON",
+                    help=f"off-policy and on-policy steps of distill (sft-replay spends their sum); "
+                         f"default {','.join(map(str, BUDGETS['full']))}, the budget the targets are set at")
     ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; 0 with --quick)")
     ap.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
     ap.add_argument("--threads", type=int, default=None)
@@ -443,6 +466,8 @@ def main() -> None:
                     help="quantized degradations: also train the group scales (both methods); pruning ignores it")
     ap.add_argument("--grid-latents", choices=["grid", "teacher"], default="grid",
                     help="quantized degradations: where the latent weights start (both methods); pruning ignores it")
+    ap.add_argument("--grid-scale-lr", type=float, default=DEFAULT_SCALE_LR,
+                    help="with --grid-scales learned: the scales' own peak learning rate")
     ap.add_argument("--hidden-weight", type=float, default=0.0,
                     help="distill also matches every layer's hidden states to the teacher's at this weight")
     ap.add_argument("--suites", default="knowledge",
@@ -466,7 +491,7 @@ def main() -> None:
         publish(args.results)
         return
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
-    offpolicy, onpolicy = BUDGETS["quick" if args.quick else "full"]
+    offpolicy, onpolicy = args.steps or BUDGETS["quick" if args.quick else "full"]
     bf16 = not args.fp32
     if args.teacher_samples > 1 and args.teacher_temperature == 0:
         ap.error("--teacher-samples above 1 needs --teacher-temperature above 0 (greedy answers would repeat)")
@@ -491,7 +516,7 @@ def main() -> None:
                 key = run_key(name, label, seed, offpolicy, onpolicy, bf16, args.lr, args.teacher_samples,
                               args.teacher_temperature, args.grid_scales if method.startswith("quant.") else "fixed",
                               args.teacher_prompts, args.hidden_weight,
-                              args.grid_latents if method.startswith("quant.") else "grid")
+                              args.grid_latents if method.startswith("quant.") else "grid", args.grid_scale_lr)
                 if is_done(key, load_rows(args.results)):
                     print(f"done already: {key}")
                 else:
