@@ -207,16 +207,18 @@ def render(rows: list[dict]) -> str:
         if r.get("kind") == "partial":
             cut.setdefault((r["degradation"], r["method"], r["offpolicy"], r["onpolicy"], r["device"],
                             _grid(r), r["prompts"], r["why"], r.get("teacher_samples", 1),
-                            r.get("teacher_temperature", 0.0), r.get("lr", DEFAULT_LR), r.get("hidden_weight", 0.0)),
+                            r.get("teacher_temperature", 0.0), r.get("lr", DEFAULT_LR), r.get("hidden_weight", 0.0),
+                            r.get("teacher_prompts", 0)),
                            []).append(r)
-    for (name, label, off, on, device, grid, prompts, why, samples, temp, lr, hidden), sel in cut.items():
+    for (name, label, off, on, device, grid, prompts, why, samples, temp, lr, hidden, written), sel in cut.items():
         sel = sorted(sel, key=lambda r: r["seed"])
         ratios = [1 - r["kl_at_stop"] / r["kl_start"] for r in sel]  # the teacher's KL is 0
         spread = f" ± {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""
         text = f", {samples} teacher responses per prompt sampled at T={temp:g}" if samples > 1 else ""
         text += f", peak lr {lr:g}" if lr != DEFAULT_LR else ""
-        lines += ["", f"Cut short: {name} `{label}`{_variant(grid, hidden)} "
-                  f"({off} + {on} steps{text}, {device}, seeds {','.join(str(r['seed']) for r in sel)}) was {why}. At the "
+        text += f", + {written} prompts written by the teacher" if written else ""
+        lines += ["", f"Cut short: {name} `{label}`{_variant(grid, hidden)}, "
+                  f"{off} + {on} steps{text}, {device}, seeds {','.join(str(r['seed']) for r in sel)}, was {why}. At the "
                   f"last evaluations (steps {', '.join(str(r['step']) for r in sel)}) {prompts} KL was "
                   f"{', '.join(format(r['kl_at_stop'], '.4f') for r in sel)} against "
                   f"{', '.join(format(r['kl_start'], '.4f') for r in sel)} at the start: ratio on the "
