@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ..io import atomic_file
 
 
 def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
@@ -28,11 +28,9 @@ def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
         ax2.set_ylabel("mean linear CKA over layers", color="tab:blue")
     ax.set_title("Recovery: fidelity and alignment with the teacher")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=Path(path).parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path, binary=True) as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return Path(path)
 
 

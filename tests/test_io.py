@@ -1,0 +1,56 @@
+import os
+import stat
+
+import pytest
+
+from recoverlm.io import atomic_dir, atomic_file, write_text_atomic
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_text_replaces_the_file_and_leaves_no_scratch(tmp_path):
+    target = tmp_path / "out" / "a.json"
+    write_text_atomic(target, "first")
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "a.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target, binary=True) as fh:
+            fh.write(b"half")
+            raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_outputs_get_the_permissions_open_would_give(tmp_path, umask_022):
+    write_text_atomic(tmp_path / "a.txt", "x")
+    with atomic_dir(tmp_path / "model") as scratch:
+        (scratch / "config.json").write_text("{}")
+    assert _mode(tmp_path / "a.txt") == 0o644
+    assert _mode(tmp_path / "model") == 0o755
+
+
+def test_a_failed_folder_keeps_the_old_one(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as scratch:
+            (scratch / "weights").write_text("new")
+            raise RuntimeError("crash")
+    assert (final / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
