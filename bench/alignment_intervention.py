@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mdsection import update_section  # noqa: E402
-from recovery_bench import BUDGETS, DEFAULT_LR, RESULTS, load_rows, run_dir  # noqa: E402
+from recovery_bench import BUDGETS, DEFAULT_LR, DEFAULT_SCALE_LR, RESULTS, load_rows, run_dir  # noqa: E402
 
 from recoverlm import models  # noqa: E402
 from recoverlm.analysis.capture import DEFAULT_MASSIVE_RATIO, layer_cka  # noqa: E402
@@ -47,6 +47,7 @@ def arms(rows: list[dict], degradation: str, budget: str, seed: int, work: Path,
                 and (r["offpolicy"], r["onpolicy"], r["seed"]) == (off, on, seed) and r.get("lr", DEFAULT_LR) == DEFAULT_LR
                 and r.get("selection") == "validation" and r.get("teacher_samples", 1) == 1
                 and r.get("grid_scales", "fixed") == grid_scales and r.get("grid_latents", "grid") == "grid"
+                and r.get("grid_scale_lr", DEFAULT_SCALE_LR) == DEFAULT_SCALE_LR
                 and not r.get("teacher_prompts")
                 and r.get("device", "cpu") == "cpu" and run_dir(work, r).exists()):
             found[r.get("hidden_weight", 0.0)] = r
