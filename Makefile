@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cka_bench.py
 	$(BIN)/python bench/recovery_bench.py --step-cost
 	$(BIN)/python bench/recovery_bench.py
+	$(BIN)/python bench/topk_tail.py
 
 degradation-table: $(STAMP)
 	$(BIN)/python bench/degradation_table.py --out docs/degradation.md
