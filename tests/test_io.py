@@ -3,14 +3,8 @@ import stat
 
 import pytest
 
+from recoverlm import io
 from recoverlm.io import atomic_dir, atomic_file, write_text_atomic
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
 
 
 def _mode(path) -> int:
@@ -36,7 +30,8 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
-def test_outputs_get_the_permissions_open_would_give(tmp_path, umask_022):
+def test_outputs_get_the_permissions_open_would_give(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "_UMASK", 0o022)
     write_text_atomic(tmp_path / "a.txt", "x")
     with atomic_dir(tmp_path / "model") as scratch:
         (scratch / "config.json").write_text("{}")

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which is not safe beside threads.
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -27,7 +31,7 @@ def atomic_file(path: Path, binary: bool = False) -> Iterator[IO]:
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             yield fh
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,7 +60,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    os.chmod(scratch, 0o777 & ~_umask())
+    os.chmod(scratch, 0o777 & ~_UMASK)
     try:
         yield scratch
     except BaseException:

@@ -20,7 +20,6 @@ from .correlate import pearson
 
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     with atomic_file(path, binary=True) as fh:
         fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")

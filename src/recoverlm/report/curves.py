@@ -28,9 +28,11 @@ def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
         ax2.set_ylabel("mean linear CKA over layers", color="tab:blue")
     ax.set_title("Recovery: fidelity and alignment with the teacher")
     fig.tight_layout()
-    with atomic_file(path, binary=True) as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(path, binary=True) as fh:
+            fig.savefig(fh, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
