@@ -21,7 +21,7 @@ def _isolated_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from recoverlm.models import build_tiny_model
+    from helpers.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "teacher")
 

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from recoverlm.analysis.capture import hidden_states, layer_cka, pool, trajectory, typical_token_mask
-from recoverlm.analysis.cka import linear_cka
-from recoverlm.analysis.correlate import correlate_recovery, partial_correlation, pearson, spearman
+from recoverlm.analysis.layer_cka import layer_cka, pool, trajectory, typical_token_mask
+from recoverlm.lm.capture import hidden_states
+from recoverlm.ops.cka import linear_cka
+from recoverlm.ops.correlate import correlate_recovery, partial_correlation, pearson, spearman
 from recoverlm.analysis.plots import plot_cka_vs_recovery, plot_cross_layer, plot_trajectories
 from recoverlm.config import DataConfig
-from recoverlm.models import build_tiny_model, load_model
-from recoverlm.recover.response_set import ResponseSet
+from helpers.tiny_model import build_tiny_model
+from recoverlm.models import load_model
+from recoverlm.teacher.response_set import ResponseSet
 
 PAD = 2
 
@@ -228,8 +230,8 @@ def test_relative_hidden_error_is_zero_for_the_teacher_and_grows_with_damage(tin
     from recoverlm.analysis.hidden_error import relative_hidden_error
     from recoverlm.data import collate
     from recoverlm.degrade import degrade
-    from recoverlm.recover.losses import hidden_relative_mse
-    from recoverlm.recover.rollout import completion_outputs
+    from recoverlm.ops.divergences import hidden_relative_mse
+    from recoverlm.lm.forward import completion_outputs
 
     teacher = load_model(tiny_model).eval()
     assert relative_hidden_error(teacher, teacher, eval_set, PAD) == [0.0] * teacher.config.num_hidden_layers

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from recoverlm.analysis.cka import (
+from recoverlm.ops.cka import (
     LinearCKAAccumulator,
     cka_matrix,
     debiased_linear_cka,

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from _constrained import optimizer_steps
+from helpers.constrained import optimizer_steps
 
-from recoverlm.constraints import (SparsityConstraint, fake_quantize, latent_within_cell, learned_scale_fake_quantize,
-                                   linear_weights, load_constraint)
+from recoverlm.constraints import SparsityConstraint, load_constraint
+from recoverlm.constraints.grid_math import fake_quantize, latent_within_cell, learned_scale_fake_quantize
+from recoverlm.lm.blocks import linear_weights
 from recoverlm.degrade.prune import magnitude_mask, prune_magnitude
 from recoverlm.degrade.quantize import quantize_rtn
 from recoverlm.errors import RecoverLMError

@@ -5,14 +5,18 @@ import json
 
 import pytest
 import torch
-from _constrained import optimizer_steps
+from helpers.constrained import optimizer_steps
 
-from recoverlm.constraints import SparsityConstraint, fake_quantize, linear_weights, load_constraint
+from recoverlm.constraints import SparsityConstraint, load_constraint
+from recoverlm.constraints.grid_math import fake_quantize
+from recoverlm.lm.blocks import linear_weights
 from recoverlm.degrade import METHODS, apply_method, degrade
-from recoverlm.degrade.calibration import decoder_layers, load_calibration
-from recoverlm.degrade.nf4 import NF4_CODE, NF4Constraint
+from recoverlm.degrade.calibration import load_calibration
+from recoverlm.lm.blocks import decoder_layers
+from recoverlm.constraints.nf4 import NF4_CODE, NF4Constraint
 from recoverlm.errors import RecoverLMError
-from recoverlm.models import build_tiny_model, load_model, load_tokenizer
+from helpers.tiny_model import build_tiny_model
+from recoverlm.models import load_model, load_tokenizer
 
 CAL = {"n_calibration": 8, "max_length": 32}  # enough tokens for a tiny model, and fast
 
@@ -146,7 +150,8 @@ def test_nf4_lies_on_codebook_grid(tiny_model, tmp_path):
     record = degrade(tiny_model, "quant.nf4", {"blocksize": 32}, tmp_path / "nf4")
     assert record["constraint"]["kind"] == "nf4"
     model = load_model(tmp_path / "nf4")
-    constraint = NF4Constraint.load(tmp_path / "nf4")
+    constraint = load_constraint(tmp_path / "nf4")
+    assert isinstance(constraint, NF4Constraint)
     constraint.verify(model)
     for name, w in linear_weights(model).items():
         absmax = constraint.absmax[name]

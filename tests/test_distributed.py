@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from recoverlm.degrade import degrade
 
-SCRIPT = Path(__file__).with_name("_ddp_recover.py")
+SCRIPT = Path(__file__).parent / "helpers" / "ddp_recover.py"
 
 
 LAUNCHER = Path(sys.executable).parent / "accelerate"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from recoverlm import models
-from recoverlm.evaluate.tasks import SUITES_DIR, TASK_PREFIX, run_suites
+from recoverlm.evaluate.lm_eval_runner import SUITES_DIR, TASK_PREFIX, run_suites
 
 
 def test_cli_matches_in_memory_run(tiny_model, tmp_path):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from recoverlm.recover import losses
+from recoverlm.ops import divergences as losses
 
 
 def _logits(seed, shape=(5, 7, 11)):
@@ -62,7 +62,7 @@ def test_temperature_softens_both_sides():
 
 
 def test_hidden_relative_mse_is_relative_per_position_and_averaged_over_layers():
-    from recoverlm.recover.losses import hidden_relative_mse
+    from recoverlm.ops.divergences import hidden_relative_mse
 
     teacher = torch.randn(3, 5, 8)
     assert torch.equal(hidden_relative_mse(teacher, teacher), torch.zeros(5))

@@ -1,5 +1,6 @@
 """The recovery trainer on tiny models: both stages, divergences, baselines, LoRA, constraints, resume."""
 
+import contextlib
 import json
 
 import pytest
@@ -7,12 +8,15 @@ import torch
 from safetensors.torch import load_file
 
 from recoverlm.config import DataConfig, LoraConfig, RecoverConfig
-from recoverlm.constraints import linear_weights, load_constraint
+from recoverlm.constraints import load_constraint
 from recoverlm.degrade import degrade
 from recoverlm.errors import RecoverLMError
 from recoverlm.models import load_model
+from recoverlm.recover import student as student_mod
 from recoverlm.recover import trainer as trainer_mod
-from recoverlm.recover.trainer import loss_mask, recover
+from recoverlm.recover.objective import loss_mask, loss_sum
+from recoverlm.recover.timing import PhaseTimer
+from recoverlm.recover.trainer import recover
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +69,10 @@ def test_offpolicy_divergences_train_and_keep_masks(tmp_path, tiny_model, pruned
 
 
 def test_onpolicy_stage_samples_from_student(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
-    calls = []
-    real = trainer_mod.Recovery._sample
-    monkeypatch.setattr(trainer_mod.Recovery, "_sample", lambda self, p, seed: calls.append(len(p)) or real(self, p, seed))
+    timer = PhaseTimer()
     res = recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1, onpolicy_steps=2, onpolicy_divergence="jsd",
-                                                           eval_every=1), data_cfg, progress=False)
-    assert len(calls) == 2
+                                                           eval_every=1), data_cfg, progress=False, timer=timer)
+    assert timer.calls["sample"] == 2 and timer.tokens["sample"] > 0
     assert [h["stage"] for h in res["history"]] == ["start", "off-policy", "on-policy", "on-policy"]
     _sparsity_ok(tmp_path / "r")
 
@@ -81,13 +83,13 @@ def test_onpolicy_sampling_precision(tmp_path, tiny_model, data_cfg, monkeypatch
     """bf16 runs sample under autocast, except a grid student, whose computed weights autocast would
     cast again at every token."""
     seen = []
-    real = trainer_mod.generate
+    real = student_mod.generate
 
     def spy(*a, **k):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return real(*a, **k)
 
-    monkeypatch.setattr(trainer_mod, "generate", spy)
+    monkeypatch.setattr(student_mod, "generate", spy)
     recover(tiny_model, request.getfixturevalue(student), tmp_path / "r",
             _cfg(offpolicy_steps=0, onpolicy_steps=1, bf16=bf16, select_best=False), data_cfg, progress=False)
     assert seen == [autocast]
@@ -101,7 +103,7 @@ def test_runs_in_one_process_may_differ_in_precision(tmp_path, tiny_model, prune
 
 
 def test_lmbda_zero_never_samples(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
-    monkeypatch.setattr(trainer_mod.Recovery, "_sample", lambda *a, **k: pytest.fail("sampled with lmbda=0"))
+    monkeypatch.setattr(student_mod, "sample", lambda *a, **k: pytest.fail("sampled with lmbda=0"))
     recover(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=0, onpolicy_steps=2, lmbda=0.0), data_cfg, progress=False)
 
 
@@ -135,9 +137,13 @@ def test_learned_grid_scales_are_exported_with_the_model(tmp_path, tiny_model, q
 def test_cached_grid_weights_sample_what_the_grid_computes(tmp_path, tiny_model, quantized, data_cfg, monkeypatch):
     run = trainer_mod.Recovery(tiny_model, quantized, tmp_path / "r", _cfg(onpolicy_steps=1), data_cfg, progress=False)
     prompts = run.train_set.prompt_ids[:4]
-    cached = run._sample(prompts, seed=3)
-    monkeypatch.setattr(trainer_mod.Recovery, "_frozen_weights", lambda self: trainer_mod.nullcontext())
-    assert run._sample(prompts, seed=3) == cached
+
+    def sample():
+        return student_mod.sample(run.acc, run.student, run.tokenizer, prompts, run.cfg, 3, run.sharded)
+
+    cached = sample()
+    monkeypatch.setattr(student_mod, "frozen_weights", lambda sharded: contextlib.nullcontext())
+    assert sample() == cached
 
 
 def test_teacher_grid_latents_start_from_the_degraded_model_and_keep_the_grid(tmp_path, tiny_model, quantized,
@@ -183,7 +189,7 @@ def test_lora_under_masks_survives_merge(tmp_path, tiny_model, pruned, data_cfg)
     # The merged, re-masked export computes exactly what the masked adapter computed in training.
     from peft import PeftModel
 
-    from recoverlm.recover.lora import wrap_lora
+    from recoverlm.constraints.lora import wrap_lora
 
     merged = load_model(out)
     base = load_model(pruned)
@@ -262,13 +268,11 @@ def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, da
 
 
 def test_non_finite_loss_stops_and_keeps_best(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
-    real = trainer_mod.Recovery._loss_sum
-
-    def poisoned(self, mb):
-        loss, div = real(self, mb)
+    def poisoned(*args):
+        loss, div = loss_sum(*args)
         return loss * float("nan"), div
 
-    monkeypatch.setattr(trainer_mod.Recovery, "_loss_sum", poisoned)
+    monkeypatch.setattr(trainer_mod, "loss_sum", poisoned)
     with pytest.raises(RecoverLMError, match="non-finite loss at step 1"):
         recover(tiny_model, pruned, tmp_path / "r", _cfg(), data_cfg, progress=False)
     assert _sparsity_ok(tmp_path / "r")["sparsity"] == pytest.approx(0.5)
@@ -276,7 +280,7 @@ def test_non_finite_loss_stops_and_keeps_best(tmp_path, tiny_model, pruned, data
 
 
 def test_vocabulary_mismatch_is_an_error(tmp_path, tiny_model, data_cfg):
-    from recoverlm.models import build_tiny_model
+    from helpers.tiny_model import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", corpus=["completely different words here"] * 5)
     with pytest.raises(RecoverLMError, match="tokenizer mismatch"):
@@ -336,15 +340,16 @@ def test_task_prompts_are_scored_by_the_task_teacher(tmp_path, tiny_model, prune
     cfg = data_cfg.model_copy(update={"task_prompts": tasks})
     run = trainer_mod.Recovery(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1, onpolicy_steps=2, batch_size=8),
                                cfg, progress=False)
-    assert set(run.train_set.sources) == {0, 1} and run.task_teacher is not None
+    assert set(run.train_set.sources) == {0, 1} and run.teachers.task_teacher is not None
     mixed = [i for i, s in enumerate(run.train_set.sources) if s == 0][:2] + \
             [i for i, s in enumerate(run.train_set.sources) if s == 1][:2]
     mb = run._micro_batches(1, mixed, on_policy=False)[0]
-    logits, states = run._teacher_outputs(mb, hidden=True)
+    logits, states = run.teachers.outputs(mb, run.pad_id, hidden=True)
     with torch.no_grad():
-        from recoverlm.recover.rollout import completion_outputs
+        from recoverlm.lm.forward import completion_outputs
 
-        main, task = completion_outputs(run.teacher, mb.batch, hidden=True), completion_outputs(run.task_teacher, mb.batch, hidden=True)
+        main = completion_outputs(run.teacher, mb.batch, hidden=True)
+        task = completion_outputs(run.teachers.task_teacher, mb.batch, hidden=True)
     rows = torch.repeat_interleave(torch.tensor(mb.sources), torch.tensor(mb.response_lengths))
     assert torch.allclose(logits[rows == 0], main[0][rows == 0], atol=1e-4)
     assert torch.allclose(logits[rows == 1], task[0][rows == 1], atol=1e-4)
@@ -357,14 +362,14 @@ def test_task_prompts_are_scored_by_the_task_teacher(tmp_path, tiny_model, prune
 def test_hidden_states_are_matched_per_position_and_layer(tmp_path, tiny_model, pruned, data_cfg):
     """With hidden_weight the loss adds the relative hidden-state error, taken against the teacher's
     states at exactly the positions the logits score, in both stages."""
-    from recoverlm.recover.losses import hidden_relative_mse
-    from recoverlm.recover.rollout import completion_outputs
+    from recoverlm.lm.forward import completion_outputs
+    from recoverlm.ops.divergences import hidden_relative_mse
 
     run = trainer_mod.Recovery(tiny_model, pruned, tmp_path / "r", _cfg(hidden_weight=2.0, onpolicy_steps=1), data_cfg,
                                progress=False)
     for on_policy in (False, True):
         mb = run._micro_batches(1, [0, 1, 2, 3], on_policy=on_policy)[0]
-        total, parts = run._loss_sum(mb)
+        total, parts = loss_sum(run.student, mb, run.cfg, run.teachers, run.train_set, run.pad_id)
         with torch.no_grad():
             s_logits, s_states = completion_outputs(run.student, mb.batch, hidden=True)
             _, t_states = completion_outputs(run.teacher, mb.batch, hidden=True)

@@ -10,7 +10,7 @@ from recoverlm.degrade import METHODS, degrade
 from recoverlm.degrade.sft import _encode, finetune_sft, response_nll
 from recoverlm.errors import RecoverLMError
 from recoverlm.models import load_model, load_tokenizer
-from recoverlm.tasks import HELDOUT_SEED, TASKS, load_task_data, task_accuracy
+from recoverlm.degrade.sft_tasks import HELDOUT_SEED, TASKS, load_task_data, task_accuracy
 
 FAST = {"n_train": 16, "batch_size": 4}
 

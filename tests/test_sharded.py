@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-from _constrained import optimizer_steps
+from helpers.constrained import optimizer_steps
 
-from recoverlm.constraints import linear_weights
+from recoverlm.lm.blocks import linear_weights
 from recoverlm.degrade.prune import prune_magnitude
 from recoverlm.degrade.quantize import quantize_rtn
 from recoverlm.models import load_model

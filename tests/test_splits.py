@@ -5,7 +5,7 @@ import pytest
 from recoverlm.config import DataConfig
 from recoverlm.data import split_prompts, split_three, validation_size
 from recoverlm.errors import RecoverLMError
-from recoverlm.recover.response_set import distill_set, heldout_set, validation_set
+from recoverlm.teacher.response_set import distill_set, heldout_set, validation_set
 
 PROMPTS = [f"prompt {i}" for i in range(100)]
 

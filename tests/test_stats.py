@@ -1,7 +1,7 @@
 import pytest
 import numpy as np
 
-from recoverlm.evaluate.stats import recovery_ratio_ci
+from recoverlm.ops.stats import recovery_ratio_ci
 
 
 def test_ratio_and_interval_cover_the_truth():
@@ -33,8 +33,9 @@ def test_fidelity_buckets_by_length_but_keeps_item_order():
     import torch
 
     from recoverlm.evaluate.fidelity import fidelity
-    from recoverlm.models import build_tiny_model, load_model
-    from recoverlm.recover.response_set import ResponseSet
+    from helpers.tiny_model import build_tiny_model
+    from recoverlm.models import load_model
+    from recoverlm.teacher.response_set import ResponseSet
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_model(Path(tmp) / "m")

@@ -13,7 +13,7 @@ from recoverlm.cli import app
 from recoverlm.errors import RecoverLMError
 from recoverlm.evaluate import suite_cache
 from recoverlm.evaluate.compare import evaluate_task_suites
-from recoverlm.evaluate.tasks import SUITES_DIR, check_data_files, uses_chat_template
+from recoverlm.evaluate.lm_eval_runner import SUITES_DIR, check_data_files, uses_chat_template
 
 runner = CliRunner()
 
@@ -111,10 +111,10 @@ def test_no_chat_template_flag(tiny_model, prompt_file, tmp_path):
 
 
 def test_suite_version_follows_the_task_checker(monkeypatch, tmp_path):
-    from recoverlm.tasks import TASKS
+    from recoverlm.degrade.sft_tasks import TASKS
 
     before = suite_cache.suite_version("extraction", SUITES_DIR)
     fake = tmp_path / "extraction.py"
     fake.write_text(Path(TASKS["extraction"].__file__).read_text() + "\n# a changed checker\n")
-    monkeypatch.setattr(TASKS["extraction"], "__file__", str(fake))
+    monkeypatch.setattr(suite_cache, "SFT_TASKS_DIR", tmp_path)
     assert suite_cache.suite_version("extraction", SUITES_DIR) != before

@@ -7,10 +7,10 @@ import math
 import pytest
 
 from recoverlm.errors import RecoverLMError
-from recoverlm.evaluate import tasks as suites
-from recoverlm.evaluate.tasks import SUITES_DIR, available_suites, run_suites
+from recoverlm.evaluate import lm_eval_runner as suites
+from recoverlm.evaluate.lm_eval_runner import SUITES_DIR, available_suites, run_suites
 from recoverlm.models import load_model, load_tokenizer
-from recoverlm.tasks import HELDOUT_SEED, TASKS
+from recoverlm.degrade.sft_tasks import HELDOUT_SEED, TASKS
 
 _real_find_spec = importlib.util.find_spec
 

@@ -10,7 +10,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from recoverlm.errors import RecoverLMError
-from recoverlm.evaluate.tasks import SUITES_DIR, available_suites, run_suites
+from recoverlm.evaluate.lm_eval_runner import SUITES_DIR, available_suites, run_suites
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

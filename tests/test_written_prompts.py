@@ -6,9 +6,9 @@ import pytest
 from recoverlm import models
 from recoverlm.config import DataConfig
 from recoverlm.errors import RecoverLMError
-from recoverlm.recover import written_prompts
-from recoverlm.recover.response_set import distill_set, heldout_set, training_prompts, validation_set
-from recoverlm.recover.written_prompts import teacher_written_prompts, usable_prompts, user_turn_opening
+from recoverlm.teacher import written_prompts
+from recoverlm.teacher.response_set import distill_set, heldout_set, validation_set
+from recoverlm.teacher.written_prompts import teacher_written_prompts, usable_prompts, user_turn_opening
 
 QUIET = dict(log=lambda *a: None)
 
@@ -100,7 +100,7 @@ def test_written_prompts_join_training_only(tiny_model, tokenizer, prompt_file, 
     assert not set(train) & set(heldout_set(tiny_model, cfg, **QUIET).prompts)
 
 
-def test_written_prompts_need_the_chat_template(tiny_model, prompt_file):
-    cfg = DataConfig(prompts=prompt_file, n_heldout=4, teacher_prompts=2, use_chat_template=False)
+def test_written_prompts_need_the_chat_template(prompt_file):
+    """Refused when the config is built, before any model work."""
     with pytest.raises(RecoverLMError, match="teacher_prompts needs the chat template"):
-        training_prompts(tiny_model, cfg, **QUIET)
+        DataConfig(prompts=prompt_file, n_heldout=4, teacher_prompts=2, use_chat_template=False)

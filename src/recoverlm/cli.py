@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,16 +12,10 @@ import typer
 import yaml
 
 from .errors import RecoverLMError
+from .offline import go_offline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Degrade, recover, evaluate and analyse LLMs by self-distillation.")
-
-
-def _offline() -> None:
-    # Runs never touch the network: models are local folders or embedded packages.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def cli_errors(fn):
@@ -30,7 +23,7 @@ def cli_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _offline()
+        go_offline()
         try:
             return fn(*args, **kwargs)
         except RecoverLMError as exc:
@@ -96,7 +89,9 @@ NO_CHAT_TEMPLATE = typer.Option(False, "--no-chat-template", help="Plain prompts
 
 
 def _plain_prompts(data_cfg, no_chat_template: bool):
-    return data_cfg.model_copy(update={"use_chat_template": False}) if no_chat_template else data_cfg
+    from .config import updated
+
+    return updated(data_cfg, "--no-chat-template", use_chat_template=False) if no_chat_template else data_cfg
 
 
 def _stage_configs(config: Optional[Path]):
@@ -106,8 +101,10 @@ def _stage_configs(config: Optional[Path]):
     unknown = set(raw) - {"recover", "data", "model", "degrade", "evaluate", "cka"}
     if unknown:
         raise RecoverLMError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}")
-    return (parse_config(RecoverConfig, raw.get("recover", {}), f"{config}: recover"),
-            parse_config(DataConfig, raw.get("data", {}), f"{config}: data"))
+    rec_cfg = parse_config(RecoverConfig, raw.get("recover", {}), f"{config}: recover")
+    data_cfg = parse_config(DataConfig, raw.get("data", {}), f"{config}: data")
+    rec_cfg.check_data(data_cfg)
+    return rec_cfg, data_cfg
 
 
 @app.command()
@@ -131,7 +128,7 @@ def recover(
     no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
     """Self-distil the teacher into the damaged student, keeping its Constraint."""
-    from .config import RecoverConfig, parse_config
+    from .config import RecoverConfig, parse_config, updated
     from .recover.trainer import recover as run_recover
 
     rec_cfg, data_cfg = _stage_configs(config)
@@ -139,11 +136,11 @@ def recover(
                                        "hidden_weight": hidden_weight, "grid_latents": grid_latents}.items()
                  if v is not None}
     rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
-    if prompts is not None:
-        data_cfg = data_cfg.model_copy(update={"prompts": prompts})
-    if teacher_prompts is not None:
-        data_cfg = data_cfg.model_copy(update={"teacher_prompts": teacher_prompts})
+    data_changes = {k: v for k, v in {"prompts": prompts, "teacher_prompts": teacher_prompts}.items() if v is not None}
+    if data_changes:
+        data_cfg = updated(data_cfg, **data_changes)
     data_cfg = _plain_prompts(data_cfg, no_chat_template)
+    rec_cfg.check_data(data_cfg)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
     typer.echo(f"recovered model written to {out} (validation teacher KL {last['kl']:.4f} at step {last['step']})")
@@ -165,7 +162,7 @@ def evaluate(
 ) -> None:
     """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
     from .evaluate.compare import evaluate_models, evaluate_task_suites
-    from .evaluate.tasks import available_suites
+    from .evaluate.lm_eval_runner import available_suites
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
@@ -262,7 +259,10 @@ def run(
     from .pipeline import run_experiment
 
     cfg = load_run_config(config)
-    cfg = cfg.model_copy(update={"data": _plain_prompts(cfg.data, no_chat_template)})
+    if no_chat_template:
+        from .config import updated
+
+        cfg = updated(cfg, "--no-chat-template", data={**cfg.data.model_dump(), "use_chat_template": False})
     result = run_experiment(cfg, out)
     typer.echo("")
     typer.echo(result["summary"])

@@ -1,4 +1,6 @@
-"""Every stage's settings as pydantic models loaded from YAML: the one place for defaults."""
+"""Every stage's settings as pydantic models loaded from YAML: the one place for defaults, and for
+the checks of options that cannot work together, so a bad combination fails when the config loads,
+before any model is read. Those checks raise RecoverLMError, which pydantic passes through."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecoverLMError
 
@@ -46,6 +48,12 @@ class DataConfig(_Strict):
     replay_data: Optional[Path] = None  # sft-replay with replay_source=data: JSONL of prompt/response pairs
     teacher_generation_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     generation_batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "DataConfig":
+        if self.teacher_prompts and not self.use_chat_template:
+            raise RecoverLMError("data.teacher_prompts needs the chat template, which use_chat_template: false turns off")
+        return self
 
 
 class LoraConfig(_Strict):
@@ -109,6 +117,23 @@ class RecoverConfig(_Strict):
     def total_steps(self) -> int:
         return self.offpolicy_steps + self.onpolicy_steps
 
+    @model_validator(mode="after")
+    def _compatible(self) -> "RecoverConfig":
+        if self.hidden_weight and self.method != "distill":
+            raise RecoverLMError(f"hidden_weight needs method 'distill'; method '{self.method}' has no teacher to match")
+        if self.lora is not None:
+            if self.teacher_mode == "ema":
+                raise RecoverLMError("teacher_mode 'ema' needs full fine-tuning; it is not supported with lora")
+            for option, value in (("grid_scales", "learned"), ("grid_latents", "teacher")):
+                if getattr(self, option) == value:
+                    raise RecoverLMError(f"{option} '{value}' needs full fine-tuning; it is not supported with lora")
+        return self
+
+    def check_data(self, data: DataConfig) -> None:
+        """The checks that need the data section too."""
+        if self.method == "sft-replay" and self.replay_source == "data" and data.replay_data is None:
+            raise RecoverLMError("replay_source 'data' needs data.replay_data (a JSONL of prompt/response pairs)")
+
 
 class EvalConfig(_Strict):
     batch_size: int = Field(8, ge=1)
@@ -134,6 +159,11 @@ class RunConfig(_Strict):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     cka: CKAConfig = Field(default_factory=CKAConfig)
 
+    @model_validator(mode="after")
+    def _compatible(self) -> "RunConfig":
+        self.recover.check_data(self.data)
+        return self
+
 
 def _first_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
@@ -146,6 +176,13 @@ def parse_config(cls: type[BaseModel], data: dict, source: str = "config") -> An
         return cls.model_validate(data or {})
     except ValidationError as exc:
         raise RecoverLMError(_first_error(exc, source)) from exc
+    except RecoverLMError as exc:  # options that cannot work together
+        raise RecoverLMError(f"{source}: {exc}") from exc
+
+
+def updated(cfg: BaseModel, source: str = "command line", **changes) -> Any:
+    """A copy of `cfg` with `changes`, validated again (pydantic's model_copy would skip the checks)."""
+    return parse_config(type(cfg), {**cfg.model_dump(), **changes}, source)
 
 
 def load_yaml(path: Path) -> dict:

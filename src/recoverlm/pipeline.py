@@ -18,6 +18,7 @@ from .evaluate.compare import evaluate_models, evaluate_task_suites
 from .io import read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
 from .report.summary import write_report
+from .runs import CHECKPOINT_DIR, work_dir
 
 
 def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
@@ -47,7 +48,7 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     else:
         r = cfg.recover
         log(f"[2/5] recover ({r.method}): {r.offpolicy_steps} off-policy + {r.onpolicy_steps} on-policy steps")
-        resume = (recovered.with_name(recovered.name + ".work") / "checkpoint").exists()
+        resume = (work_dir(recovered) / CHECKPOINT_DIR).exists()
         recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log, resume=resume)
 
     students = {"degraded": degraded, "recovered": recovered}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 
 from ..data import collate
-from ..recover.losses import hidden_relative_error
-from ..recover.response_set import ResponseSet
-from ..recover.rollout import completion_outputs
+from ..lm.forward import completion_outputs
+from ..ops.divergences import hidden_relative_error
+from ..teacher.response_set import ResponseSet
 
 
 def relative_hidden_error(teacher, student, eval_set: ResponseSet, pad_id: int, batch_size: int = 8) -> list[float]:
-    """Per layer (block outputs, the last after the final norm, as HF returns them), the mean over
+    """Per block (its raw output, the layers `hidden_weight` trains), the mean over
     response-predicting positions of |h_student - h_teacher|^2 / |h_teacher|^2."""
     sums, count = None, 0
     with torch.no_grad():

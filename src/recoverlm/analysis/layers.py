@@ -6,9 +6,8 @@ from pathlib import Path
 
 from .. import models
 from ..config import DataConfig
-from ..evaluate.compare import load_students
-from ..recover.response_set import heldout_set
-from .capture import DEFAULT_MASSIVE_RATIO, layer_cka
+from ..teacher.response_set import heldout_set
+from .layer_cka import DEFAULT_MASSIVE_RATIO, layer_cka
 
 
 def cka_models(teacher_ref, students: dict, data_cfg: DataConfig | None = None, batch_size: int = 8,
@@ -26,7 +25,7 @@ def cka_models(teacher_ref, students: dict, data_cfg: DataConfig | None = None, 
     tokenizer = models.load_tokenizer(teacher_path)
     eval_set = heldout_set(teacher_path, data_cfg, log=log)
     teacher = models.load_for_inference(teacher_path)
-    loaded = load_students(teacher_path, students)
+    loaded = models.load_students(teacher_path, students)
     result = layer_cka(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress, pooling=pooling,
                        cross_tokens=cross_tokens, seed=seed, massive_ratio=massive_ratio)
     cross = {name: r.pop("cross_layer") for name, r in result.items() if "cross_layer" in r}

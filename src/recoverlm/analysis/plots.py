@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io import atomic_file
-from .correlate import pearson
+from ..ops.correlate import pearson
 
 
 def _save(fig: Figure, path: Path) -> Path:

@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 
 from .. import data
 from ..errors import RecoverLMError
+from ..lm.blocks import decoder_layers
+from ..lm.capture import StopForward, forward_until_stop
+from ..lm.modes import eval_mode
 from .checks import check_int
 
 CALIBRATION_DEFAULTS = {"calibration": None, "n_calibration": 128, "max_length": 128}
@@ -116,29 +119,6 @@ def load_calibration(tokenizer, calibration=None, n_calibration: int = 128, max_
     return Calibration(source, texts, ids, data.texts_hash(texts + [f"max_length={max_length}"]))
 
 
-def decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
-    """The decoder blocks and their module path (e.g. "model.layers") of a Llama-style model."""
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList) and "lm_head" not in name:
-            return name, module
-    raise RecoverLMError("the model has no `layers` list of decoder blocks (supported: Llama, Qwen2, Mistral and alike)")
-
-
-def block_linears(model, index: int) -> dict[str, torch.nn.Linear]:
-    """The Linear modules of block `index`, keyed by weight name as in constraints.linear_weights."""
-    prefix, _ = decoder_layers(model)
-    start = f"{prefix}.{index}."
-    return {
-        f"{name}.weight": module
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.startswith(start)
-    }
-
-
-class _Stop(Exception):
-    pass
-
-
 @dataclass
 class BlockInput:
     hidden: torch.Tensor  # (B, T, d)
@@ -163,7 +143,7 @@ def _block0_inputs(model, calib: Calibration) -> list[BlockInput]:
     def grab(module, args, kwargs):
         kwargs = dict(kwargs)
         captured.append((args[0] if args else kwargs.pop("hidden_states"), kwargs))
-        raise _Stop
+        raise StopForward
 
     ordered = sorted(calib.ids, key=len)
     batches = [ordered[i:i + BATCH_SIZE] for i in range(0, len(ordered), BATCH_SIZE)]
@@ -177,10 +157,7 @@ def _block0_inputs(model, calib: Calibration) -> list[BlockInput]:
             for row, sample in enumerate(batch):
                 ids[row, : len(sample)] = sample
                 valid[row, : len(sample)] = True
-            try:
-                model(input_ids=ids.to(model.device), use_cache=False)
-            except _Stop:
-                pass
+            forward_until_stop(model, input_ids=ids.to(model.device), use_cache=False)
             hidden, kwargs = captured.pop()
             inputs.append(BlockInput(hidden, kwargs, valid.to(hidden.device)))
     finally:
@@ -224,12 +201,8 @@ def walk_blocks(model, calib: Calibration, desc: str) -> Iterator[tuple[int, tor
     consumer left it become the next block's inputs.
     """
     _, layers = decoder_layers(model)
-    was_training = model.training
-    model.eval()
-    inputs = _block0_inputs(model, calib)
-    try:
+    with eval_mode(model):
+        inputs = _block0_inputs(model, calib)
         for i, block in enumerate(tqdm(list(layers), desc=desc, unit="block", leave=False)):
             yield i, block, inputs
             inputs = [BlockInput(h, b.kwargs, b.valid) for h, b in zip(run_block(block, inputs), inputs)]
-    finally:
-        model.train(was_training)

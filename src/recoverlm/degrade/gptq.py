@@ -14,9 +14,11 @@ import contextlib
 
 import torch
 
-from ..constraints import QuantGridConstraint, fake_quantize, linear_weights
+from ..constraints import QuantGridConstraint
+from ..constraints.grid_math import fake_quantize, qrange
 from ..errors import RecoverLMError
-from .calibration import block_linears, check_calibration_args, load_calibration, run_block, walk_blocks
+from ..lm.blocks import block_linears, linear_weights
+from .calibration import check_calibration_args, load_calibration, run_block, walk_blocks
 from .checks import check_int
 from .quantize import check_quant_args, rtn_grid
 
@@ -39,8 +41,7 @@ def _hinv_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _one_thread():
-    """The column loop is thousands of tiny ops: thread synchronisation costs more than it saves
-    (on a busy 2-core machine, 0.5 s on one thread against 16 s on two for a 1536x576 matrix)."""
+    """The column loop is thousands of tiny ops, where synchronising threads costs more than they save."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -73,7 +74,7 @@ def gptq_matrix(weight: torch.Tensor, h: torch.Tensor, bits: int, group_size: in
     zeros = torch.empty_like(scales)
     if not group_size:
         scales[:], zeros[:] = rtn_grid(w, bits, 0, symmetric)
-    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+    qmin, qmax = qrange(bits, symmetric)
     q = torch.zeros_like(w)
     for i1 in range(0, n_cols, blocksize):
         i2 = min(i1 + blocksize, n_cols)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..constraints import SparsityConstraint, linear_weights
+from ..constraints import SparsityConstraint
 from ..errors import RecoverLMError
-from .calibration import block_linears, check_calibration_args, load_calibration, run_block, walk_blocks
+from ..lm.blocks import block_linears, linear_weights
+from .calibration import check_calibration_args, load_calibration, run_block, walk_blocks
 from .checks import check_choice, check_divides, check_fraction, check_int
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..constraints import QuantGridConstraint, fake_quantize, linear_weights
+from ..constraints import QuantGridConstraint
+from ..constraints.grid_math import fake_quantize
+from ..lm.blocks import linear_weights
 from .checks import check_bool, check_divides, check_int
 
 

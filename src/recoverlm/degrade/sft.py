@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..constraints import Constraint
 from ..errors import RecoverLMError
-from ..tasks import TASKS, load_task_data, task_accuracy
+from .sft_tasks import TASKS, load_task_data, task_accuracy
 
 EVAL_N = 32  # held-out items for the before/after accuracy in the record: cheap, and enough to see the jump
 
@@ -62,8 +62,8 @@ def _encode(tokenizer, pairs: list[dict]) -> tuple[list[list[int]], list[list[in
 
 def response_nll(model, batch) -> torch.Tensor:
     """Mean cross-entropy over the response tokens of a batch (prompt tokens are not trained on)."""
-    from ..recover.losses import token_nll
-    from ..recover.rollout import completion_logits, completion_targets
+    from ..lm.forward import completion_logits, completion_targets
+    from ..ops.divergences import token_nll
 
     targets = completion_targets(batch).to(next(model.parameters()).device)
     return token_nll(completion_logits(model, batch), targets).mean()
@@ -77,7 +77,7 @@ def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int
     plain HF model. Returns (model, Constraint())."""
     from ..config import LoraConfig
     from ..data import collate, texts_hash
-    from ..recover.lora import merged_for_export, wrap_lora
+    from ..constraints.lora import merged_for_export, wrap_lora
 
     _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenizer)
     pairs = load_task_data(task, n=n_train, seed=seed)

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .. import models
 from ..config import DataConfig
-from ..recover.response_set import heldout_set
-from .fidelity import GENERATION_METRICS, LOWER_IS_BETTER, METRICS, fidelity, generation_metrics, recovery_ratio
-from .stats import recovery_ratio_ci
-
-
-def load_students(teacher_path: Path, refs: dict[str, str | Path]) -> dict[str, torch.nn.Module]:
-    tokenizer = models.load_tokenizer(teacher_path)
-    loaded = {}
-    for name, ref in refs.items():
-        models.check_same_vocab(tokenizer, models.load_tokenizer(ref))
-        loaded[name] = models.load_for_inference(ref)
-    return loaded
+from ..ops.stats import recovery_ratio, recovery_ratio_ci
+from ..teacher.response_set import heldout_set
+from .fidelity import GENERATION_METRICS, LOWER_IS_BETTER, METRICS, fidelity, generation_metrics
 
 
 def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: DataConfig | None = None,
@@ -31,7 +20,7 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
     tokenizer = models.load_tokenizer(teacher_path)
     eval_set = heldout_set(teacher_path, data_cfg, log=log)
     teacher = models.load_for_inference(teacher_path)
-    loaded = {"teacher": teacher, **load_students(teacher_path, students)}
+    loaded = {"teacher": teacher, **models.load_students(teacher_path, students)}
     results = fidelity(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress)
     if generation:  # the teacher's own greedy responses are the reference: exact match 1 by construction
         gen = generation_metrics({k: v for k, v in loaded.items() if k != "teacher"}, tokenizer, eval_set,
@@ -71,7 +60,7 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
     model hash, so the teacher is scored once however many students follow.
     """
     from . import suite_cache
-    from .tasks import SUITES_DIR, run_suites, uses_chat_template
+    from .lm_eval_runner import SUITES_DIR, run_suites, uses_chat_template
 
     teacher_path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(teacher_path)

@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RecoverLMError
+from ..lm.modes import eval_mode
+from ..offline import go_offline
 
 TEXT_SUFFIXES = (".txt", ".md")
 DEFAULT_MAX_WINDOW = 1024
@@ -72,37 +74,32 @@ def sliding_window_nll(model, input_ids: torch.Tensor, window: int, stride: int,
         raise RecoverLMError(f"need at least 2 tokens to score, got {len(input_ids)}")
     device = next(model.parameters()).device
     ids = input_ids.long().cpu()
-    was_training = model.training
-    model.eval()
     total, n_tokens, per_window = 0.0, 0, []
-    try:
-        with torch.inference_mode():
-            bar = tqdm(total=len(spans), desc="perplexity", unit="window", disable=not progress, leave=False)
-            for start in range(0, len(spans), batch_size):
-                chunk = spans[start:start + batch_size]
-                length = max(end - begin for begin, end, _ in chunk)
-                batch = torch.zeros(len(chunk), length, dtype=torch.long)
-                mask = torch.zeros(len(chunk), length, dtype=torch.long)
-                # predicts[r, p]: position p of row r predicts a scored token (the one at p + 1).
-                predicts = torch.zeros(len(chunk), length - 1, dtype=torch.bool)
-                for r, (begin, end, first) in enumerate(chunk):
-                    batch[r, :end - begin] = ids[begin:end]
-                    mask[r, :end - begin] = 1
-                    predicts[r, first - begin - 1:end - begin - 1] = True
-                cols = predicts.any(0).nonzero().squeeze(1)
-                out = model(input_ids=batch.to(device), attention_mask=mask.to(device),
-                            logits_to_keep=cols.to(device), use_cache=False)
-                logits = out.logits[predicts[:, cols].to(device)].float()
-                targets = batch[:, 1:][predicts].to(device)
-                nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none").double().cpu()
-                for (begin, end, first), row in zip(chunk, torch.split(nll, predicts.sum(1).tolist())):
-                    per_window.append({"begin": begin, "end": end, "tokens": end - first, "nll": float(row.sum())})
-                total += float(nll.sum())
-                n_tokens += nll.numel()
-                bar.update(len(chunk))
-            bar.close()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        bar = tqdm(total=len(spans), desc="perplexity", unit="window", disable=not progress, leave=False)
+        for start in range(0, len(spans), batch_size):
+            chunk = spans[start:start + batch_size]
+            length = max(end - begin for begin, end, _ in chunk)
+            batch = torch.zeros(len(chunk), length, dtype=torch.long)
+            mask = torch.zeros(len(chunk), length, dtype=torch.long)
+            # predicts[r, p]: position p of row r predicts a scored token (the one at p + 1).
+            predicts = torch.zeros(len(chunk), length - 1, dtype=torch.bool)
+            for r, (begin, end, first) in enumerate(chunk):
+                batch[r, :end - begin] = ids[begin:end]
+                mask[r, :end - begin] = 1
+                predicts[r, first - begin - 1:end - begin - 1] = True
+            cols = predicts.any(0).nonzero().squeeze(1)
+            out = model(input_ids=batch.to(device), attention_mask=mask.to(device),
+                        logits_to_keep=cols.to(device), use_cache=False)
+            logits = out.logits[predicts[:, cols].to(device)].float()
+            targets = batch[:, 1:][predicts].to(device)
+            nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none").double().cpu()
+            for (begin, end, first), row in zip(chunk, torch.split(nll, predicts.sum(1).tolist())):
+                per_window.append({"begin": begin, "end": end, "tokens": end - first, "nll": float(row.sum())})
+            total += float(nll.sum())
+            n_tokens += nll.numel()
+            bar.update(len(chunk))
+        bar.close()
     return total, n_tokens, per_window
 
 
@@ -135,8 +132,6 @@ def perplexity(model, tokenizer, texts: list[str], window: int | None = None, st
 
 def _offline_datasets():
     """The datasets library with every Hub lookup switched off (the same switch the task suites use)."""
-    from .tasks import go_offline
-
     go_offline()
     import datasets
 

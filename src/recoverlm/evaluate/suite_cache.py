@@ -17,6 +17,9 @@ from .. import models
 from ..io import read_json, write_json_atomic
 
 CACHE_VERSION = 1
+# A suite built from an SFT task is scored by that task's checker, whose source is part of the
+# suite's version; read by path, as lm-eval reads the suite plugins (no import of the degrade stage).
+SFT_TASKS_DIR = Path(__file__).resolve().parents[1] / "degrade" / "sft_tasks"
 
 
 def suite_version(suite: str, suites_dir: Path) -> str:
@@ -39,12 +42,12 @@ def _outside_sources(suite: str) -> list[str]:
     """What a shipped suite depends on beyond its folder: a built-in task's checker, a data package."""
     from importlib import metadata
 
-    from ..tasks import TASKS
-    from .tasks import DATA_PACKAGES
+    from .lm_eval_runner import DATA_PACKAGES
 
     parts = []
-    if suite in TASKS:
-        parts.append(Path(TASKS[suite].__file__).read_text(encoding="utf-8"))
+    checker = SFT_TASKS_DIR / f"{suite}.py"
+    if checker.is_file():
+        parts.append(checker.read_text(encoding="utf-8"))
     if suite in DATA_PACKAGES:
         try:
             parts.append(metadata.version(DATA_PACKAGES[suite][1]))

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..io import atomic_dir, read_json, write_json_atomic
+from ..runs import CHECKPOINT_DIR
 
-CHECKPOINT_DIR = "checkpoint"
+BEST_FILE = "best.safetensors"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -49,3 +50,15 @@ def load_checkpoint(work_dir: Path, model, optimizer, ema=None) -> dict | None:
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return read_json(folder / "state.json")
+
+
+def save_best(work_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    """The best checkpoint's trainable weights so far, kept for a resumed run to export."""
+    tmp = Path(work_dir) / f".{BEST_FILE}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(Path(work_dir) / BEST_FILE)
+
+
+def load_best(work_dir: Path) -> dict[str, torch.Tensor] | None:
+    path = Path(work_dir) / BEST_FILE
+    return load_file(str(path)) if path.exists() else None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..io import atomic_file
+from ..runs import read_history
 
 
 def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    rows = read_history(metrics_jsonl)
     if len(rows) < 2:
         return None
     import matplotlib
@@ -38,8 +38,7 @@ def plot_recovery_curve(metrics_jsonl: Path, path: Path) -> Path | None:
 
 def plot_cka_scatter(metrics_jsonl: Path, path: Path, min_points: int = 4) -> Path | None:
     """Mean CKA against validation teacher KL over the run's evaluations, when there are enough of them."""
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("cka")]
+    rows = [r for r in read_history(metrics_jsonl) if r.get("cka")]
     if len(rows) < min_points:
         return None
     from ..analysis.plots import plot_cka_vs_recovery

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import read_json
+from ..runs import METRICS_FILE, read_history
 
 LABELS = {
     "kl": "teacher KL (nats/token) ↓",
@@ -56,15 +57,12 @@ def correlation_text(metrics_jsonl: Path) -> str:
     """CKA (layer mean, last layer) against validation teacher KL across the run's evaluations,
     raw and with training step partialled out: both grow with training, so only the partial
     correlation says anything beyond "more steps"."""
-    import json
+    from ..ops.correlate import correlate_recovery
 
-    from ..analysis.correlate import correlate_recovery
-
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last"), n_boot=1000, n_perm=2000)
+    res = correlate_recovery(read_history(metrics_jsonl), metric="kl", cka_keys=("mean", "last"), n_boot=1000, n_perm=2000)
     if res["n"] < 4:
         return (f"Only {res['n']} evaluations with CKA in this run: too few for a correlation. Set "
-                "`recover.eval_every` lower, or pool runs with `recoverlm.analysis.correlate.correlate_recovery`.")
+                "`recover.eval_every` lower, or pool runs with `recoverlm.ops.correlate.correlate_recovery`.")
     lines = [f"Across {res['n']} evaluations (teacher KL is lower-is-better, so alignment that helps shows as a "
              "negative r).", "", "| CKA feature | Pearson r [95% CI], p | Spearman rho, p | partial r (step removed) [95% CI], p |",
              "|---|---|---|---|"]
@@ -136,7 +134,7 @@ def summary_markdown(run_dir: Path) -> str:
             parts += ["", f"![cross-layer CKA]({png.name})"]
     if (run_dir / "recovery_curve.png").exists():
         parts += ["", "## During recovery", "", "![validation teacher KL and mean CKA by step](recovery_curve.png)"]
-    curve = run_dir / "recovered" / "metrics.jsonl"
+    curve = run_dir / "recovered" / METRICS_FILE
     if curve.exists():
         parts += ["", "## Does CKA track recovery?", "", correlation_text(curve)]
         if (run_dir / "cka_vs_kl.png").exists():
@@ -145,11 +143,8 @@ def summary_markdown(run_dir: Path) -> str:
 
 
 def _constraint(check: dict) -> str:
-    if check.get("kind") == "sparsity":
-        return f"sparsity {check['sparsity']:.4f} (verified exactly)"
-    if check.get("kind") == "quant_grid":
-        return f"{check['bits']}-bit grid, {check['matrices']} matrices on grid (verified exactly)"
-    return "none"
+    """The constraint's own one-line description (older records carry only its kind)."""
+    return check.get("description") or check.get("kind", "none")
 
 
 def write_report(run_dir: Path) -> str:
@@ -158,7 +153,7 @@ def write_report(run_dir: Path) -> str:
     from .html import markdown_to_html
 
     run_dir = Path(run_dir)
-    curve = run_dir / "recovered" / "metrics.jsonl"
+    curve = run_dir / "recovered" / METRICS_FILE
     if curve.exists():
         from .curves import plot_cka_scatter, plot_recovery_curve
 

@@ -3,25 +3,23 @@
 Sparsity: PEFT adds s*B@A densely, so a plain merge destroys the masks, and re-masking after the
 merge throws away part of what was learned. Here each adapted layer computes
 x @ ((W + s*B@A) * M)^T during training, so merging and re-masking is lossless.
-Quantization grid: the base stays frozen on its grid (QLoRA-style) and the adapter is exported
-beside it as a PEFT folder.
+A constraint that does not merge (a quantization grid) keeps its base frozen as it is, and the
+adapter is exported beside it as a PEFT folder.
 """
 
 from __future__ import annotations
 
 import types
 
-import torch
 import torch.nn.functional as F
 
 from ..config import LoraConfig
-from ..constraints import QuantGridConstraint, SparsityConstraint
 from ..errors import RecoverLMError
 
 ADAPTER_DIR = "adapter"
 
 
-def _masked_forward(mask: torch.Tensor):
+def _masked_forward(mask):
     def forward(self, x, *args, **kwargs):
         name = self.active_adapters[0]
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
@@ -36,7 +34,8 @@ def wrap_lora(model, cfg: LoraConfig, constraint):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    if isinstance(constraint, SparsityConstraint) and cfg.dropout:
+    masks = constraint.lora_masks()
+    if masks and cfg.dropout:
         raise RecoverLMError("lora.dropout must be 0 under sparsity masks (the masked adapter has no dropout path)")
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
@@ -44,18 +43,18 @@ def wrap_lora(model, cfg: LoraConfig, constraint):
         peft_model = get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise RecoverLMError(f"lora.target_modules: {str(exc).splitlines()[0]}") from exc
-    if isinstance(constraint, SparsityConstraint):
-        for name, module in peft_model.named_modules():
-            if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-                key = name.replace("base_model.model.", "", 1) + ".weight"
-                if key in constraint.masks:
-                    module.forward = types.MethodType(_masked_forward(constraint.masks[key]), module)
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+            key = name.replace("base_model.model.", "", 1) + ".weight"
+            if key in masks:
+                module.forward = types.MethodType(_masked_forward(masks[key]), module)
     return peft_model
 
 
 def merged_for_export(peft_model, constraint):
-    """The plain model to save: merged (and re-masked) unless the base must stay on a quantization grid."""
-    if isinstance(constraint, QuantGridConstraint):
+    """The plain model to save: merged (and the constraint re-applied), or the bare base where the
+    constraint keeps its base frozen and the adapter ships beside it."""
+    if not constraint.lora_merges:
         return peft_model.unload()
     merged = peft_model.merge_and_unload()
     constraint.enforce(merged)

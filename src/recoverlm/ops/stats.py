@@ -1,8 +1,16 @@
-"""Uncertainty for recovery claims: paired bootstrap over evaluation items."""
+"""Recovery ratios and their uncertainty: a paired bootstrap over evaluation items."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def recovery_ratio(teacher: float, degraded: float, recovered: float, min_gap: float = 1e-6) -> float | None:
+    """(m_recovered - m_degraded) / (m_teacher - m_degraded); None when the gap is too small to mean anything."""
+    gap = teacher - degraded
+    if abs(gap) < min_gap:
+        return None
+    return (recovered - degraded) / gap
 
 
 def recovery_ratio_ci(teacher: list[float], degraded: list[float], recovered: list[float], n_boot: int = 2000,

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import time
 from collections import defaultdict
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from recoverlm.errors import RecoverLMError
+from ..errors import RecoverLMError
+from ..lm.modes import eval_mode
+from ..offline import go_offline
 
 SUITES_DIR = Path(__file__).parent / "suites"
 TASK_PREFIX = "recoverlm_"
@@ -89,11 +90,10 @@ def run_suites(
             "pass apply_chat_template=False (--no-chat-template) to score plain prompts"
         )
 
-    was_training = model.training
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # puts the model in eval mode
     gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
     out = {}
-    try:
+    with eval_mode(model):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         for suite in suites:
             task = TASK_PREFIX + suite if suite in ours else str(Path(suite).resolve()) if _is_yaml(suite) else suite
             start = time.perf_counter()
@@ -103,8 +103,6 @@ def run_suites(
             )
             out[suite] = _summarise(suite, res)
             out[suite]["seconds"] = time.perf_counter() - start
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -142,16 +140,6 @@ def check_data_files(task_yaml: Path) -> None:
 
 def _is_yaml(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) and Path(name).is_file()
-
-
-def go_offline() -> None:
-    """Keep datasets and the Hub client off the network (they read these flags at import time)."""
-    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
-    import datasets.config
-    import huggingface_hub.constants
-
-    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def _summarise(suite: str, res: dict) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from .. import models
 from ..config import DataConfig
 from ..data import encode_prompts, load_prompts, split_three, texts_hash
-from ..errors import RecoverLMError
 from ..io import atomic_dir, read_json, write_json_atomic
-from .rollout import generate, teacher_topk
+from ..lm.generate import generate
+from .topk import teacher_topk
 from .written_prompts import teacher_written_prompts
 
 
@@ -140,10 +140,8 @@ def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prom
 def training_prompts(teacher_ref, data_cfg: DataConfig, log=print) -> list[str]:
     """The training split, plus the prompts the teacher writes itself when the config asks for them."""
     train, validation, heldout = _splits(data_cfg)
-    if not data_cfg.teacher_prompts:
+    if not data_cfg.teacher_prompts:  # DataConfig refuses them without the chat template
         return train
-    if not data_cfg.use_chat_template:
-        raise RecoverLMError("data.teacher_prompts needs the chat template, which use_chat_template: false turns off")
     written = teacher_written_prompts(
         teacher_ref, data_cfg.teacher_prompts, exclude=train + validation + heldout,
         max_prompt_tokens=data_cfg.max_prompt_tokens, temperature=data_cfg.teacher_prompt_temperature,

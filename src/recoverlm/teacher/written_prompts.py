@@ -19,7 +19,7 @@ from .. import models
 from ..data import encode_prompt, texts_hash
 from ..errors import RecoverLMError
 from ..io import write_text_atomic
-from .rollout import generate
+from ..lm.generate import generate
 
 _SLOT = "RECOVERLM_USER_MESSAGE_SLOT"
 MIN_WORDS = 3

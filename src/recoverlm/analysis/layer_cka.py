@@ -1,10 +1,5 @@
-"""Hidden-state capture for CKA: teacher and students see the same tokens, once per batch.
-
-What is captured: the input embeddings, then the raw output of every decoder block (the residual
-stream), taken with forward hooks. HF's own `hidden_states[-1]` is the *final-norm* output instead
-of the last block's, which would make the last entry a different kind of quantity from the others;
-hooks also let the forward stop after the last block, so the (tokens x vocab) logits, the largest
-tensor of the pass and useless for CKA, are never formed.
+"""Layer-by-layer CKA of students against a teacher: every model sees the same tokens, once per
+batch, and its layers are those of `lm.capture` (the embeddings, then every block's raw output).
 
 Memory is bounded by the batch: each batch's states are reduced to padding-free rows (tokens, or one
 mean row per sequence), folded into float64 streaming accumulators (O(d^2) per layer pair, whatever
@@ -14,61 +9,20 @@ seeded random subsample of them.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from tqdm.auto import tqdm
 
 from ..data import collate
-from ..degrade.calibration import decoder_layers
 from ..errors import RecoverLMError
-from ..recover.response_set import ResponseSet
-from .cka import LinearCKAAccumulator, cka_matrix
+from ..lm.capture import hidden_states
+from ..lm.modes import eval_mode
+from ..ops.cka import LinearCKAAccumulator, cka_matrix
+from ..teacher.response_set import ResponseSet
 
 POOLINGS = ("token", "mean")
 # Teacher tokens whose hidden-state norm exceeds this multiple of the median are left out of CKA by
 # default (see typical_token_mask); None keeps every token.
 DEFAULT_MASSIVE_RATIO = 20.0
-
-
-class _Stop(Exception):
-    """Raised by the last block's hook: nothing after it (final norm, LM head) is needed."""
-
-
-def _blocks(model) -> list[torch.nn.Module]:
-    """The decoder blocks the forward actually runs (a depth-pruned model may keep a longer list)."""
-    _, layers = decoder_layers(model)
-    return list(layers)[: getattr(model.config, "num_hidden_layers", len(layers))]
-
-
-@torch.no_grad()
-def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Embeddings, then the output of every decoder block: len = depth + 1, each (B, T, d) on the model's device."""
-    blocks = _blocks(model)
-    states: list[torch.Tensor] = []
-
-    def grab(stop: bool):
-        def hook(module, args, out):
-            states.append(out[0] if isinstance(out, tuple) else out)
-            if stop:
-                raise _Stop
-
-        return hook
-
-    handles = [model.get_input_embeddings().register_forward_hook(grab(False))]
-    handles += [b.register_forward_hook(grab(i == len(blocks) - 1)) for i, b in enumerate(blocks)]
-    device = next(model.parameters()).device
-    try:
-        model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    if len(states) != len(blocks) + 1:
-        raise RecoverLMError(f"captured {len(states)} hidden states, expected {len(blocks) + 1} (embeddings + blocks)")
-    return tuple(states)
 
 
 def typical_token_mask(states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -108,19 +62,6 @@ def pool(states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, pooling
             w = mask.to(torch.float64)[..., None]
             out.append(((h.double() * w).sum(1) / w.sum(1)).cpu())
     return out
-
-
-@contextlib.contextmanager
-def _eval_mode(*models) -> Iterator[None]:
-    """eval() for the capture, then each model's own mode back (a trainer calls this mid-training)."""
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
 
 
 def _subsample(total: int, k: int, seed: int) -> torch.Tensor:
@@ -184,7 +125,7 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
     cross_t: list[list[torch.Tensor]] = []
     cross_s: dict[str, list[list[torch.Tensor]]] = {name: [] for name in students}
     offset = n_tokens = excluded = 0
-    with _eval_mode(teacher, *students.values()):
+    with eval_mode(teacher, *students.values()):
         for start in tqdm(range(0, n_seq, batch_size), desc="cka", disable=not progress, leave=False):
             sl = slice(start, min(start + batch_size, n_seq))
             batch = collate(eval_set.prompt_ids[sl], eval_set.response_ids[sl], pad_id)

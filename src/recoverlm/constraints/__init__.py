@@ -1,0 +1,31 @@
+"""What a degraded model must keep while it recovers: sparsity masks, an integer grid, the NF4
+grid, or nothing. A Constraint is saved beside the degraded model and read back by every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import RecoverLMError
+from ..io import read_json
+from .base import CONSTRAINT_FILE, Constraint
+from .grid import GRID_FILE, QuantGridConstraint
+from .nf4 import NF4_FILE, NF4Constraint
+from .sparsity import MASKS_FILE, SparsityConstraint
+
+KINDS: dict[str, type[Constraint]] = {"none": Constraint, "sparsity": SparsityConstraint,
+                                      "quant_grid": QuantGridConstraint, "nf4": NF4Constraint}
+
+__all__ = ["CONSTRAINT_FILE", "GRID_FILE", "KINDS", "MASKS_FILE", "NF4_FILE", "Constraint", "NF4Constraint",
+           "QuantGridConstraint", "SparsityConstraint", "load_constraint"]
+
+
+def load_constraint(folder: Path) -> Constraint:
+    """Read the constraint saved beside a degraded model; a folder without one is unconstrained."""
+    meta_path = Path(folder) / CONSTRAINT_FILE
+    if not meta_path.exists():
+        return Constraint()
+    meta = read_json(meta_path)
+    kind = meta.get("kind")
+    if kind not in KINDS:
+        raise RecoverLMError(f"{meta_path}: unknown constraint kind {kind!r}")
+    return KINDS[kind].load(Path(folder), meta)

@@ -1,0 +1,90 @@
+"""What a degraded model must keep while it is being recovered.
+
+A Constraint is handed out by a degradation method and honoured by the trainer:
+`attach` before training, `enforce` after every optimizer step, `finalize` before export,
+`verify` to prove (exactly) that the exported weights still obey it. Each kind also says what it
+permits (training options, how a LoRA adapter meets it) and describes itself, so no other module
+needs to ask which kind it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import RecoverLMError
+from ..io import write_json_atomic
+
+CONSTRAINT_FILE = "constraint.json"
+
+
+def find_param(model, name: str) -> torch.nn.Parameter:
+    """The parameter `name`, also where PEFT or a parametrization renamed it (matched on the suffix)."""
+    params = dict(model.named_parameters())
+    if name in params:
+        return params[name]
+    hits = [p for n, p in params.items() if n.endswith(name) or n.replace(".base_layer", "").endswith(name)]
+    if len(hits) != 1:
+        raise RecoverLMError(f"constraint names parameter {name!r}, which the model does not have")
+    return hits[0]
+
+
+def placed_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`t` on `ref`'s device and, when `ref` is a DTensor (a parameter sharded by FSDP2), sharded
+    the same way, so that elementwise updates of the parameter see matching shards."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(ref, DTensor):
+        return distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements)
+    return t.to(ref.device)
+
+
+def modules_of(model, weight_names, label: str):
+    """(weight name, owning module) for each name, or one clear error naming the missing module."""
+    named = dict(model.named_modules())
+    for name in weight_names:
+        module_name = name.rsplit(".", 1)[0]
+        if module_name not in named:
+            raise RecoverLMError(f"{label} names {module_name!r}, which the model does not have")
+        yield name, named[module_name]
+
+
+class Constraint:
+    """No constraint: every weight may change (SFT forgetting, structured pruning)."""
+
+    kind = "none"
+    # Recover options beyond the defaults that this kind of constraint supports.
+    training_options: frozenset[str] = frozenset()
+    # Whether a LoRA adapter is merged into the exported weights (the constraint attached beneath
+    # it); False keeps the base frozen as it is and ships the adapter beside it.
+    lora_merges = True
+
+    def attach(self, model) -> None:
+        """Prepare the model for training under the constraint."""
+
+    def enforce(self, model) -> None:
+        """Restore the constraint after an optimizer step."""
+
+    def finalize(self, model) -> None:
+        """Bake the constraint into plain weights before export."""
+
+    def verify(self, model) -> dict:
+        """Check the constraint exactly; raise RecoverLMError if it is broken, else return a summary
+        whose "description" is one line for reports."""
+        return {"kind": self.kind, "description": "none"}
+
+    def lora_masks(self) -> dict[str, torch.Tensor]:
+        """Masks a LoRA adapter must train under, by weight name: (W + s*B@A) * M."""
+        return {}
+
+    def codes(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
+        """The integer grid code of every weight of matrix `name`, where the constraint has a grid."""
+        return None
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(Path(folder) / CONSTRAINT_FILE, {"kind": self.kind})
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict) -> "Constraint":
+        return cls()

@@ -1,0 +1,57 @@
+"""Batched generation: the teacher's responses, the student's on-policy samples, greedy answers."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .modes import eval_mode
+
+
+def left_padded(prompt_ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every prompt ending at the last column, where generation starts."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for row, p in enumerate(prompt_ids):
+        ids[row, width - len(p):] = torch.tensor(p)
+        attn[row, width - len(p):] = 1
+    return ids, attn
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 16, seed: int = 0, desc: str = "generating",
+             progress: bool = True, synced: bool = False, stop_id: int | None = None) -> list[list[int]]:
+    """Responses to tokenised prompts: KV-cached, left-padded, stopping at EOS (or `stop_id`).
+
+    Prompts are bucketed by length so little compute goes to padding. The EOS token, when
+    produced, is kept as the last response token so that students learn to stop.
+    Returns response token ids in the order of `prompt_ids`.
+    """
+    eos = tokenizer.eos_token_id if stop_id is None else stop_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    out: list[list[int] | None] = [None] * len(prompt_ids)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            ids, attn = left_padded([prompt_ids[i] for i in chunk], pad)
+            width = ids.shape[1]
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            sample = temperature > 0
+            result = model.generate(
+                input_ids=ids.to(model.device), attention_mask=attn.to(model.device), max_new_tokens=max_new_tokens,
+                do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
+                top_k=None, pad_token_id=pad, eos_token_id=eos, use_cache=True, synced_gpus=synced,
+            )
+            for row, i in enumerate(chunk):
+                new = result[row, width:].tolist()
+                if eos in new:
+                    new = new[: new.index(eos) + 1]
+                out[i] = new
+            bar.update(len(chunk))
+    bar.close()
+    return out  # type: ignore[return-value]

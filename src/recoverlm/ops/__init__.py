@@ -1,0 +1,1 @@
+"""Pure maths on tensors and arrays (torch and numpy only): divergences, CKA, statistics."""

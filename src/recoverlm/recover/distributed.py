@@ -1,0 +1,85 @@
+"""One training loop for a single process, DDP, FSDP and DeepSpeed ZeRO, through accelerate."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import models
+from ..config import RecoverConfig
+from ..errors import RecoverLMError
+
+
+def make_accelerator(cfg: RecoverConfig, resume: bool):
+    """The accelerator for this process, with the options its distributed mode cannot serve refused."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+    # accelerate keeps one state per process; a second run in the same process (the Python API,
+    # a benchmark) may ask for another precision. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    on_cpu = models.compute_device().type == "cpu"
+    # accelerate sets DeepSpeed up only when not told `cpu`, and counts its processes only when
+    # it knows the backend: on a CPU machine that is gloo.
+    deepspeed_on_cpu = on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=on_cpu and not deepspeed_on_cpu,
+                      kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None)
+    if acc.distributed_type == DistributedType.FSDP:
+        # FSDP shards the student's parameters (DTensors): what needs whole local tensors is refused.
+        for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
+                          (cfg.save_every or resume, "save_every / --resume")):
+            if bad:
+                raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(acc, cfg, resume)
+    return acc
+
+
+def is_sharded(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def uses_deepspeed(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
+def configure_deepspeed(acc, cfg: RecoverConfig, resume: bool) -> None:
+    """ZeRO steps, clips and reduces inside its engine. The recover config stays the one place
+    for those settings: its clipping threshold is handed to the engine, and every rank must run
+    the same number of micro-batches, because ZeRO reduces gradients after each of them."""
+    if cfg.save_every or resume:
+        raise RecoverLMError("save_every / --resume is not supported under DeepSpeed; use DDP "
+                             "(configs/accelerate/ddp_gpu.yaml)")
+    if cfg.batch_size % (acc.num_processes * cfg.grad_accum):
+        raise RecoverLMError(f"under DeepSpeed, batch_size ({cfg.batch_size}) must be a multiple of processes x "
+                             f"grad_accum ({acc.num_processes} x {cfg.grad_accum})")
+    ds_config = acc.state.deepspeed_plugin.deepspeed_config
+    ds_config["gradient_clipping"] = cfg.max_grad_norm
+    # The engine's own accounting sees one micro-batch per step: `backward` marks the boundaries.
+    micro = cfg.batch_size // (acc.num_processes * cfg.grad_accum)
+    ds_config.update(gradient_accumulation_steps=1, train_micro_batch_size_per_gpu=micro,
+                     train_batch_size=micro * acc.num_processes)
+
+
+def backward(acc, loss: torch.Tensor, last_micro_batch: bool) -> None:
+    """Backward through accelerate; under DeepSpeed the engine also steps after the last micro-batch."""
+    if not uses_deepspeed(acc):
+        acc.backward(loss)
+        return
+    engine = acc.deepspeed_engine_wrapped.engine
+    engine.set_gradient_accumulation_boundary(last_micro_batch)
+    engine.backward(loss)
+    if last_micro_batch:
+        engine.step()  # clips, steps and zeroes the gradients
+
+
+def global_count(acc, n: int) -> int:
+    """`n` summed over every rank (the completion tokens of the global batch)."""
+    local = torch.tensor([n], dtype=torch.long, device=acc.device)
+    return int(acc.reduce(local, reduction="sum").item())

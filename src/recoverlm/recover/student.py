@@ -1,0 +1,129 @@
+"""The student during recovery: made trainable under its Constraint (full fine-tuning, LoRA,
+learned grid scales, latents from the teacher), sampled from on-policy, and exported."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.utils import parametrize
+
+from .. import models
+from ..config import RecoverConfig
+from ..constraints import Constraint
+from ..constraints.lora import ADAPTER_DIR, merged_for_export, wrap_lora
+from ..errors import RecoverLMError
+from ..io import atomic_dir, write_json_atomic
+from ..lm.generate import generate
+from ..runs import METRICS_FILE
+from .timing import PhaseTimer, phase
+
+
+def check_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path) -> None:
+    """Options only some constraints support, checked before any teacher work."""
+    for option, value in (("grid_scales", "learned"), ("grid_latents", "teacher")):
+        if getattr(cfg, option) == value and option not in constraint.training_options:
+            raise RecoverLMError(f"{option} '{value}' needs a student on a quantization grid; "
+                                 f"{student_path} has constraint '{constraint.kind}'")
+    if cfg.grid_scales == "learned":
+        constraint.learn_scales = True
+
+
+def check_hidden_targets(cfg: RecoverConfig, teacher_config, student_config) -> None:
+    """hidden_weight matches the student's hidden states to the teacher's layer by layer: it needs
+    the same number and width of layers (not a depth-pruned student)."""
+    if not cfg.hidden_weight:
+        return
+    shape = [(c.num_hidden_layers, c.hidden_size) for c in (teacher_config, student_config)]
+    if shape[0] != shape[1]:
+        raise RecoverLMError(f"hidden_weight needs the teacher's layer shapes: the teacher has {shape[0][0]} layers of "
+                             f"width {shape[0][1]}, the student {shape[1][0]} of width {shape[1][1]}")
+
+
+def prepare(student, cfg: RecoverConfig, constraint: Constraint, teacher, log=print):
+    """The trainable student: the Constraint attached, a LoRA adapter when asked (under a
+    constraint that does not merge, the base stays frozen as it is), latents seeded."""
+    if cfg.lora:
+        if constraint.lora_merges:
+            constraint.attach(student)
+        student = wrap_lora(student, cfg.lora, constraint)
+    else:
+        constraint.attach(student)
+        if cfg.grid_latents == "teacher":
+            seeded = constraint.seed_latents(student, teacher)
+            log(f"grid latents: {seeded['moved']:.1%} of the quantized weights moved towards the teacher's, "
+                f"{seeded['mean_offset_in_steps']:.3f} grid steps on average")
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    student.train()
+    return student
+
+
+def base_of(model, cfg: RecoverConfig):
+    """What the Constraint acts on: the model itself, or the base inside a LoRA wrapper."""
+    return model.get_base_model() if cfg.lora else model
+
+
+def frozen_weights(sharded: bool):
+    """While the weights cannot change (sampling, evaluation), compute each parametrized weight
+    (a grid's fake quantization) once instead of at every forward, i.e. at every sampled token.
+    Not under FSDP, where a cached weight would outlive its layer's all-gather."""
+    return nullcontext() if sharded else parametrize.cached()
+
+
+def sampling_precision(acc, model, cfg: RecoverConfig):
+    """Sample in the precision the student trains in, where its weights are plain parameters that
+    autocast casts once per call. A grid's computed weight or a LoRA base is not cached by
+    autocast and would be cast again at every token: those sample in fp32."""
+    plain = not cfg.lora and not any(parametrize.is_parametrized(m) for m in model.modules())
+    return acc.autocast() if plain else nullcontext()
+
+
+def sample(acc, student, tokenizer, prompt_ids: list[list[int]], cfg: RecoverConfig, seed: int, sharded: bool,
+           timer: PhaseTimer | None = None) -> list[list[int]]:
+    """The student's own responses for an on-policy micro-batch."""
+    model = acc.unwrap_model(student)
+    if cfg.gradient_checkpointing:  # checkpointing turns the KV cache off, which makes generation crawl
+        model.gradient_checkpointing_disable()
+    # Under FSDP every rank must run the same number of forward passes: ranks that finished
+    # early keep stepping (synced) until all have.
+    with frozen_weights(sharded), sampling_precision(acc, model, cfg), phase(timer, "sample"):
+        responses = generate(model, tokenizer, prompt_ids, cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature,
+                             1.0, batch_size=len(prompt_ids), seed=seed, progress=False,
+                             synced=sharded and acc.num_processes > 1)
+    if timer is not None:
+        timer.count("sample", sum(len(r) for r in responses))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return responses
+
+
+def rebuilt(student_path: Path, constraint: Constraint, state: dict):
+    """A plain copy of the student with `state` loaded: under FSDP the trained model exists only
+    as shards, so the main process rebuilds it from the gathered state dict."""
+    model = models.load_model(student_path, dtype=torch.float32)
+    constraint.attach(model)  # the same parametrizations as in training, so the keys match
+    model.load_state_dict(state)
+    return model
+
+
+def write_recovered(out: Path, model, cfg: RecoverConfig, constraint: Constraint, tokenizer, record: dict,
+                    history: list[dict]) -> dict:
+    """The recovered HF folder, atomically: weights with the constraint baked in and verified
+    exactly, the adapter (LoRA), the constraint, recovery.json and the metrics history."""
+    with atomic_dir(out) as tmp:
+        if cfg.lora:
+            model.save_pretrained(tmp / ADAPTER_DIR)
+            model = merged_for_export(model, constraint)
+        constraint.finalize(model)
+        record["constraint"] = constraint.verify(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        constraint.save(tmp)
+        write_json_atomic(tmp / "recovery.json", record)
+        with open(tmp / METRICS_FILE, "w", encoding="utf-8") as fh:
+            for row in history:
+                fh.write(json.dumps(row) + "\n")
+    return record

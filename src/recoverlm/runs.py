@@ -1,0 +1,32 @@
+"""Names inside run folders, in one place: what a recovery leaves beside its output while it
+trains, and the metrics history every reader of a run parses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def work_dir(out: Path) -> Path:
+    """`<out>.work`, beside the recovery output: checkpoints and the metrics of a run in progress.
+    A sibling rather than a child, so the output folder appears complete or not at all."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def read_history(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A run killed mid-write can leave its last line cut off: that
+    line is dropped, while a broken line anywhere else is an error."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not a JSON line") from None
+    return rows
