@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,32 +26,33 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mdsection import update_section  # noqa: E402
-from recovery_bench import BUDGETS, DEFAULT_LR, DEFAULT_SCALE_LR, RESULTS, load_rows, run_dir  # noqa: E402
+from recovery.results import RESULTS, load_rows  # noqa: E402
+from recovery.setting import BUDGETS, SELECTION, Setting, degraded_dir, run_dir  # noqa: E402
 
 from recoverlm import models  # noqa: E402
-from recoverlm.analysis.capture import DEFAULT_MASSIVE_RATIO, layer_cka  # noqa: E402
 from recoverlm.analysis.hidden_error import relative_hidden_error  # noqa: E402
+from recoverlm.analysis.layer_cka import DEFAULT_MASSIVE_RATIO, layer_cka  # noqa: E402
 from recoverlm.config import DataConfig  # noqa: E402
 from recoverlm.errors import RecoverLMError  # noqa: E402
 from recoverlm.evaluate.fidelity import fidelity  # noqa: E402
 from recoverlm.io import write_text_atomic  # noqa: E402
-from recoverlm.recover.response_set import heldout_set  # noqa: E402
+from recoverlm.teacher.response_set import heldout_set  # noqa: E402
 
 
 def arms(rows: list[dict], degradation: str, budget: str, seed: int, work: Path,
          grid_scales: str = "fixed") -> dict[float, dict]:
-    """The recorded `distill` runs that differ only in hidden_weight, and whose models are still in `work`."""
+    """The recorded CPU `distill` runs of a default setting but for hidden_weight (and the grid
+    scales asked for), whose models are still in `work`."""
     off, on = BUDGETS[budget]
+    base = Setting(degradation=degradation, method="distill", offpolicy=off, onpolicy=on, seed=seed,
+                   selection=SELECTION, grid_scales=grid_scales)
     found = {}
     for r in rows:
-        if (r.get("kind", "run") == "run" and r["method"] == "distill" and r["degradation"] == degradation
-                and (r["offpolicy"], r["onpolicy"], r["seed"]) == (off, on, seed) and r.get("lr", DEFAULT_LR) == DEFAULT_LR
-                and r.get("selection") == "validation" and r.get("teacher_samples", 1) == 1
-                and r.get("grid_scales", "fixed") == grid_scales and r.get("grid_latents", "grid") == "grid"
-                and r.get("grid_scale_lr", DEFAULT_SCALE_LR) == DEFAULT_SCALE_LR
-                and not r.get("teacher_prompts")
-                and r.get("device", "cpu") == "cpu" and run_dir(work, r).exists()):
-            found[r.get("hidden_weight", 0.0)] = r
+        if r.get("kind", "run") != "run":
+            continue
+        s = Setting.from_row(r)
+        if replace(s, hidden_weight=0.0) == base and run_dir(work, s).exists():
+            found[s.hidden_weight] = r
     return dict(sorted(found.items()))
 
 
@@ -161,8 +163,8 @@ def main() -> None:
         if len(found) < 2 or 0.0 not in found:
             sys.exit(f"error: need recorded runs with hidden weight 0 and at least one other for {args.degradation} "
                      f"({args.budget}, seed {args.seed}) with their models in {args.work}; found weights {list(found)}")
-        paths = {"degraded": args.work / args.degradation / "degraded",
-                 **{f"{w:g}": run_dir(args.work, r) for w, r in found.items()}}
+        paths = {"degraded": degraded_dir(args.work, args.degradation),
+                 **{f"{w:g}": run_dir(args.work, Setting.from_row(r)) for w, r in found.items()}}
         try:
             measured = measure(args.model, paths)
         except RecoverLMError as exc:

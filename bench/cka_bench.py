@@ -4,7 +4,7 @@ Measures (a) forward passes vs CKA arithmetic, (b) that the accumulators' memory
 the token count, (c) the streaming accumulator against the n x n Gram reference at n tokens per
 layer (speed and agreement). Writes the "cka" section of docs/benchmarks.md and prints it.
 
-    python bench/cka_bench.py --tokens 100000      # the documented run (most of an hour on 2 busy cores)
+    python bench/cka_bench.py --tokens 100000      # the documented run
     python bench/cka_bench.py --quick              # smoke test; leaves docs/benchmarks.md alone
 
 Data: the built-in prompt set, each prompt rendered with the chat template and tokenised
@@ -27,8 +27,9 @@ from mdsection import update_section  # also puts src/ on sys.path
 import torch  # noqa: E402
 
 from recoverlm import models  # noqa: E402
-from recoverlm.analysis.capture import hidden_states, pool  # noqa: E402
-from recoverlm.analysis.cka import LinearCKAAccumulator, gram_linear_cka, linear_cka  # noqa: E402
+from recoverlm.analysis.layer_cka import pool  # noqa: E402
+from recoverlm.lm.capture import hidden_states  # noqa: E402
+from recoverlm.ops.cka import LinearCKAAccumulator, gram_linear_cka, linear_cka  # noqa: E402
 from recoverlm.data import encode_prompts, load_prompts  # noqa: E402
 from recoverlm.degrade.prune import prune_magnitude  # noqa: E402
 

@@ -4,7 +4,7 @@ Per-layer CKA between the teacher and two damaged copies (50% magnitude, 50% Wan
 over every held-out token and once with the teacher's massive-activation tokens left out (hidden-state
 norm above 20x the median at some layer). Writes the "cka-sinks" section of docs/benchmarks.md.
 
-    python bench/cka_sinks.py [--work runs/eval-models]     # about 10 minutes on 2 CPU cores
+    python bench/cka_sinks.py [--work runs/eval-models]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from mdsection import update_section  # noqa: E402
 
 from recoverlm import models  # noqa: E402
-from recoverlm.analysis.capture import DEFAULT_MASSIVE_RATIO  # noqa: E402
+from recoverlm.analysis.layer_cka import DEFAULT_MASSIVE_RATIO  # noqa: E402
 from recoverlm.analysis.layers import cka_models  # noqa: E402
 from recoverlm.config import DataConfig  # noqa: E402
 from recoverlm.degrade import degrade  # noqa: E402

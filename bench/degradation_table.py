@@ -101,7 +101,7 @@ def measure(model, samples, teacher_lp) -> tuple[float, float]:
 
 def knowledge(model, tokenizer) -> float:
     """Accuracy on the whole shipped knowledge suite (log-likelihood of each choice)."""
-    from recoverlm.evaluate.tasks import run_suites
+    from recoverlm.evaluate.lm_eval_runner import run_suites
 
     return run_suites(model, tokenizer, ["knowledge"], batch_size=16)["knowledge"]["acc"]
 

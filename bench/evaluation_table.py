@@ -7,7 +7,7 @@ suites rest on: the teacher's knowledge accuracy is at least chance + 15 points,
 pruning costs at least 10 points of it. It also runs the plain `lm_eval` CLI on the knowledge suite
 for the teacher and compares it with the in-memory run.
 
-    python bench/evaluation_table.py              # a few hours on 2 CPU cores; resumable
+    python bench/evaluation_table.py              # resumable
     python bench/evaluation_table.py --render     # rewrite the Markdown from docs/evaluation.json
 
 Damaged models live in runs/eval-models/; suite results are cached by model hash, so a rerun after
@@ -32,7 +32,7 @@ from recoverlm import models  # noqa: E402
 from recoverlm.config import DataConfig  # noqa: E402
 from recoverlm.degrade import degrade  # noqa: E402
 from recoverlm.evaluate.compare import evaluate_models, evaluate_task_suites  # noqa: E402
-from recoverlm.evaluate.tasks import SUITES_DIR, TASK_PREFIX, available_suites  # noqa: E402
+from recoverlm.evaluate.lm_eval_runner import SUITES_DIR, TASK_PREFIX, available_suites  # noqa: E402
 from recoverlm.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 DAMAGES = {

@@ -67,9 +67,9 @@ def batch(vocab: int, b: int, prompt: int, response: int):
 
 
 def measure(name: str, spec: dict, emit) -> None:
-    from recoverlm.analysis.cka import LinearCKAAccumulator
-    from recoverlm.recover.losses import bucket_logprobs, token_nll, topk_divergence
-    from recoverlm.recover.rollout import completion_logits, completion_targets
+    from recoverlm.lm.forward import completion_logits, completion_targets
+    from recoverlm.ops.cka import LinearCKAAccumulator
+    from recoverlm.ops.divergences import bucket_logprobs, token_nll, topk_divergence
 
     big = spec["hidden_size"] >= 2048
     b, prompt, response = (8, 128, 384) if big else (16, 128, 384)

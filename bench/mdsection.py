@@ -15,12 +15,19 @@ HEADER = ("# Benchmarks\n\nEvery section below is written by a command under `be
           "numbers. Machine unless stated: 2-core x86-64 CPU, 24 GB, no GPU.\n")
 
 
-def update_section(name: str, body: str, path: Path = ROOT / "docs" / "benchmarks.md") -> Path:
-    """Replace (or append) the block between <!-- bench:NAME --> markers."""
+def update_section(name: str, body: str, path: Path = ROOT / "docs" / "benchmarks.md", first: bool = False) -> Path:
+    """Replace the block between <!-- bench:NAME --> markers; a new block goes after the others, or
+    with `first` before them, right under the header."""
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    elif first and "<!-- bench:" in text:
+        at = text.index("<!-- bench:")
+        text = text[:at] + block + "\n\n" + text[at:]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     write_text_atomic(path, text)
     return path

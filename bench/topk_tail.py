@@ -26,15 +26,17 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mdsection import update_section  # noqa: E402
-from recovery_bench import BUDGETS, RESULTS, _grid, _variant, load_rows, run_dir  # noqa: E402
+from recovery.render import variant  # noqa: E402
+from recovery.results import RESULTS, load_rows  # noqa: E402
+from recovery.setting import BUDGETS, Setting, degraded_dir, run_dir  # noqa: E402
 
 from recoverlm import models  # noqa: E402
 from recoverlm.config import DataConfig  # noqa: E402
 from recoverlm.data import collate  # noqa: E402
 from recoverlm.io import write_text_atomic  # noqa: E402
-from recoverlm.recover.losses import bucket_logprobs, divergence_logprobs, forward_kl  # noqa: E402
-from recoverlm.recover.response_set import heldout_set  # noqa: E402
-from recoverlm.recover.rollout import completion_logits  # noqa: E402
+from recoverlm.lm.forward import completion_logits  # noqa: E402
+from recoverlm.ops.divergences import bucket_logprobs, divergence_logprobs, forward_kl  # noqa: E402
+from recoverlm.teacher.response_set import heldout_set  # noqa: E402
 
 SAVED = RESULTS.parent / "topk-tail.json"
 
@@ -43,16 +45,16 @@ def candidates(rows: list[dict], work: Path) -> dict[str, Path]:
     """Each degraded model, and each recorded full-budget `distill` run of seed 0 still on disk."""
     found: dict[str, Path] = {}
     for r in rows:
-        if r.get("kind", "run") != "run" or r["method"] != "distill" or r["seed"] != 0:
+        if r.get("kind", "run") != "run":
             continue
-        if (r["offpolicy"], r["onpolicy"]) != BUDGETS["full"] or r.get("device", "cpu") != "cpu":
+        s = Setting.from_row(r)
+        if s.method != "distill" or s.seed != 0 or (s.offpolicy, s.onpolicy) != BUDGETS["full"] or s.device != "cpu":
             continue
-        out = run_dir(work, r)
-        degraded = work / r["degradation"] / "degraded"
+        out, degraded = run_dir(work, s), degraded_dir(work, s.degradation)
         if out.exists() and degraded.exists():
-            found.setdefault(f"{r['degradation']} degraded", degraded)
-            extra = f", + {r['teacher_prompts']} teacher-written prompts" if r.get("teacher_prompts") else ""
-            found[f"{r['degradation']} distill{_variant(_grid(r), r.get('hidden_weight', 0.0))}{extra}"] = out
+            found.setdefault(f"{s.degradation} degraded", degraded)
+            extra = f", + {s.teacher_prompts} teacher-written prompts" if s.teacher_prompts else ""
+            found[f"{s.degradation} distill{variant(s)}{extra}"] = out
     return found
 
 
