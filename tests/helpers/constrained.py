@@ -13,3 +13,14 @@ def optimizer_steps(model, constraint, steps: int = 3, lr: float = 1e-2, weight_
         loss.backward()
         opt.step()
         constraint.enforce(model)
+
+
+def train_and_finalize(model, constraint, steps: int = 3, lr: float = 1e-2) -> bool:
+    """attach -> optimizer steps -> finalize; whether any entry of the state dict moved."""
+    constraint.attach(model)
+    model.train()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer_steps(model, constraint, steps, lr)
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    constraint.finalize(model)
+    return changed

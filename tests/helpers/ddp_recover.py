@@ -1,4 +1,4 @@
-"""Run by test_distributed under `accelerate launch`: one recovery on the tiny model."""
+"""Run by integration/recover/test_distributed.py under `accelerate launch`: one recovery on the tiny model."""
 
 import sys
 from pathlib import Path

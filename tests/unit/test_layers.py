@@ -20,6 +20,7 @@ LAYERS = [
     {"recover"},
     {"report"},
     {"pipeline"},
+    {"study"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -92,7 +92,9 @@ class Recovery:
         self.student, self.optimizer = self.acc.prepare(student, optimizer)
 
     # -- one step --------------------------------------------------------------------------------
-    def _micro_batches(self, step: int, seq_indices: list[int], on_policy: bool) -> list[MicroBatch]:
+    def micro_batches(self, step: int, seq_indices: list[int], on_policy: bool) -> list[MicroBatch]:
+        """This rank's share of a step's sequences, in grad_accum micro-batches; on-policy ones are
+        sampled by the student now, with a seed fixed by the step and the rank."""
         local = seq_indices[self.acc.process_index::self.acc.num_processes]
         per = math.ceil(len(local) / self.cfg.grad_accum) if local else 0
         rs, out = self.train_set, []
@@ -113,7 +115,7 @@ class Recovery:
         """One optimizer step. Each micro-batch's loss is divided by the completion tokens of the
         whole global batch (all micro-batches, all ranks), and multiplied by the world size because
         DDP averages gradients: the gradient equals that of one big batch."""
-        micro = self._micro_batches(step, seq_indices, on_policy)
+        micro = self.micro_batches(step, seq_indices, on_policy)
         total = distributed.global_count(self.acc, sum(mb.n_tokens for mb in micro))
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step - 1, self.cfg) * group["lr_ratio"]

@@ -1,0 +1,32 @@
+"""Prompt splits: training, validation (choosing the best checkpoint) and held-out (scoring only)."""
+
+import pytest
+
+from recoverlm.data import split_prompts, split_three, validation_size
+from recoverlm.errors import RecoverLMError
+
+
+PROMPTS = [f"prompt {i}" for i in range(100)]
+
+
+def test_three_splits_are_disjoint_and_keep_the_heldout_split():
+    train, validation, heldout = split_three(PROMPTS, 10, None, seed=3)
+    assert len(heldout) == 10 and len(validation) == validation_size(90, None) == 11
+    assert not set(train) & set(validation) and not set(train) & set(heldout) and not set(validation) & set(heldout)
+    assert set(train) | set(validation) | set(heldout) == set(PROMPTS)
+    assert heldout == split_prompts(PROMPTS, 10, seed=3)[1]
+
+
+@pytest.mark.parametrize("n_train, requested, expected", [(372, None, 24), (20, None, 2), (5, None, 1), (50, 7, 7), (50, 0, 0)])
+def test_validation_size(n_train, requested, expected):
+    assert validation_size(n_train, requested) == expected
+
+
+def test_zero_validation_selects_on_heldout():
+    train, validation, heldout = split_three(PROMPTS, 10, 0)
+    assert validation == [] and len(train) == 90
+
+
+def test_too_large_validation_names_its_field():
+    with pytest.raises(RecoverLMError, match="n_validation=90"):
+        split_three(PROMPTS, 10, 90)
