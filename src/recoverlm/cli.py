@@ -271,6 +271,28 @@ def run(
 
 @app.command()
 @cli_errors
+def study(
+    config: Path = typer.Argument(..., help="Study YAML: a base run config and the axes models, degradations, methods, seeds."),
+    out: Path = typer.Option(..., help="Study folder; one run folder per cell, reused when finished."),
+    jobs: int = typer.Option(1, min=1, help="Cells run at once, each in its own process (CPU threads split between them)."),
+    only: Optional[str] = typer.Option(None, help="Run only the cells whose name matches this pattern, e.g. '*/nf4/*'."),
+    render: bool = typer.Option(False, help="Only rewrite the results document from the finished cells."),
+    doc: Optional[Path] = typer.Option(None, help="Results document (default: the config's doc, else docs/results.md)."),
+) -> None:
+    """A grid of runs (models x degradations x methods x seeds) and its results document."""
+    from .report.study import write_results
+    from .study import load_study, run_study
+
+    spec = load_study(config)
+    target = doc or spec.doc or Path("docs/results.md")
+    if not render:
+        run_study(spec, out, jobs=jobs, only=only)  # validates every cell before any runs
+    write_results(out, target, list(spec.methods), list(spec.degradations))
+    typer.echo(f"results written to {target}")
+
+
+@app.command()
+@cli_errors
 def report(run_dir: Path = typer.Argument(..., help="A run folder written by `recoverlm run`.")) -> None:
     """Write summary.md and report.html (plots embedded) for a run folder, and print the summary."""
     from .report.summary import write_report

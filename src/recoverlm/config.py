@@ -165,6 +165,26 @@ class RunConfig(_Strict):
         return self
 
 
+class MethodArm(_Strict):
+    """One recovery method of a study: what it changes in the base run's `recover` and `data`."""
+
+    recover: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyConfig(_Strict):
+    """A grid of runs: a base run config, and axes whose cross product are the cells. Every cell
+    is an ordinary run (RunConfig) with the base's settings, one model, one named degradation, one
+    named method and one seed (recover.seed)."""
+
+    base: dict[str, Any] = Field(default_factory=dict)  # RunConfig fields shared by every cell
+    models: list[str] = Field(min_length=1)
+    degradations: dict[str, DegradeConfig] = Field(min_length=1)
+    methods: dict[str, MethodArm] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    doc: Optional[Path] = None  # where --render writes the results (default docs/results.md)
+
+
 def _first_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"

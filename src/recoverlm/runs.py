@@ -8,6 +8,7 @@ from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+CELL_FILE = "cell.json"  # a finished study cell: what it was and where it ran
 
 
 def work_dir(out: Path) -> Path:

@@ -35,7 +35,7 @@ def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenize
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise RecoverLMError(f"sft: {name} must be an integer >= {low}, got {value!r}")
 
-    if not isinstance(task, (str, Path)) or (str(task) not in TASKS and not Path(task).is_file()):
+    if not isinstance(task, (str, Path)) or (str(task) not in TASKS and not Path(task).expanduser().is_file()):
         raise RecoverLMError(f"sft: task {task!r} is neither a built-in task ({', '.join(TASKS)}) nor a JSONL file")
     integer("n_train", n_train)
     integer("steps", steps)

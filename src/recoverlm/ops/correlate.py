@@ -216,3 +216,30 @@ def correlate_recovery(rows: Sequence[dict], metric: str = "kl", cka_keys: Seque
                                 else _result("partial pearson", len(keep), reason="no control variable"))
         out["features"][name] = entry
     return out
+
+
+def cluster_bootstrap_ci(x, y, groups, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                         rank: bool = False) -> list[float] | None:
+    """Percentile CI of Pearson r (Spearman's rho with `rank`) resampling whole groups with
+    replacement: checkpoints of one run are not independent, so the run is the unit of
+    resampling. None with fewer than 3 groups, or when most resamples are degenerate."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    labels = np.asarray([str(g) for g in groups])
+    names = np.unique(labels)
+    if len(names) < 3 or x.size != y.size or x.size != labels.size:
+        return None
+    members = [np.flatnonzero(labels == g) for g in names]
+    rng = np.random.default_rng(seed)
+    transform = _ranks if rank else _identity
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(names), size=len(names))])
+        if idx.size < 3:
+            continue
+        r = _rows_r(transform(x[idx][None]), transform(y[idx][None]))[0]
+        if np.isfinite(r):
+            values.append(r)
+    if len(values) < n_boot / 2:
+        return None
+    alpha = (1.0 - level) / 2.0
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))]

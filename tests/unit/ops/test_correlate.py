@@ -73,3 +73,23 @@ def test_correlate_recovery_over_runs_and_checkpoints():
     within = correlate_recovery(rows, "kl", ("last",), within_run=True, n_boot=0, n_perm=0)
     assert within["control"] == ["step", "run"] and within["features"]["last"]["partial"]["controls"] == 2
     assert correlate_recovery([{"kl": 1.0}], "kl")["reason"].startswith("no row")
+
+
+def test_cluster_bootstrap_resamples_whole_runs():
+    """Runs whose checkpoints agree within themselves but not across runs: pairs resampled as if
+    independent would give a narrow interval, whole runs a wide one."""
+    import numpy as np
+
+    from recoverlm.ops.correlate import cluster_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    x, y, groups = [], [], []
+    for run in range(6):
+        level = rng.normal()
+        for step in range(8):
+            x.append(level + 0.01 * step)
+            y.append(rng.normal() - 0.05 * step)
+            groups.append(f"run{run}")
+    ci = cluster_bootstrap_ci(x, y, groups, n_boot=500)
+    assert ci is not None and ci[0] < 0 < ci[1] and ci[1] - ci[0] > 0.5
+    assert cluster_bootstrap_ci(x[:16], y[:16], groups[:16]) is None  # two runs: no interval

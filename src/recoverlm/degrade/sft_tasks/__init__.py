@@ -58,7 +58,7 @@ def load_task_data(name_or_path: str | Path, n: int = 512, seed: int = 0) -> lis
         return [{"prompt": it["prompt"], "response": it["response"]} for it in TASKS[str(name_or_path)].generate(n, seed)]
     from ...data import read_jsonl
 
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise RecoverLMError(f"task {str(name_or_path)!r} is neither a built-in task ({', '.join(TASKS)}) nor a file")
     rows = read_jsonl(path)  # JSON errors, unreadable and empty files are reported there

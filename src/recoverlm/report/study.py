@@ -1,0 +1,256 @@
+"""docs/results.md from a study's run folders, never typed: the headline table (degradations x
+methods), SFT forgetting, recovery against training steps, CKA against recovery over every
+checkpoint of every cell, and what held, as sentences computed from the numbers."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from ..io import read_json, write_text_atomic
+from ..runs import CELL_FILE, METRICS_FILE, read_history
+
+BASELINES = ("none", "sft-replay")
+
+
+def collect(out: Path) -> list[dict]:
+    """One record per finished cell of the study in `out`, read from its files."""
+    records = []
+    for cell_file in sorted(Path(out).glob(f"*/*/*/{CELL_FILE}")):
+        folder = cell_file.parent
+        rec = read_json(cell_file)
+        metrics = read_json(folder / "metrics.json")
+        rec["kl"] = {name: m["kl"] for name, m in metrics["metrics"].items()}
+        rec["ratio"] = metrics.get("recovery_ratio", {}).get("kl")
+        rec["suites"] = {name: {suite: r for suite, r in res.items()}
+                         for name, res in metrics.get("tasks", {}).get("results", {}).items()}
+        recovery = folder / "recovered" / "recovery.json"
+        rec["tokens"] = read_json(recovery).get("tokens", 0) if recovery.exists() else 0
+        history = folder / "recovered" / METRICS_FILE
+        rec["history"] = read_history(history) if history.exists() else []
+        degradation = folder / "degraded" / "degradation.json"
+        rec["degrade"] = read_json(degradation) if degradation.exists() else {}
+        records.append(rec)
+    return records
+
+
+def _order(values, preferred: list[str] | None) -> list[str]:
+    seen = list(dict.fromkeys(values))
+    head = [v for v in (preferred or []) if v in seen]
+    return head + [v for v in seen if v not in head]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{_fmt(values[0])} (1 seed)"
+    return f"{_fmt(statistics.mean(values))} ± {statistics.stdev(values):.3f} ({len(values)} seeds)"
+
+
+def _score(suites: dict, model: str, suite: str) -> float | None:
+    res = suites.get(model, {}).get(suite, {})
+    return res.get("acc", res.get("exact_match"))
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v + 0.0:.3f}".replace("-0.000", "0.000")
+
+
+def headline(records: list[dict], methods: list[str] | None = None, degradations: list[str] | None = None) -> str:
+    """Per model: degradations as rows, methods as columns; each cell the held-out teacher-KL
+    recovery ratio (mean ± std over seeds) and the recovered model's knowledge accuracy."""
+    parts = []
+    for model in _order((_model(r) for r in records), None):
+        mine = [r for r in records if _model(r) == model]
+        cols = _order((r["method"] for r in mine), methods)
+        lines = [f"### {model}", "",
+                 "| degradation | degraded KL | knowledge: teacher / degraded | " + " | ".join(cols) + " |",
+                 "|---|---|---|" + "---|" * len(cols)]
+        for deg in _order((r["degradation"] for r in mine), degradations):
+            rows = [r for r in mine if r["degradation"] == deg]
+            know_t = _mean(_score(r["suites"], "teacher", "knowledge") for r in rows)
+            know_d = _mean(_score(r["suites"], "degraded", "knowledge") for r in rows)
+            cells = []
+            for method in cols:
+                sel = [r for r in rows if r["method"] == method]
+                ratio = _mean_sd([r["ratio"] for r in sel if r["ratio"] is not None])
+                know = _mean(_score(r["suites"], "recovered", "knowledge") for r in sel)
+                cells.append(ratio + ("" if know is None else f" · {know:.3f}"))
+            lines.append(f"| {deg} | {_fmt(_mean(r['kl']['degraded'] for r in rows))} | {_fmt(know_t)} / {_fmt(know_d)} | "
+                         + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _model(record: dict) -> str:
+    """The model's folder name in the study, as the cell's name starts."""
+    return record["name"].split("/")[0]
+
+
+def sft_forgetting(records: list[dict]) -> str | None:
+    """For SFT-forgetting cells: the new task's accuracy beside general ability, per method."""
+    sft = [r for r in records if r.get("degrade", {}).get("method") == "sft"]
+    if not sft:
+        return None
+    lines = ["| model | degradation | method | task accuracy T / D / R | knowledge T / D / R | teacher-KL ratio |",
+             "|---|---|---|---|---|---|"]
+    groups = defaultdict(list)
+    for r in sft:
+        groups[(_model(r), r["degradation"], r["method"])].append(r)
+    for (model, deg, method), rows in groups.items():
+        task = str(rows[0]["degrade"].get("params", {}).get("task", ""))
+        acc = [_fmt(_mean(_score(r["suites"], who, task) for r in rows)) for who in ("teacher", "degraded", "recovered")]
+        know = [_fmt(_mean(_score(r["suites"], who, "knowledge") for r in rows)) for who in ("teacher", "degraded", "recovered")]
+        lines.append(f"| {model} | {deg} | {method} | {' / '.join(acc)} | {' / '.join(know)} | "
+                     f"{_mean_sd([r['ratio'] for r in rows if r['ratio'] is not None])} |")
+    return "\n".join(lines)
+
+
+def curves(records: list[dict], methods: list[str] | None = None) -> str:
+    """Validation teacher KL at each evaluation of training, mean over seeds, per (model, degradation)."""
+    parts = []
+    for key in _order(((_model(r), r["degradation"]) for r in records), None):
+        rows = [r for r in records if (_model(r), r["degradation"]) == key and r["history"]]
+        if not rows:
+            continue
+        steps = sorted({h["step"] for r in rows for h in r["history"]})
+        lines = [f"**{key[0]} / {key[1]}**", "", "| method | trained tokens | " + " | ".join(f"step {s}" for s in steps) + " |",
+                 "|---|---|" + "---|" * len(steps)]
+        for method in _order((r["method"] for r in rows), methods):
+            sel = [r for r in rows if r["method"] == method]
+            at = {s: _mean(h["kl"] for r in sel for h in r["history"] if h["step"] == s) for s in steps}
+            lines.append(f"| {method} | {_mean(r['tokens'] for r in sel):,.0f} | " + " | ".join(_fmt(at[s]) for s in steps) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "No cell has recorded a training curve yet."
+
+
+def checkpoints(records: list[dict]) -> list[dict]:
+    """Every evaluation with CKA of every cell, labelled with its run and degradation."""
+    return [{**h, "run": r["name"], "degradation": f"{_model(r)}/{r['degradation']}"}
+            for r in records for h in r["history"] if h.get("cka")]
+
+
+def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dict | None]:
+    """CKA against validation teacher KL over every checkpoint of every cell: Pearson and Spearman
+    with intervals from a bootstrap over whole runs, and the partial correlation with the step and
+    the run removed (what is left once "both move with training" is accounted for)."""
+    from ..ops.correlate import cluster_bootstrap_ci, correlate_recovery
+
+    rows = checkpoints(records)
+    runs = {r["run"] for r in rows}
+    if len(rows) < 4 or len(runs) < 2:
+        return (f"{len(rows)} checkpoints with CKA in {len(runs)} runs: too few to correlate yet.", None)
+    res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last", "layers"), within_run=True,
+                             n_boot=1000, n_perm=2000)
+    lines = [f"{res['n']} checkpoints of {len(runs)} runs. Teacher KL is lower-is-better, so alignment that "
+             "goes with recovery shows as a negative r. Intervals resample whole runs.", "",
+             "| CKA feature | Pearson r [95% CI] | Spearman rho [95% CI] | partial r, step and run removed [95% CI], p |",
+             "|---|---|---|---|"]
+    groups = [r["run"] for r in rows]
+    for name, f in res["features"].items():
+        x = [_feature(r, name) for r in rows]
+        y = [r["kl"] for r in rows]
+        keep = [i for i, v in enumerate(x) if v is not None]
+        xs, ys, gs = [x[i] for i in keep], [y[i] for i in keep], [groups[i] for i in keep]
+        ci_p, ci_s = cluster_bootstrap_ci(xs, ys, gs), cluster_bootstrap_ci(xs, ys, gs, rank=True)
+        lines.append(f"| {name} | {_r(f['pearson']['r'], ci_p)} | {_r(f['spearman']['r'], ci_s)} | "
+                     f"{_r(f['partial']['r'], f['partial'].get('ci'))}{_p(f['partial'])} |")
+    if plot is not None:
+        from ..analysis.plots import plot_cka_vs_recovery
+
+        plot_cka_vs_recovery([sum(r["cka"]) / len(r["cka"]) for r in rows], [r["kl"] for r in rows], plot,
+                             title="Mean CKA vs validation KL, every checkpoint", ylabel="validation teacher KL",
+                             groups=[r["degradation"] for r in rows])
+    return "\n".join(lines), res
+
+
+def _feature(row: dict, name: str) -> float | None:
+    cka = row["cka"]
+    if name == "mean":
+        return sum(cka) / len(cka)
+    if name == "last":
+        return cka[-1]
+    i = int(name.removeprefix("layer_"))
+    return cka[i] if i < len(cka) else None
+
+
+def _r(r, ci) -> str:
+    if r is None:
+        return "n/a"
+    return f"{r:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _p(c: dict) -> str:
+    return f", p={c['p']:.3f}" if c.get("p") is not None else ""
+
+
+def findings(records: list[dict], cka: dict | None, methods: list[str] | None = None) -> list[str]:
+    """What held and what did not, one sentence per comparison, from the means over seeds."""
+    means = defaultdict(dict)
+    for key in {(_model(r), r["degradation"], r["method"]) for r in records}:
+        ratios = [r["ratio"] for r in records if (_model(r), r["degradation"], r["method"]) == key and r["ratio"] is not None]
+        if ratios:
+            means[key[:2]][key[2]] = statistics.mean(ratios)
+    out = []
+    ordered = _order((m for v in means.values() for m in v), methods)
+    for method in [m for m in ordered if m not in BASELINES]:
+        for baseline in ("sft-replay", "offpolicy"):
+            if baseline == method:
+                continue
+            pairs = [(v[method], v[baseline]) for v in means.values() if method in v and baseline in v]
+            if pairs:
+                wins = sum(a > b for a, b in pairs)
+                out.append(f"`{method}` beat `{baseline}` on held-out teacher KL in {wins} of {len(pairs)} "
+                           f"(model, degradation) pairs.")
+    if cka and "mean" in cka.get("features", {}):
+        f = cka["features"]["mean"]
+        raw, partial = f["pearson"]["r"], f["partial"]
+        if raw is not None and partial.get("r") is not None:
+            holds = partial.get("ci") and partial["ci"][1] < 0
+            out.append(f"Mean CKA and validation KL correlate at r = {raw:.2f} over {cka['n']} checkpoints; with the "
+                       f"training step and the run removed, partial r = {partial['r']:.2f}, so CKA "
+                       + ("tracks recovery beyond what training time explains." if holds else
+                          "does not track recovery beyond training time here (its interval reaches 0 or above)."))
+    return out
+
+
+def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
+                     degradations: list[str] | None = None) -> str:
+    records = collect(out)
+    if not records:
+        return "# Study results\n\nNo cell of this study has finished yet.\n"
+    plot = doc.with_name(doc.stem + "-cka-vs-kl.png")
+    cka_text, cka = cka_section(records, plot)
+    devices = sorted({r.get("device", "?") for r in records})
+    parts = ["# Study results", "",
+             f"Generated by `recoverlm study --render` from {len(records)} finished cells in "
+             f"`{os.path.relpath(out, doc.parent)}` (devices: {', '.join(devices)}). Recovery ratio: held-out teacher KL, "
+             "(recovered - degraded) / (teacher - degraded), mean ± std over seeds; after the dot, the recovered "
+             "model's knowledge accuracy.", "", "## Recovery by degradation and method", "",
+             headline(records, methods, degradations)]
+    sft = sft_forgetting(records)
+    if sft:
+        parts += ["", "## SFT forgetting: the new task against general ability", "", sft]
+    parts += ["", "## Recovery against training steps", "", "Validation teacher KL (the prompts that choose the "
+              "checkpoint), mean over seeds.", "", curves(records, methods),
+              "", "## Does CKA track recovery?", "", cka_text]
+    if plot.exists() and cka is not None:
+        parts += ["", f"![mean CKA against validation KL]({plot.name})"]
+    sentences = findings(records, cka, methods)
+    if sentences:
+        parts += ["", "## What held", ""] + [f"- {s}" for s in sentences]
+    return "\n".join(parts) + "\n"
+
+
+def write_results(out: Path, doc: Path, methods: list[str] | None = None, degradations: list[str] | None = None) -> str:
+    text = results_markdown(Path(out), Path(doc), methods, degradations)
+    write_text_atomic(Path(doc), text)
+    return text

@@ -1,0 +1,79 @@
+"""A two-cell study on the tiny model, through the CLI: folder layout, one shared degraded model,
+reuse of finished cells, a bad cell refused before anything runs, and the rendered results."""
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from recoverlm.cli import app
+
+runner = CliRunner()
+
+
+def _study(tmp_path, tiny_model, prompt_file, methods=None):
+    spec = {
+        "base": {
+            "data": {"prompts": str(prompt_file), "n_heldout": 4, "max_new_tokens": 8, "top_k_logits": 8,
+                     "teacher_generation_dtype": "float32"},
+            "recover": {"batch_size": 4, "lr": 5e-3, "eval_every": 1, "warmup_steps": 1},
+            "evaluate": {"generation": False},
+            "cka": {"cross_tokens": 0},
+        },
+        "models": [str(tiny_model)],
+        "degradations": {"mag": {"method": "prune.magnitude", "params": {"sparsity": 0.5}}},
+        "methods": methods or {"none": {"recover": {"method": "none"}}, "offpolicy": {"recover": {"offpolicy_steps": 2}}},
+        "seeds": [0],
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_file):
+    out, doc = tmp_path / "study", tmp_path / "results.md"
+    args = ["study", str(_study(tmp_path, tiny_model, prompt_file)), "--out", str(out), "--doc", str(doc)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    shared = out / "teacher" / "mag" / "degraded"
+    assert (shared / "degradation.json").exists()
+    for method in ("none", "offpolicy"):
+        cell = out / "teacher" / "mag" / f"{method}-seed0"
+        assert (cell / "degraded").resolve() == shared.resolve()  # one degraded model for both cells
+        record = json.loads((cell / "cell.json").read_text())
+        assert record["method"] == method and record["device"] and (cell / "summary.md").exists()
+    assert json.loads((out / "teacher/mag/none-seed0/cell.json").read_text())["ratio"] == 0.0
+
+    text = doc.read_text()
+    assert "| mag |" in text and "| none | offpolicy |" in text and "## Recovery against training steps" in text
+
+    stamp = (out / "teacher/mag/offpolicy-seed0/cell.json").stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "2 finished already, 0 to run" in again.output
+    assert (out / "teacher/mag/offpolicy-seed0/cell.json").stat().st_mtime_ns == stamp
+
+    doc.unlink()
+    rendered = runner.invoke(app, args + ["--render"])
+    assert rendered.exit_code == 0 and doc.read_text() == text
+
+
+def test_a_bad_cell_is_refused_before_anything_runs(tmp_path, tiny_model, prompt_file):
+    out = tmp_path / "study"
+    spec = _study(tmp_path, tiny_model, prompt_file, methods={"ok": {"recover": {"offpolicy_steps": 1}},
+                                                              "bad": {"recover": {"lr": -1}}})
+    result = runner.invoke(app, ["study", str(spec), "--out", str(out), "--doc", str(tmp_path / "r.md")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "cell teacher/mag/bad-seed0" in lines[0] and "recover.lr" in lines[0]
+    assert not out.exists()
+
+
+def test_an_empty_axis_and_an_unknown_degradation_name_their_key(tmp_path, tiny_model, prompt_file):
+    spec = _study(tmp_path, tiny_model, prompt_file)
+    raw = yaml.safe_load(spec.read_text())
+    spec.write_text(yaml.safe_dump({**raw, "seeds": []}))
+    result = runner.invoke(app, ["study", str(spec), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "seeds" in result.output
+    spec.write_text(yaml.safe_dump({**raw, "degradations": {"x": {"method": "prune.nothing"}}}))
+    result = runner.invoke(app, ["study", str(spec), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "degradation 'x'" in result.output and "prune.nothing" in result.output
