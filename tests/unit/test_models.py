@@ -24,3 +24,14 @@ def test_bad_device_is_one_clear_error(monkeypatch, value, message):
     monkeypatch.setenv("RECOVERLM_DEVICE", value)
     with pytest.raises(RecoverLMError, match=message):
         compute_device()
+
+
+def test_a_missing_embedded_package_names_the_install_command(monkeypatch, tmp_path):
+    from recoverlm import models
+
+    monkeypatch.setenv("RECOVERLM_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "_package_dir", lambda package: None)
+    for name, entry in models.EMBEDDED_MODELS.items():
+        with pytest.raises(RecoverLMError, match="pip install"):
+            models.ensure_embedded(name)
+        assert models.embedded_status(name)["source"] == f"missing: {entry.install}"

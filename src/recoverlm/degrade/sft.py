@@ -55,9 +55,15 @@ def _encode(tokenizer, pairs: list[dict]) -> tuple[list[list[int]], list[list[in
     from ..data import encode_prompt
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    prompts = [encode_prompt(tokenizer, p["prompt"]) for p in pairs]
+    chat = _chat(tokenizer)
+    prompts = [encode_prompt(tokenizer, p["prompt"], chat) for p in pairs]
     responses = [tokenizer(p["response"], add_special_tokens=False)["input_ids"] + eos for p in pairs]
     return prompts, responses
+
+
+def _chat(tokenizer) -> bool:
+    """Task prompts are chat turns where the model has a template, plain text for a base model."""
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def response_nll(model, batch) -> torch.Tensor:
@@ -85,7 +91,7 @@ def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int
     builtin = str(task) in TASKS
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     measure = builtin and record is not None  # accuracy only where there is a checker and somewhere to put it
-    accuracy_before = task_accuracy(model, tokenizer, str(task), n=EVAL_N) if measure else None
+    accuracy_before = task_accuracy(model, tokenizer, str(task), n=EVAL_N, use_chat_template=_chat(tokenizer)) if measure else None
 
     torch.manual_seed(seed)  # LoRA initialisation
     constraint = Constraint()
@@ -128,7 +134,8 @@ def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int
             "loss_first": round(sum(losses[:head]) / head, 4),  # mean of the first and last ~10% of steps
             "loss_last": round(sum(losses[-head:]) / head, 4),
             "accuracy_before": accuracy_before,
-            "accuracy_after": task_accuracy(model, tokenizer, str(task), n=EVAL_N) if measure else None,
+            "accuracy_after": (task_accuracy(model, tokenizer, str(task), n=EVAL_N, use_chat_template=_chat(tokenizer))
+                               if measure else None),
             "accuracy_n": EVAL_N if measure else None,
         }
     return model, constraint
