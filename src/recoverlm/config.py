@@ -43,7 +43,9 @@ class DataConfig(_Strict):
     # template); the validation and held-out prompts stay the curated ones.
     teacher_prompts: int = Field(0, ge=0)
     teacher_prompt_temperature: float = Field(1.0, gt=0.0)
-    task_prompts: Optional[Path] = None  # SFT forgetting: prompts of the new task, answered by `task_teacher`
+    # SFT forgetting: prompts of the new task (a JSONL, or a built-in SFT task's name), answered by `task_teacher`
+    task_prompts: Optional[Path] = None
+    n_task_prompts: int = Field(128, ge=1)  # drawn from a built-in task (its training distribution, another seed)
     task_teacher: Optional[str] = None  # default: the student as it was before recovery (keeps the new skill)
     replay_data: Optional[Path] = None  # sft-replay with replay_source=data: JSONL of prompt/response pairs
     teacher_generation_dtype: Literal["float32", "bfloat16"] = "bfloat16"
@@ -170,6 +172,14 @@ class MethodArm(_Strict):
 
     recover: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
+    # The degradations the method applies to (e.g. a teacher choice for SFT forgetting); None: all.
+    degradations: Optional[list[str]] = None
+
+
+class DegradationArm(DegradeConfig):
+    """One damage of a study, and what its cells evaluate beyond the base (e.g. the SFT task's suite)."""
+
+    evaluate: dict[str, Any] = Field(default_factory=dict)
 
 
 class StudyConfig(_Strict):
@@ -179,7 +189,7 @@ class StudyConfig(_Strict):
 
     base: dict[str, Any] = Field(default_factory=dict)  # RunConfig fields shared by every cell
     models: list[str] = Field(min_length=1)
-    degradations: dict[str, DegradeConfig] = Field(min_length=1)
+    degradations: dict[str, DegradationArm] = Field(min_length=1)
     methods: dict[str, MethodArm] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     doc: Optional[Path] = None  # where --render writes the results (default docs/results.md)

@@ -13,7 +13,7 @@ import fnmatch
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -66,6 +66,11 @@ def _merged(base: dict, override: dict) -> dict:
 def cells(study: StudyConfig) -> list[Cell]:
     """Every cell with its merged run config, all validated before any of them runs: an invalid
     cell is one line naming the cell and the key."""
+    for method, arm in study.methods.items():
+        unknown = set(arm.degradations or ()) - set(study.degradations)
+        if unknown:
+            raise RecoverLMError(f"method {method!r}: unknown degradation(s) {', '.join(sorted(unknown))}; "
+                                 f"the study has {', '.join(study.degradations)}")
     out = []
     for model in study.models:
         for deg_name, deg in study.degradations.items():
@@ -74,8 +79,11 @@ def cells(study: StudyConfig) -> list[Cell]:
             except RecoverLMError as exc:
                 raise RecoverLMError(f"degradation {deg_name!r}: {exc}") from exc
             for method, arm in study.methods.items():
+                if arm.degradations is not None and deg_name not in arm.degradations:
+                    continue
                 for seed in study.seeds:
-                    raw = _merged(study.base, {"model": model, "degrade": deg.model_dump(mode="json"),
+                    degrade_cfg = deg.model_dump(mode="json", include={"method", "params"})
+                    raw = _merged(study.base, {"model": model, "degrade": degrade_cfg, "evaluate": deg.evaluate,
                                                "recover": {**arm.recover, "seed": seed}, "data": arm.data})
                     name = f"{model_tag(model)}/{deg_name}/{method}-seed{seed}"
                     out.append(Cell(model, deg_name, method, seed, parse_config(RunConfig, raw, f"cell {name}")))
@@ -101,6 +109,23 @@ def finished(cell: Cell, out: Path) -> bool:
         raise RecoverLMError(f"cell {cell.name}: {folder} holds a run with a different config; "
                              "remove it or write the study to another --out")
     return (folder / CELL_FILE).exists()
+
+
+def _as_run(todo: list[Cell], log) -> list[Cell]:
+    """The cells' configs as their runs will store them: a model without a chat template gets
+    plain prompts (said once per model)."""
+    template: dict[str, bool] = {}
+    out = []
+    for cell in todo:
+        if cell.model not in template:
+            template[cell.model] = models.has_chat_template(models.resolve_model(cell.model))
+            if not template[cell.model]:
+                log(f"{cell.model} has no chat template: its cells use plain prompts (use_chat_template: false)")
+        data = cell.config.data
+        if data.use_chat_template and not template[cell.model]:
+            data = data.model_copy(update={"use_chat_template": False})
+        out.append(replace(cell, config=cell.config.model_copy(update={"data": data})))
+    return out
 
 
 def device_label() -> str:
@@ -150,7 +175,7 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
               log=print) -> list[dict]:
     """Run every unfinished selected cell; returns the records of the cells run now."""
     out = Path(out)
-    todo = selected(cells(study), only)
+    todo = _as_run(selected(cells(study), only), log)
     pending = [c for c in todo if not finished(c, out)]
     log(f"study: {len(todo)} cells, {len(todo) - len(pending)} finished already, {len(pending)} to run, "
         f"{max(jobs, 1)} at a time")

@@ -3,6 +3,7 @@ reuse of finished cells, a bad cell refused before anything runs, and the render
 
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -77,3 +78,23 @@ def test_an_empty_axis_and_an_unknown_degradation_name_their_key(tmp_path, tiny_
     spec.write_text(yaml.safe_dump({**raw, "degradations": {"x": {"method": "prune.nothing"}}}))
     result = runner.invoke(app, ["study", str(spec), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "degradation 'x'" in result.output and "prune.nothing" in result.output
+
+
+def test_a_method_can_be_limited_to_some_degradations(tmp_path, tiny_model, prompt_file):
+    from recoverlm.errors import RecoverLMError
+    from recoverlm.study import cells, load_study
+
+    spec = _study(tmp_path, tiny_model, prompt_file)
+    raw = yaml.safe_load(spec.read_text())
+    raw["degradations"]["sft"] = {"method": "sft", "params": {"steps": 2}, "evaluate": {"suites": ["extraction"]}}
+    raw["methods"]["mixed"] = {"recover": {"offpolicy_steps": 1}, "data": {"task_prompts": "extraction"},
+                               "degradations": ["sft"]}
+    spec.write_text(yaml.safe_dump(raw))
+    names = {c.name.split("/", 1)[1]: c for c in cells(load_study(spec))}
+    assert "sft/mixed-seed0" in names and "mag/mixed-seed0" not in names and len(names) == 5
+    assert names["sft/none-seed0"].config.evaluate.suites == ["extraction"]
+    assert names["mag/none-seed0"].config.evaluate.suites == []
+    raw["methods"]["mixed"]["degradations"] = ["nope"]
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecoverLMError, match="method 'mixed': unknown degradation"):
+        cells(load_study(spec))

@@ -11,6 +11,17 @@ from ..errors import RecoverLMError
 from ..teacher.response_set import ResponseSet, concat, distill_set, replay_set
 
 
+def task_prompts(data_cfg: DataConfig) -> list[str]:
+    """The new task's prompts: a JSONL of prompts, or drawn from a built-in SFT task (its
+    training distribution, with a seed of its own, so not the very items the SFT trained on)."""
+    from ..degrade.sft_tasks import TASKS, load_task_data
+
+    name = str(data_cfg.task_prompts)
+    if name in TASKS:
+        return [p["prompt"] for p in load_task_data(name, n=data_cfg.n_task_prompts, seed=7)]
+    return load_prompts(data_cfg.task_prompts)
+
+
 def training_set(cfg: RecoverConfig, data_cfg: DataConfig, teacher_path: Path, student_path: Path, tokenizer,
                  teacher=None, log=print) -> ResponseSet:
     if cfg.method == "sft-replay" and cfg.replay_source == "data":
@@ -19,7 +30,7 @@ def training_set(cfg: RecoverConfig, data_cfg: DataConfig, teacher_path: Path, s
         rs = distill_set(teacher_path, data_cfg, teacher=teacher, log=log)
         if data_cfg.task_prompts is not None:
             task = distill_set(data_cfg.task_teacher or student_path, data_cfg, log=log,
-                               prompts=load_prompts(data_cfg.task_prompts))
+                               prompts=task_prompts(data_cfg))
             rs = concat([rs, task])
     if not len(rs):
         raise RecoverLMError("the training set is empty")
