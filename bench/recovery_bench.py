@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,8 @@ def main() -> None:
         s = Setting(degradation=name, method="distill", offpolicy=steps, onpolicy=0, seed=0, **arm.setting)
         costs = step_cost(args.model, degraded_dir(args.work, name), args.work / name, data_config(s), steps, s.bf16,
                           s.hidden_weight)
-        append_row({"kind": "step_cost", "degradation": name, "bf16": s.bf16, **costs}, args.results)
+        append_row({"kind": "step_cost", "degradation": name, "bf16": s.bf16, "steps": steps,
+                    "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), **costs}, args.results)
     else:
         rows = load_rows(args.results)
         todo = []
@@ -188,3 +190,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has native bf16, which decides bf16 step costs."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    return f"{model}, {'native' if 'avx512_bf16' in info or 'amx_bf16' in info else 'no native'} bf16"

@@ -264,7 +264,9 @@ def step_cost(rows: list[dict]) -> list[str]:
                      f"({o['teacher_calls_per_step']:g} teacher forward per step)", f"{o['step']:.2f}", ""])
     return ["", "### Step cost", "",
             f"Seconds per optimizer step on the same batches ({c['degradation']}, batch 8, "
-            f"{'bf16 autocast' if c['bf16'] else 'fp32'}; `--step-cost`). Target: off-policy KD at most "
+            f"{'bf16 autocast' if c['bf16'] else 'fp32'}; `--step-cost`"
+            + (f", mean of {c['steps']} steps after a warm-up, {c['date']}, {c['cpu']}" if "steps" in c else "")
+            + "). Target: off-policy KD at most "
             f"{STEP_COST_TARGET:g} times SFT.", "", *table(["step", "seconds", "times SFT"], body)]
 
 
