@@ -221,6 +221,8 @@ def load_yaml(path: Path) -> dict:
         raise RecoverLMError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecoverLMError(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded)") from exc
     except yaml.YAMLError as exc:
         raise RecoverLMError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if data is not None and not isinstance(data, dict):

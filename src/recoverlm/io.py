@@ -8,7 +8,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
+
+from .errors import RecoverLMError
 
 
 def _read_umask() -> int:
@@ -49,6 +51,23 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_output_dir(out: Path, inputs: Iterable[Path], own_file: str) -> None:
+    """Refuse an output folder that would destroy something: one that is, contains or lies inside
+    an input, or an existing folder holding files recoverlm did not write (its own outputs carry
+    `own_file`, and only those are replaced). An empty folder is fine."""
+    target = Path(out).expanduser().resolve()
+    for source in inputs:
+        source = Path(source).expanduser().resolve()
+        if target == source or source in target.parents or target in source.parents:
+            where = "is" if target == source else "lies inside" if source in target.parents else "contains"
+            raise RecoverLMError(f"output {out} {where} the input {source}; choose another output folder")
+    if target.exists() and not target.is_dir():
+        raise RecoverLMError(f"output {out} is a file, not a folder")
+    if target.is_dir() and any(target.iterdir()) and not (target / own_file).exists():
+        raise RecoverLMError(f"output {out} already holds files that recoverlm did not write; "
+                             "choose a new or empty folder")
 
 
 @contextlib.contextmanager

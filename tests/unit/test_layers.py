@@ -11,7 +11,8 @@ ROOT = Path(recoverlm.__file__).parent
 # its own package: the stages of one layer never import each other. recover sits above
 # evaluate and analysis because it calls the measurements during training.
 LAYERS = [
-    {"errors", "io", "runs", "offline"},
+    {"errors"},
+    {"io", "runs", "offline"},
     {"config", "data", "ops"},
     {"models", "lm"},
     {"constraints"},

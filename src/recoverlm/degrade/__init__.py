@@ -45,6 +45,9 @@ METHODS: dict[str, tuple[Callable, dict[str, Any]]] = {
 }
 
 
+RECORD_FILE = "degradation.json"
+
+
 def method_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """The full parameter set of a method: its defaults overridden by `params`; unknown keys are errors."""
     if method not in METHODS:
@@ -88,10 +91,11 @@ def _shape(model) -> dict:
 def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Path) -> dict:
     """Load a model, damage it, and save the damaged model with its Constraint and a record."""
     from .. import models
-    from ..io import atomic_dir, write_json_atomic
+    from ..io import atomic_dir, check_output_dir, write_json_atomic
 
     full = method_params(method, params)
     source = models.resolve_model(model_ref)
+    check_output_dir(out, [source], RECORD_FILE)
     model = models.load_model(source)
     tokenizer = models.load_tokenizer(source)
     before = _shape(model)
@@ -118,6 +122,6 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         constraint.save(tmp)
-        write_json_atomic(tmp / "degradation.json", record)
+        write_json_atomic(tmp / RECORD_FILE, record)
     return record
 

@@ -20,6 +20,8 @@ from ..lm.generate import generate
 from ..runs import METRICS_FILE
 from .timing import PhaseTimer, phase
 
+RECORD_FILE = "recovery.json"
+
 
 def check_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path) -> None:
     """Options only some constraints support, checked before any teacher work."""
@@ -122,7 +124,7 @@ def write_recovered(out: Path, model, cfg: RecoverConfig, constraint: Constraint
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         constraint.save(tmp)
-        write_json_atomic(tmp / "recovery.json", record)
+        write_json_atomic(tmp / RECORD_FILE, record)
         with open(tmp / METRICS_FILE, "w", encoding="utf-8") as fh:
             for row in history:
                 fh.write(json.dumps(row) + "\n")

@@ -26,9 +26,11 @@ from ..constraints import load_constraint
 from ..data import collate
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
+from ..io import check_output_dir
 from ..runs import METRICS_FILE, work_dir
 from ..teacher.response_set import validation_set
 from . import distributed, student as student_part
+from .student import RECORD_FILE
 from .checkpoint import load_best, load_checkpoint, save_best, save_checkpoint, trainable_state
 from .objective import MicroBatch, loss_mask, loss_sum
 from .schedule import batch_order, lr_at, on_policy_steps, param_groups, stage
@@ -66,8 +68,7 @@ class Recovery:
         """Inputs checked (vocabulary, constraint options, layer shapes) and the frozen teacher
         loaded, before any teacher work."""
         self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
-        if self.out.resolve() in (self.teacher_path.resolve(), self.student_path.resolve()):
-            raise RecoverLMError(f"output {self.out} would overwrite an input model")
+        check_output_dir(self.out, [self.teacher_path, self.student_path], RECORD_FILE)
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id

@@ -1,0 +1,65 @@
+"""Outputs never destroy anything: an output that is, contains or lies inside an input is refused,
+a folder holding someone else's files is never replaced, and a config that is not UTF-8 is one
+line, not a traceback."""
+
+import hashlib
+import shutil
+
+from typer.testing import CliRunner
+
+from recoverlm.cli import app
+
+runner = CliRunner()
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_degrade_refuses_to_write_over_or_into_its_input(tmp_path, tiny_model):
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    before = _digest(model)
+    _one_line_error(runner.invoke(app, ["degrade", "--model", str(model), "--out", str(model)]), "is the input")
+    _one_line_error(runner.invoke(app, ["degrade", "--model", str(model), "--out", str(model / "pruned")]),
+                    "lies inside the input")
+    assert _digest(model) == before and not (model / "pruned").exists()
+
+
+def test_a_folder_with_other_files_is_never_replaced(tmp_path, tiny_model):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my only copy")
+    _one_line_error(runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(mine)]),
+                    "already holds files that recoverlm did not write")
+    deg = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(deg)]).exit_code == 0
+    _one_line_error(runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg),
+                                        "--out", str(mine), "--steps", "1"]), "did not write")
+    assert (mine / "notes.txt").read_text() == "my only copy" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_recoverlm_replaces_its_own_output_and_fills_an_empty_folder(tmp_path, tiny_model):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(empty)]).exit_code == 0
+    again = runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(empty), "--sparsity", "0.3"])
+    assert again.exit_code == 0, again.output
+    assert '"sparsity": 0.3' in (empty / "degradation.json").read_text()
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path, tiny_model):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("recover:\n  # r\xe9glages\n  lr: 1.0e-4\n".encode("latin-1"))
+    _one_line_error(runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "run")]), "latin1.yaml", "not UTF-8")
+    assert not (tmp_path / "run").exists()
