@@ -98,17 +98,20 @@ def _plain_prompts(data_cfg, no_chat_template: bool, teacher):
     return prompts_for(teacher, data_cfg, log=lambda msg: typer.echo(msg, err=True))
 
 
-def _stage_configs(config: Optional[Path]):
+def _stage_configs(config: Optional[Path], recover_options: dict | None = None, data_options: dict | None = None):
+    """The `recover` and `data` sections of a YAML with the command line's options on top, each
+    validated once, as the user wrote them together."""
     from .config import DataConfig, RecoverConfig, load_yaml, parse_config
 
     raw = load_yaml(config) if config else {}
     unknown = set(raw) - {"recover", "data", "model", "degrade", "evaluate", "cka"}
     if unknown:
         raise RecoverLMError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}")
-    rec_cfg = parse_config(RecoverConfig, raw.get("recover", {}), f"{config}: recover")
-    data_cfg = parse_config(DataConfig, raw.get("data", {}), f"{config}: data")
-    rec_cfg.check_data(data_cfg)
-    return rec_cfg, data_cfg
+    where = f"{config} with the command line" if config else "command line"
+    rec = {k: v for k, v in (recover_options or {}).items() if v is not None}
+    data = {k: v for k, v in (data_options or {}).items() if v is not None}
+    return (parse_config(RecoverConfig, {**raw.get("recover", {}), **rec}, f"{where}: recover"),
+            parse_config(DataConfig, {**raw.get("data", {}), **data}, f"{where}: data"))
 
 
 @app.command()
@@ -132,17 +135,12 @@ def recover(
     no_chat_template: bool = NO_CHAT_TEMPLATE,
 ) -> None:
     """Self-distil the teacher into the damaged student, keeping its Constraint."""
-    from .config import RecoverConfig, parse_config, updated
     from .recover.trainer import recover as run_recover
 
-    rec_cfg, data_cfg = _stage_configs(config)
-    overrides = {k: v for k, v in {"offpolicy_steps": steps, "onpolicy_steps": onpolicy_steps, "method": method,
-                                       "hidden_weight": hidden_weight, "grid_latents": grid_latents}.items()
-                 if v is not None}
-    rec_cfg = parse_config(RecoverConfig, {**rec_cfg.model_dump(), **overrides}, "command line")
-    data_changes = {k: v for k, v in {"prompts": prompts, "teacher_prompts": teacher_prompts}.items() if v is not None}
-    if data_changes:
-        data_cfg = updated(data_cfg, **data_changes)
+    rec_cfg, data_cfg = _stage_configs(
+        config, {"offpolicy_steps": steps, "onpolicy_steps": onpolicy_steps, "method": method,
+                 "hidden_weight": hidden_weight, "grid_latents": grid_latents},
+        {"prompts": prompts, "teacher_prompts": teacher_prompts})
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     rec_cfg.check_data(data_cfg)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
@@ -285,13 +283,13 @@ def study(
 ) -> None:
     """A grid of runs (models x degradations x methods x seeds) and its results document."""
     from .report.study import write_results
-    from .study import load_study, run_study
+    from .study import cells, load_study, run_study
 
     spec = load_study(config)
     target = doc or spec.doc or Path("docs/results.md")
     if not render:
         run_study(spec, out, jobs=jobs, only=only)  # validates every cell before any runs
-    write_results(out, target, list(spec.methods), list(spec.degradations))
+    write_results(out, target, list(spec.methods), list(spec.degradations), {c.name for c in cells(spec)})
     typer.echo(f"results written to {target}")
 
 

@@ -177,8 +177,10 @@ class MethodArm(_Strict):
 
 
 class DegradationArm(DegradeConfig):
-    """One damage of a study, and what its cells evaluate beyond the base (e.g. the SFT task's suite)."""
+    """One damage of a study, and the evaluate settings its cells change from the base (e.g. a
+    suite list that adds the SFT task's own suite)."""
 
+    params: dict[str, Any] = Field(default_factory=dict)
     evaluate: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -232,6 +234,16 @@ def load_yaml(path: Path) -> dict:
 
 def load_run_config(path: Path) -> RunConfig:
     return parse_config(RunConfig, load_yaml(path), str(path))
+
+
+def same_config(stored: Path, cfg: BaseModel) -> bool:
+    """Whether the config saved at `stored` describes the same run as `cfg`. Compared as settings,
+    not text, so a run saved before a field with a default existed still matches."""
+    try:
+        old = parse_config(type(cfg), load_yaml(stored), str(stored))
+    except RecoverLMError:
+        return False
+    return old.model_dump(mode="json") == cfg.model_dump(mode="json")
 
 
 def dump_config(cfg: BaseModel) -> str:

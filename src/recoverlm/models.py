@@ -127,9 +127,10 @@ def _gguf_file(entry: EmbeddedModel) -> Path:
         return _package_dir(entry.package) / entry.gguf_file
     import importlib
 
-    try:
-        return Path(importlib.import_module(entry.package).assemble(recoverlm_home() / "gguf" / entry.gguf_file))
-    except (OSError, ValueError) as exc:  # a missing chunk package, or a checksum mismatch
+    try:  # overwrite: a file left by an interrupted assembly is written again, and checked
+        return Path(importlib.import_module(entry.package).assemble(recoverlm_home() / "gguf" / entry.gguf_file,
+                                                                    overwrite=True))
+    except (ImportError, OSError, ValueError) as exc:  # a missing chunk package, or a checksum mismatch
         raise RecoverLMError(f"cannot assemble {entry.gguf_file}: {exc} ({entry.install})") from exc
 
 

@@ -11,23 +11,22 @@ from pathlib import Path
 
 from . import models
 from .analysis.layers import cka_models
-from .config import RunConfig, dump_config
+from .config import RunConfig, dump_config, same_config
 from .degrade import degrade
 from .errors import RecoverLMError
 from .evaluate.compare import evaluate_models, evaluate_task_suites
 from .io import read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
 from .report.summary import write_report
-from .runs import CHECKPOINT_DIR, work_dir
+from .runs import CHECKPOINT_DIR, CONFIG_FILE, work_dir
 
 
 def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    text = dump_config(cfg)
-    stored = out / "config.yaml"
-    if stored.exists() and stored.read_text(encoding="utf-8") != text:
+    stored = out / CONFIG_FILE
+    if stored.exists() and not same_config(stored, cfg):
         raise RecoverLMError(f"{out} holds a run with a different config; choose another --out or remove it")
-    write_text_atomic(stored, text)
+    write_text_atomic(stored, dump_config(cfg))
 
 
 def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:

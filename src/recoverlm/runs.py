@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"  # a run folder's resolved config
+DEGRADATION_FILE = "degradation.json"  # what a degraded model folder records of its damage
+RECOVERY_FILE = "recovery.json"  # what a recovered model folder records of its training
 CHECKPOINT_DIR = "checkpoint"
 CELL_FILE = "cell.json"  # a finished study cell: what it was and where it ran
 

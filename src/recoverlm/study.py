@@ -5,12 +5,15 @@ degradation), linked into each of its cells; teacher responses and suite scores 
 caches every run uses.
 
 Layout: OUT/<model>/<degradation>/degraded and OUT/<model>/<degradation>/<method>-seed<seed>/.
+Under --jobs the first cell of each teacher runs alone, so that the teacher's response sets are
+written to the cache once and read by the cells after it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -19,11 +22,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import models
-from .config import RunConfig, StudyConfig, dump_config, load_yaml, parse_config
+from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config
 from .degrade import degrade, method_params
 from .errors import RecoverLMError
-from .io import write_json_atomic
-from .runs import CELL_FILE
+from .io import read_json, write_json_atomic
+from .runs import CELL_FILE, CONFIG_FILE, DEGRADATION_FILE
 
 
 @dataclass(frozen=True)
@@ -63,21 +66,34 @@ def _merged(base: dict, override: dict) -> dict:
     return out
 
 
-def cells(study: StudyConfig) -> list[Cell]:
-    """Every cell with its merged run config, all validated before any of them runs: an invalid
-    cell is one line naming the cell and the key."""
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _check_names(study: StudyConfig) -> None:
+    """Cell names are folder names: one safe path part each, and no two cells alike."""
+    for kind, names in (("degradation", study.degradations), ("method", study.methods)):
+        for name in names:
+            if not NAME.fullmatch(name):
+                raise RecoverLMError(f"{kind} name {name!r}: use letters, digits and . _ + - (it names a folder)")
+    tags = [model_tag(m) for m in study.models]
+    for axis, values in (("models", tags), ("seeds", study.seeds)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise RecoverLMError(f"{axis}: {', '.join(repeated)} appears more than once (cells would share a folder)")
     for method, arm in study.methods.items():
         unknown = set(arm.degradations or ()) - set(study.degradations)
         if unknown:
             raise RecoverLMError(f"method {method!r}: unknown degradation(s) {', '.join(sorted(unknown))}; "
                                  f"the study has {', '.join(study.degradations)}")
+
+
+def cells(study: StudyConfig) -> list[Cell]:
+    """Every cell with its merged run config, all validated before any of them runs: an invalid
+    cell is one line naming the cell and the key."""
+    _check_names(study)
     out = []
     for model in study.models:
         for deg_name, deg in study.degradations.items():
-            try:
-                method_params(deg.method, deg.params)
-            except RecoverLMError as exc:
-                raise RecoverLMError(f"degradation {deg_name!r}: {exc}") from exc
             for method, arm in study.methods.items():
                 if arm.degradations is not None and deg_name not in arm.degradations:
                     continue
@@ -86,7 +102,12 @@ def cells(study: StudyConfig) -> list[Cell]:
                     raw = _merged(study.base, {"model": model, "degrade": degrade_cfg, "evaluate": deg.evaluate,
                                                "recover": {**arm.recover, "seed": seed}, "data": arm.data})
                     name = f"{model_tag(model)}/{deg_name}/{method}-seed{seed}"
-                    out.append(Cell(model, deg_name, method, seed, parse_config(RunConfig, raw, f"cell {name}")))
+                    cfg = parse_config(RunConfig, raw, f"cell {name}")
+                    try:
+                        method_params(cfg.degrade.method, cfg.degrade.params)
+                    except RecoverLMError as exc:
+                        raise RecoverLMError(f"degradation {deg_name!r}: {exc}") from exc
+                    out.append(Cell(model, deg_name, method, seed, cfg))
     return out
 
 
@@ -104,8 +125,8 @@ def finished(cell: Cell, out: Path) -> bool:
     """Whether the cell's run is complete. A folder holding a run of another config is an error:
     the study's axes changed under an existing folder."""
     folder = cell.folder(out)
-    stored = folder / "config.yaml"
-    if stored.exists() and stored.read_text(encoding="utf-8") != dump_config(cell.config):
+    stored = folder / CONFIG_FILE
+    if stored.exists() and not same_config(stored, cell.config):
         raise RecoverLMError(f"cell {cell.name}: {folder} holds a run with a different config; "
                              "remove it or write the study to another --out")
     return (folder / CELL_FILE).exists()
@@ -114,16 +135,19 @@ def finished(cell: Cell, out: Path) -> bool:
 def _as_run(todo: list[Cell], log) -> list[Cell]:
     """The cells' configs as their runs will store them: a model without a chat template gets
     plain prompts (said once per model)."""
-    template: dict[str, bool] = {}
+    said: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            log(message)
+
     out = []
     for cell in todo:
-        if cell.model not in template:
-            template[cell.model] = models.has_chat_template(models.resolve_model(cell.model))
-            if not template[cell.model]:
-                log(f"{cell.model} has no chat template: its cells use plain prompts (use_chat_template: false)")
-        data = cell.config.data
-        if data.use_chat_template and not template[cell.model]:
-            data = data.model_copy(update={"use_chat_template": False})
+        try:
+            data = models.prompts_for(models.resolve_model(cell.model), cell.config.data, once)
+        except RecoverLMError as exc:
+            raise RecoverLMError(f"cell {cell.name}: {exc}") from exc
         out.append(replace(cell, config=cell.config.model_copy(update={"data": data})))
     return out
 
@@ -139,9 +163,15 @@ def _degrade_once(todo: list[Cell], out: Path, log) -> None:
     done = set()
     for cell in todo:
         target = cell.degraded(out)
-        if target in done or models.is_model_dir(target):
-            continue
         d = cell.config.degrade
+        if target in done:
+            continue
+        if models.is_model_dir(target):
+            made = read_json(target / DEGRADATION_FILE)
+            if made.get("method") != d.method or made.get("params") != method_params(d.method, d.params):
+                raise RecoverLMError(f"{target} holds a {made.get('method')} degradation with other settings than "
+                                     f"{cell.degradation!r} asks for; remove it or write the study to another --out")
+            continue
         log(f"degrade {model_tag(cell.model)}/{cell.degradation}: {d.method} {d.params}")
         degrade(models.resolve_model(cell.model), d.method, d.params, target)
         done.add(target)
@@ -158,9 +188,11 @@ def run_cell(cell: Cell, out: Path, threads: int | None = None) -> dict:
         torch.set_num_threads(threads)
     folder = cell.folder(out)
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "degraded"
-    if not link.exists():
-        link.symlink_to(os.path.relpath(cell.degraded(out), folder))
+    link, shared = folder / "degraded", os.path.relpath(cell.degraded(out), folder)
+    if link.is_symlink() and os.readlink(link) != shared:
+        raise RecoverLMError(f"{link} links to {os.readlink(link)}, not to the study's {shared}")
+    if not link.is_symlink() and not link.exists():
+        link.symlink_to(shared)
     start = time.perf_counter()
     with open(folder / "run.log", "a", encoding="utf-8") as fh:
         result = run_experiment(cell.config, folder, progress=False, log=lambda msg: print(msg, file=fh, flush=True))
@@ -192,23 +224,50 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
         bar.update(1)
         records.append(record)
 
-    if jobs <= 1:
-        for cell in pending:
-            bar.write(f"running {cell.name} (log: {cell.folder(out) / 'run.log'})")
-            try:
-                done(run_cell(cell, out))
-            except RecoverLMError as exc:
-                raise RecoverLMError(f"cell {cell.name}: {exc}") from exc
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs) if models.compute_device().type == "cpu" else None
-        import multiprocessing
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, cell, out, threads): cell for cell in pending}
-            for future in as_completed(futures):
-                try:
-                    done(future.result())
-                except RecoverLMError as exc:
-                    raise RecoverLMError(f"cell {futures[future].name}: {exc}") from exc
+    # The first cell of each teacher and data setting runs alone: it writes the teacher's response
+    # sets to the cache, which every other cell of that setting then reads instead of writing too.
+    first, rest = _first_per_teacher(pending) if jobs > 1 else (pending, [])
+    for cell in first:
+        bar.write(f"running {cell.name} (log: {cell.folder(out) / 'run.log'})")
+        done(_named(cell, run_cell, cell, out))
+    if rest:
+        _run_parallel(rest, out, jobs, done)
     bar.close()
     return records
+
+
+def _named(cell: Cell, fn, *args):
+    """fn(*args), with any failure as one line naming the cell."""
+    try:
+        return fn(*args)
+    except RecoverLMError as exc:
+        raise RecoverLMError(f"cell {cell.name}: {exc}") from exc
+
+
+def _first_per_teacher(pending: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    seen, first, rest = set(), [], []
+    for cell in pending:
+        key = (cell.model, cell.config.data.model_dump_json())
+        (rest if key in seen else first).append(cell)
+        seen.add(key)
+    return first, rest
+
+
+def _run_parallel(cells_: list[Cell], out: Path, jobs: int, done) -> None:
+    """The cells in `jobs` worker processes (CPU threads split between them; on a GPU they share
+    the device). The first failure stops the study: cells not started yet are cancelled."""
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs) if models.compute_device().type == "cpu" else None
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(run_cell, cell, out, threads): cell for cell in cells_}
+        for future in as_completed(futures):
+            cell = futures[future]
+            try:
+                done(future.result())
+            except Exception as exc:  # noqa: BLE001 - a worker's failure, whatever it was, is one line
+                raise RecoverLMError(f"cell {cell.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                     f" (its log: {cell.folder(out) / 'run.log'})") from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

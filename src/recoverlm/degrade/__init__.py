@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..lm.blocks import linear_weights
+from ..runs import DEGRADATION_FILE
 from ..errors import RecoverLMError
 from .calibration import CALIBRATION_DEFAULTS
 from .gptq import quantize_gptq
@@ -43,9 +44,6 @@ METHODS: dict[str, tuple[Callable, dict[str, Any]]] = {
     "sft": (finetune_sft, {"task": "extraction", "n_train": 512, "steps": 150, "batch_size": 8, "lr": 5e-4,
                            "lora": False, "lora_r": 16, "seed": 0}),
 }
-
-
-RECORD_FILE = "degradation.json"
 
 
 def method_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +93,7 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
 
     full = method_params(method, params)
     source = models.resolve_model(model_ref)
-    check_output_dir(out, [source], RECORD_FILE)
+    check_output_dir(out, [source], DEGRADATION_FILE)
     model = models.load_model(source)
     tokenizer = models.load_tokenizer(source)
     before = _shape(model)
@@ -122,6 +120,6 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         constraint.save(tmp)
-        write_json_atomic(tmp / RECORD_FILE, record)
+        write_json_atomic(tmp / DEGRADATION_FILE, record)
     return record
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data import Batch
+from ..errors import RecoverLMError
 from .capture import layer_outputs
 
 
@@ -34,6 +35,10 @@ def completion_outputs(model, batch: Batch, logits: bool = True, hidden: bool = 
     with layer_outputs(model) as layers:
         out = model(**inputs)
     states = torch.stack([h[:, :-1][predicts] for h in layers[1:]])
+    if torch.is_grad_enabled() and not states.requires_grad and any(p.requires_grad for p in model.parameters()):
+        raise RecoverLMError("the blocks' hidden states were captured without gradients (activation checkpointing "
+                             "that runs the blocks' hooks outside autograd, as transformers 4.x does); turn "
+                             "gradient_checkpointing off or use transformers 5")
     return (out.logits[predicts[:, cols]] if logits else None), states
 
 

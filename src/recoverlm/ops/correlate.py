@@ -162,7 +162,7 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
-def _features(rows: list[dict], cka_field: str, cka_keys: Sequence[str]) -> dict[str, list]:
+def cka_features(rows: list[dict], cka_field: str, cka_keys: Sequence[str]) -> dict[str, list]:
     """Feature name -> one value (or None) per row: "mean", "last", "layers" (every layer_i) or "layer_<i>"."""
     depth = max(len(r[cka_field]) for r in rows)
     out: dict[str, list] = {}
@@ -200,7 +200,7 @@ def correlate_recovery(rows: Sequence[dict], metric: str = "kl", cka_keys: Seque
     if not usable:
         return {**out, "reason": f"no row has a finite {metric!r} and a {cka_field!r} list"}
     kw = dict(n_boot=n_boot, n_perm=n_perm, seed=seed)
-    for name, values in _features(usable, cka_field, cka_keys).items():
+    for name, values in cka_features(usable, cka_field, cka_keys).items():
         keep = [i for i, v in enumerate(values) if v is not None]
         x = np.array([values[i] for i in keep])
         y = np.array([usable[i][metric] for i in keep], dtype=float)
@@ -218,28 +218,57 @@ def correlate_recovery(rows: Sequence[dict], metric: str = "kl", cka_keys: Seque
     return out
 
 
-def cluster_bootstrap_ci(x, y, groups, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                         rank: bool = False) -> list[float] | None:
-    """Percentile CI of Pearson r (Spearman's rho with `rank`) resampling whole groups with
-    replacement: checkpoints of one run are not independent, so the run is the unit of
-    resampling. None with fewer than 3 groups, or when most resamples are degenerate."""
-    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+def cluster_bootstrap_ci(groups, statistic: Callable[[np.ndarray], float | None], n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile CI of statistic(row indices) over resamples of whole groups with replacement:
+    checkpoints of one run are not independent, so the run is the unit of resampling. None with
+    fewer than 3 groups, or when most resamples give no value."""
     labels = np.asarray([str(g) for g in groups])
     names = np.unique(labels)
-    if len(names) < 3 or x.size != y.size or x.size != labels.size:
+    if len(names) < 3:
         return None
     members = [np.flatnonzero(labels == g) for g in names]
     rng = np.random.default_rng(seed)
-    transform = _ranks if rank else _identity
     values = []
     for _ in range(n_boot):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(names), size=len(names))])
-        if idx.size < 3:
-            continue
-        r = _rows_r(transform(x[idx][None]), transform(y[idx][None]))[0]
-        if np.isfinite(r):
-            values.append(r)
+        value = statistic(idx)
+        if value is not None and np.isfinite(value):
+            values.append(value)
     if len(values) < n_boot / 2:
         return None
     alpha = (1.0 - level) / 2.0
     return [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))]
+
+
+def correlation_of(x, y, rank: bool = False) -> Callable[[np.ndarray], float | None]:
+    """The statistic `cluster_bootstrap_ci` resamples: Pearson r (Spearman's rho with `rank`) of the rows."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    transform = _ranks if rank else _identity
+
+    def statistic(idx: np.ndarray) -> float | None:
+        if idx.size < 3:
+            return None
+        return float(_rows_r(transform(x[idx][None]), transform(y[idx][None]))[0])
+
+    return statistic
+
+
+def partial_correlation_of(x, y, control, groups) -> Callable[[np.ndarray], float | None]:
+    """The partial correlation of x and y with `control` and one indicator per group removed,
+    refitted on every resample."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    c = np.asarray(control, dtype=float).reshape(len(x), -1)
+    labels = np.asarray([str(g) for g in groups])
+
+    def statistic(idx: np.ndarray) -> float | None:
+        names = np.unique(labels[idx])
+        dummies = [(labels[idx] == g).astype(float) for g in names[1:]]
+        design = np.column_stack([np.ones(idx.size), c[idx], *dummies])
+        if idx.size - np.linalg.matrix_rank(design) < 2:
+            return None
+        rx, ry = residualise(x[idx], design), residualise(y[idx], design)
+        r = _rows_r(rx[None], ry[None])[0]
+        return None if not np.isfinite(r) else float(r)
+
+    return statistic

@@ -17,14 +17,13 @@ from ..constraints.lora import ADAPTER_DIR, merged_for_export, wrap_lora
 from ..errors import RecoverLMError
 from ..io import atomic_dir, write_json_atomic
 from ..lm.generate import generate
-from ..runs import METRICS_FILE
+from ..runs import METRICS_FILE, RECOVERY_FILE
 from .timing import PhaseTimer, phase
 
-RECORD_FILE = "recovery.json"
 
-
-def check_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path) -> None:
-    """Options only some constraints support, checked before any teacher work."""
+def apply_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path) -> None:
+    """Options only some constraints support: refused where the constraint lacks them (before any
+    teacher work), and handed to it where it has them."""
     for option, value in (("grid_scales", "learned"), ("grid_latents", "teacher")):
         if getattr(cfg, option) == value and option not in constraint.training_options:
             raise RecoverLMError(f"{option} '{value}' needs a student on a quantization grid; "
@@ -68,7 +67,7 @@ def base_of(model, cfg: RecoverConfig):
     return model.get_base_model() if cfg.lora else model
 
 
-def frozen_weights(sharded: bool):
+def cached_weights(sharded: bool):
     """While the weights cannot change (sampling, evaluation), compute each parametrized weight
     (a grid's fake quantization) once instead of at every forward, i.e. at every sampled token.
     Not under FSDP, where a cached weight would outlive its layer's all-gather."""
@@ -91,7 +90,7 @@ def sample(acc, student, tokenizer, prompt_ids: list[list[int]], cfg: RecoverCon
         model.gradient_checkpointing_disable()
     # Under FSDP every rank must run the same number of forward passes: ranks that finished
     # early keep stepping (synced) until all have.
-    with frozen_weights(sharded), sampling_precision(acc, model, cfg), phase(timer, "sample"):
+    with cached_weights(sharded), sampling_precision(acc, model, cfg), phase(timer, "sample"):
         responses = generate(model, tokenizer, prompt_ids, cfg.onpolicy_max_new_tokens, cfg.onpolicy_temperature,
                              1.0, batch_size=len(prompt_ids), seed=seed, progress=False,
                              synced=sharded and acc.num_processes > 1)
@@ -124,7 +123,7 @@ def write_recovered(out: Path, model, cfg: RecoverConfig, constraint: Constraint
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         constraint.save(tmp)
-        write_json_atomic(tmp / RECORD_FILE, record)
+        write_json_atomic(tmp / RECOVERY_FILE, record)
         with open(tmp / METRICS_FILE, "w", encoding="utf-8") as fh:
             for row in history:
                 fh.write(json.dumps(row) + "\n")

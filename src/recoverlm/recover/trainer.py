@@ -27,10 +27,9 @@ from ..data import collate
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
-from ..runs import METRICS_FILE, work_dir
+from ..runs import METRICS_FILE, RECOVERY_FILE, work_dir
 from ..teacher.response_set import validation_set
 from . import distributed, student as student_part
-from .student import RECORD_FILE
 from .checkpoint import load_best, load_checkpoint, save_best, save_checkpoint, trainable_state
 from .objective import MicroBatch, loss_mask, loss_sum
 from .schedule import batch_order, lr_at, on_policy_steps, param_groups, stage
@@ -56,6 +55,8 @@ class Recovery:
             self.train_set = training_set(cfg, data_cfg, self.teacher_path, self.student_path, self.tokenizer,
                                           self.teacher, log)
             self.validation = validation_set(self.teacher_path, data_cfg, log=log)
+        if not len(self.train_set):  # outside main_process_first: every rank raises, none waits at its barrier
+            raise RecoverLMError("the training set is empty")
         self._prepare_student()
         self.history: list[dict] = []
         self.start_step, self.best, self.best_state = 0, None, None
@@ -68,12 +69,12 @@ class Recovery:
         """Inputs checked (vocabulary, constraint options, layer shapes) and the frozen teacher
         loaded, before any teacher work."""
         self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
-        check_output_dir(self.out, [self.teacher_path, self.student_path], RECORD_FILE)
+        check_output_dir(self.out, [self.teacher_path, self.student_path], RECOVERY_FILE)
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id
         self.constraint = load_constraint(self.student_path)
-        student_part.check_options(self.cfg, self.constraint, self.student_path)
+        student_part.apply_options(self.cfg, self.constraint, self.student_path)
         self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(self.acc.device)
         self.teacher.requires_grad_(False)
         if self.cfg.hidden_weight:
@@ -145,7 +146,7 @@ class Recovery:
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
         model = self.acc.unwrap_model(self.student)
-        with student_part.frozen_weights(self.sharded):
+        with student_part.cached_weights(self.sharded):
             res = fidelity(self.teacher, {"student": model}, self.validation, self.pad_id, progress=False)["student"]
             row = {"step": step, "stage": stage(step, self.cfg), **(train or {}),
                    **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from ..config import DataConfig, RecoverConfig
 from ..data import load_prompts
-from ..errors import RecoverLMError
 from ..teacher.response_set import ResponseSet, concat, distill_set, replay_set
+
+# Task prompts for recovery are drawn with a seed no SFT run uses by default (they use 0, 1, ...).
+RECOVERY_SEED = 10_007
 
 
 def task_prompts(data_cfg: DataConfig) -> list[str]:
@@ -18,7 +20,7 @@ def task_prompts(data_cfg: DataConfig) -> list[str]:
 
     name = str(data_cfg.task_prompts)
     if name in TASKS:
-        return [p["prompt"] for p in load_task_data(name, n=data_cfg.n_task_prompts, seed=7)]
+        return [p["prompt"] for p in load_task_data(name, n=data_cfg.n_task_prompts, seed=RECOVERY_SEED)]
     return load_prompts(data_cfg.task_prompts)
 
 
@@ -32,6 +34,4 @@ def training_set(cfg: RecoverConfig, data_cfg: DataConfig, teacher_path: Path, s
             task = distill_set(data_cfg.task_teacher or student_path, data_cfg, log=log,
                                prompts=task_prompts(data_cfg))
             rs = concat([rs, task])
-    if not len(rs):
-        raise RecoverLMError("the training set is empty")
     return rs

@@ -10,27 +10,31 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..io import read_json, write_text_atomic
-from ..runs import CELL_FILE, METRICS_FILE, read_history
+from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, read_history
 
+# The budget controls every method is compared with, beside stage 1 alone ("offpolicy").
 BASELINES = ("none", "sft-replay")
 
 
-def collect(out: Path) -> list[dict]:
-    """One record per finished cell of the study in `out`, read from its files."""
+def collect(out: Path, names: set[str] | None = None) -> list[dict]:
+    """One record per finished cell in `out` (only those named in `names`, when given: a study's
+    current cells, not folders its axes no longer hold), read from its files."""
     records = []
     for cell_file in sorted(Path(out).glob(f"*/*/*/{CELL_FILE}")):
         folder = cell_file.parent
         rec = read_json(cell_file)
+        if names is not None and rec.get("name") not in names:
+            continue
         metrics = read_json(folder / "metrics.json")
         rec["kl"] = {name: m["kl"] for name, m in metrics["metrics"].items()}
         rec["ratio"] = metrics.get("recovery_ratio", {}).get("kl")
         rec["suites"] = {name: {suite: r for suite, r in res.items()}
                          for name, res in metrics.get("tasks", {}).get("results", {}).items()}
-        recovery = folder / "recovered" / "recovery.json"
+        recovery = folder / "recovered" / RECOVERY_FILE
         rec["tokens"] = read_json(recovery).get("tokens", 0) if recovery.exists() else 0
         history = folder / "recovered" / METRICS_FILE
         rec["history"] = read_history(history) if history.exists() else []
-        degradation = folder / "degraded" / "degradation.json"
+        degradation = folder / "degraded" / DEGRADATION_FILE
         rec["degrade"] = read_json(degradation) if degradation.exists() else {}
         records.append(rec)
     return records
@@ -132,54 +136,61 @@ def curves(records: list[dict], methods: list[str] | None = None) -> str:
     return "\n\n".join(parts) if parts else "No cell has recorded a training curve yet."
 
 
-def checkpoints(records: list[dict]) -> list[dict]:
-    """Every evaluation with CKA of every cell, labelled with its run and degradation."""
-    return [{**h, "run": r["name"], "degradation": f"{_model(r)}/{r['degradation']}"}
-            for r in records for h in r["history"] if h.get("cka")]
+def evaluations(records: list[dict]) -> list[dict]:
+    """Every evaluation with CKA of every trained cell, labelled with its run and degradation. The
+    step-0 evaluation is the degraded model itself, the same in every cell of a degradation: it is
+    kept once per degradation, so repeats of one point cannot pass for evidence."""
+    rows, starts = [], set()
+    for r in records:
+        degradation = f"{_model(r)}/{r['degradation']}"
+        for h in r["history"]:
+            if not h.get("cka"):
+                continue
+            if h["step"] == 0:
+                if degradation in starts:
+                    continue
+                starts.add(degradation)
+            rows.append({**h, "run": r["name"], "degradation": degradation})
+    return rows
 
 
 def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dict | None]:
-    """CKA against validation teacher KL over every checkpoint of every cell: Pearson and Spearman
-    with intervals from a bootstrap over whole runs, and the partial correlation with the step and
-    the run removed (what is left once "both move with training" is accounted for)."""
-    from ..ops.correlate import cluster_bootstrap_ci, correlate_recovery
+    """CKA against validation teacher KL over every checkpoint of every cell: Pearson and Spearman,
+    and the partial correlation with the step and the run removed (what is left once "both move
+    with training" and "runs differ" are accounted for); every interval resamples whole runs."""
+    from ..ops.correlate import (cka_features, cluster_bootstrap_ci, correlate_recovery, correlation_of,
+                                 partial_correlation_of)
 
-    rows = checkpoints(records)
+    rows = evaluations(records)
     runs = {r["run"] for r in rows}
-    if len(rows) < 4 or len(runs) < 2:
+    if len(rows) < 4 or len(runs) < 3:
         return (f"{len(rows)} checkpoints with CKA in {len(runs)} runs: too few to correlate yet.", None)
     res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last", "layers"), within_run=True,
-                             n_boot=1000, n_perm=2000)
-    lines = [f"{res['n']} checkpoints of {len(runs)} runs. Teacher KL is lower-is-better, so alignment that "
-             "goes with recovery shows as a negative r. Intervals resample whole runs.", "",
+                             n_boot=0, n_perm=2000)
+    lines = [f"{res['n']} checkpoints of {len(runs)} runs (the degraded model counted once per degradation). "
+             "Teacher KL is lower-is-better, so alignment that goes with recovery shows as a negative r. "
+             "Intervals: 95%, from 1000 resamples of whole runs. layer_0 is the embeddings, layer_i block i; "
+             "\"mean\" averages them all.", "",
              "| CKA feature | Pearson r [95% CI] | Spearman rho [95% CI] | partial r, step and run removed [95% CI], p |",
              "|---|---|---|---|"]
-    groups = [r["run"] for r in rows]
-    for name, f in res["features"].items():
-        x = [_feature(r, name) for r in rows]
-        y = [r["kl"] for r in rows]
-        keep = [i for i, v in enumerate(x) if v is not None]
-        xs, ys, gs = [x[i] for i in keep], [y[i] for i in keep], [groups[i] for i in keep]
-        ci_p, ci_s = cluster_bootstrap_ci(xs, ys, gs), cluster_bootstrap_ci(xs, ys, gs, rank=True)
-        lines.append(f"| {name} | {_r(f['pearson']['r'], ci_p)} | {_r(f['spearman']['r'], ci_s)} | "
-                     f"{_r(f['partial']['r'], f['partial'].get('ci'))}{_p(f['partial'])} |")
+    groups, steps, kl = [r["run"] for r in rows], [r["step"] for r in rows], [r["kl"] for r in rows]
+    for name, values in cka_features(rows, "cka", ("mean", "last", "layers")).items():
+        keep = [i for i, v in enumerate(values) if v is not None]
+        x, y, g, c = ([seq[i] for i in keep] for seq in (values, kl, groups, steps))
+        f = res["features"][name]
+        ci = {label: cluster_bootstrap_ci(g, stat, n_boot=1000) for label, stat in
+              (("pearson", correlation_of(x, y)), ("spearman", correlation_of(x, y, rank=True)),
+               ("partial", partial_correlation_of(x, y, c, g)))}
+        f["partial"]["ci"] = ci["partial"]  # the run-level interval replaces the pairwise one
+        lines.append(f"| {name} | {_r(f['pearson']['r'], ci['pearson'])} | {_r(f['spearman']['r'], ci['spearman'])} | "
+                     f"{_r(f['partial']['r'], ci['partial'])}{_p(f['partial'])} |")
     if plot is not None:
         from ..analysis.plots import plot_cka_vs_recovery
 
-        plot_cka_vs_recovery([sum(r["cka"]) / len(r["cka"]) for r in rows], [r["kl"] for r in rows], plot,
+        plot_cka_vs_recovery(cka_features(rows, "cka", ("mean",))["mean"], kl, plot,
                              title="Mean CKA vs validation KL, every checkpoint", ylabel="validation teacher KL",
                              groups=[r["degradation"] for r in rows])
     return "\n".join(lines), res
-
-
-def _feature(row: dict, name: str) -> float | None:
-    cka = row["cka"]
-    if name == "mean":
-        return sum(cka) / len(cka)
-    if name == "last":
-        return cka[-1]
-    i = int(name.removeprefix("layer_"))
-    return cka[i] if i < len(cka) else None
 
 
 def _r(r, ci) -> str:
@@ -202,14 +213,12 @@ def findings(records: list[dict], cka: dict | None, methods: list[str] | None = 
     out = []
     ordered = _order((m for v in means.values() for m in v), methods)
     for method in [m for m in ordered if m not in BASELINES]:
-        for baseline in ("sft-replay", "offpolicy"):
-            if baseline == method:
-                continue
+        for baseline in [b for b in (*BASELINES, "offpolicy") if b != method]:
             pairs = [(v[method], v[baseline]) for v in means.values() if method in v and baseline in v]
             if pairs:
                 wins = sum(a > b for a, b in pairs)
                 out.append(f"`{method}` beat `{baseline}` on held-out teacher KL in {wins} of {len(pairs)} "
-                           f"(model, degradation) pairs.")
+                           f"(model, degradation) pairs (by the mean over seeds).")
     if cka and "mean" in cka.get("features", {}):
         f = cka["features"]["mean"]
         raw, partial = f["pearson"]["r"], f["partial"]
@@ -223,8 +232,8 @@ def findings(records: list[dict], cka: dict | None, methods: list[str] | None = 
 
 
 def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
-                     degradations: list[str] | None = None) -> str:
-    records = collect(out)
+                     degradations: list[str] | None = None, names: set[str] | None = None) -> str:
+    records = collect(out, names)
     if not records:
         return "# Study results\n\nNo cell of this study has finished yet.\n"
     plot = doc.with_name(doc.stem + "-cka-vs-kl.png")
@@ -250,7 +259,8 @@ def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
     return "\n".join(parts) + "\n"
 
 
-def write_results(out: Path, doc: Path, methods: list[str] | None = None, degradations: list[str] | None = None) -> str:
-    text = results_markdown(Path(out), Path(doc), methods, degradations)
+def write_results(out: Path, doc: Path, methods: list[str] | None = None, degradations: list[str] | None = None,
+                  names: set[str] | None = None) -> str:
+    text = results_markdown(Path(out), Path(doc), methods, degradations, names)
     write_text_atomic(Path(doc), text)
     return text

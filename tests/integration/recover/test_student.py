@@ -42,5 +42,5 @@ def test_cached_grid_weights_sample_what_the_grid_computes(tmp_path, tiny_model,
         return student_mod.sample(run.acc, run.student, run.tokenizer, prompts, run.cfg, 3, run.sharded)
 
     cached = sample()
-    monkeypatch.setattr(student_mod, "frozen_weights", lambda sharded: contextlib.nullcontext())
+    monkeypatch.setattr(student_mod, "cached_weights", lambda sharded: contextlib.nullcontext())
     assert sample() == cached

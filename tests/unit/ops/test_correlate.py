@@ -76,20 +76,24 @@ def test_correlate_recovery_over_runs_and_checkpoints():
 
 
 def test_cluster_bootstrap_resamples_whole_runs():
-    """Runs whose checkpoints agree within themselves but not across runs: pairs resampled as if
-    independent would give a narrow interval, whole runs a wide one."""
+    """Runs whose checkpoints agree within themselves but not across runs: resampling whole runs
+    gives a wide interval for the pooled r, and the within-run partial r (run removed) is found."""
     import numpy as np
 
-    from recoverlm.ops.correlate import cluster_bootstrap_ci
+    from recoverlm.ops.correlate import cluster_bootstrap_ci, correlation_of, partial_correlation_of
 
     rng = np.random.default_rng(0)
-    x, y, groups = [], [], []
+    x, y, steps, groups = [], [], [], []
     for run in range(6):
         level = rng.normal()
         for step in range(8):
             x.append(level + 0.01 * step)
             y.append(rng.normal() - 0.05 * step)
+            steps.append(step)
             groups.append(f"run{run}")
-    ci = cluster_bootstrap_ci(x, y, groups, n_boot=500)
+    ci = cluster_bootstrap_ci(groups, correlation_of(x, y), n_boot=500)
     assert ci is not None and ci[0] < 0 < ci[1] and ci[1] - ci[0] > 0.5
-    assert cluster_bootstrap_ci(x[:16], y[:16], groups[:16]) is None  # two runs: no interval
+    assert cluster_bootstrap_ci(groups[:16], correlation_of(x[:16], y[:16])) is None  # two runs: no interval
+    # within each run x rises with the step and y falls with it: with the step removed nothing is left
+    partial = cluster_bootstrap_ci(groups, partial_correlation_of(x, y, steps, groups), n_boot=300)
+    assert partial is not None and partial[0] < 0 < partial[1]
