@@ -12,18 +12,10 @@ from recoverlm.degrade.sft import _encode, finetune_sft, response_nll
 from recoverlm.degrade.sft_tasks import load_task_data
 from recoverlm.errors import RecoverLMError
 from recoverlm.models import load_model
+from helpers.threads import one_thread  # noqa: F401 (an autouse fixture)
 
 
 FAST = {"n_train": 16, "batch_size": 4}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread barriers cost 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -1,20 +1,11 @@
 """A task's accuracy, measured on a tiny model."""
 
 import pytest
-import torch
 
 from recoverlm.degrade.sft_tasks import task_accuracy
 from recoverlm.errors import RecoverLMError
 from recoverlm.models import load_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine thread barriers cost 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from helpers.threads import one_thread  # noqa: F401 (an autouse fixture)
 
 
 def test_task_accuracy_runs_and_rejects_unknown_task(tiny_model, tok):
