@@ -273,6 +273,20 @@ def run(
 
 @app.command()
 @cli_errors
+def inspect(
+    model: str = typer.Argument(..., help="Embedded model name or HF folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    sparsity_threshold: float = typer.Option(0.25, help="Share of exact zeros from which a matrix counts as pruned."),
+) -> None:
+    """What a model folder is, which Constraint it carries or implies, and what `recover` keeps."""
+    from .describe import inspect_model, inspect_text
+
+    info = inspect_model(model, sparsity_threshold)
+    typer.echo(json.dumps(info, indent=2) if json_out else inspect_text(info))
+
+
+@app.command()
+@cli_errors
 def study(
     config: Path = typer.Argument(..., help="Study YAML: a base run config and the axes models, degradations, methods, seeds."),
     out: Path = typer.Option(..., help="Study folder; one run folder per cell, reused when finished."),

@@ -105,6 +105,11 @@ class RecoverConfig(_Strict):
     # cell: the same forward pass, but rounding changes the teacher leaned towards are a small step away.
     grid_latents: Literal["grid", "teacher"] = "grid"
     lora: Optional[LoraConfig] = None
+    # What the student must keep: its saved Constraint, else (auto) sparsity masks inferred from
+    # its exact zeros where a decoder matrix has at least `sparsity_threshold` of them (a model
+    # pruned by another tool); `saved`: only a saved Constraint; `none`: every weight trains freely.
+    constraint: Literal["auto", "saved", "none"] = "auto"
+    sparsity_threshold: float = Field(0.25, gt=0.0, le=1.0)
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
     select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"
     select_best: bool = True  # export the best checkpoint by select_metric on held-out prompts

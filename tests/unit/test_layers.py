@@ -17,7 +17,7 @@ LAYERS = [
     {"models", "lm"},
     {"constraints"},
     {"teacher"},
-    {"degrade", "evaluate", "analysis"},
+    {"degrade", "evaluate", "analysis", "describe"},
     {"recover"},
     {"report"},
     {"pipeline"},

@@ -21,6 +21,21 @@ from ..runs import METRICS_FILE, RECOVERY_FILE
 from .timing import PhaseTimer, phase
 
 
+def constraint_of(student_path: Path, cfg: RecoverConfig, log=print) -> Constraint:
+    """The Constraint recovery keeps (recover.constraint), saying so when it was inferred."""
+    from ..constraints import CONSTRAINT_FILE, load_constraint
+    from ..constraints.infer import describe_inferred, infer_sparsity
+
+    if cfg.constraint == "none":
+        log("recover.constraint: none: every weight trains freely")
+        return Constraint()
+    if (Path(student_path) / CONSTRAINT_FILE).exists() or cfg.constraint == "saved":
+        return load_constraint(student_path)
+    constraint, summary = infer_sparsity(student_path, cfg.sparsity_threshold)
+    log(f"{student_path}: {describe_inferred(summary)}")
+    return constraint
+
+
 def apply_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path) -> None:
     """Options only some constraints support: refused where the constraint lacks them (before any
     teacher work), and handed to it where it has them."""

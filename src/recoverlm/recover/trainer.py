@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..config import DataConfig, RecoverConfig
-from ..constraints import load_constraint
 from ..data import collate
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
@@ -73,7 +72,7 @@ class Recovery:
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id
-        self.constraint = load_constraint(self.student_path)
+        self.constraint = student_part.constraint_of(self.student_path, self.cfg, self.log)
         student_part.apply_options(self.cfg, self.constraint, self.student_path)
         self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(self.acc.device)
         self.teacher.requires_grad_(False)
