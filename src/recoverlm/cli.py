@@ -14,12 +14,42 @@ import yaml
 from .errors import RecoverLMError
 from .offline import go_offline
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """A usage error (a missing option, an unknown command) is one line on stderr and exit code 2,
+    like every other bad input, instead of a usage block in a frame."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = 1
+        except typer.TyperException as exc:  # click's usage errors, as typer vendors them
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # the help text itself
+            else:
+                where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+                typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            code = exc.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineUsageErrors,
                   help="Degrade, recover, evaluate and analyse LLMs by self-distillation.")
 
 
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error.")) -> None:
+    _DEBUG["on"] = debug
+
+
 def cli_errors(fn):
-    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+    """Bad input ends in one line on stderr and exit code 2, never a traceback (--debug shows it)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,6 +57,8 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except RecoverLMError as exc:
+            if _DEBUG["on"]:
+                raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:

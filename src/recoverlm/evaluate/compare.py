@@ -60,7 +60,9 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
     model hash, so the teacher is scored once however many students follow.
     """
     from . import suite_cache
-    from .lm_eval_runner import SUITES_DIR, run_suites, uses_chat_template
+    from .lm_eval_runner import SUITES_DIR, check_suites, run_suites, uses_chat_template
+
+    check_suites(suites)
 
     teacher_path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(teacher_path)

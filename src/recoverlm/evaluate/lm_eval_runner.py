@@ -59,30 +59,11 @@ def run_suites(
     "items": {metric: per-item scores in doc order}}}, plus "by_category" where docs have a category.
     """
     ours = set(available_suites())
-    for s in suites:
-        if s.endswith((".yaml", ".yml")) and not Path(s).is_file():
-            raise RecoverLMError(f"task YAML not found: {s}")
-    for s in suites:
-        if _is_yaml(s):
-            check_data_files(Path(s))
-    for s in suites:
-        if dist := _missing_package(s):
-            raise RecoverLMError(f"suite {s!r} reads its data from an optional package: pip install {dist}")
-    foreign = [s for s in suites if s not in ours and not _is_yaml(s)]
+    manager = check_suites(suites)
     chat = {s: uses_chat_template(s, apply_chat_template) for s in suites}
-
-    go_offline()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(SUITES_DIR), include_defaults=bool(foreign))
-    unknown = [s for s in foreign if s not in manager.all_tasks]
-    if unknown:
-        raise RecoverLMError(
-            f"unknown suite {', '.join(map(repr, unknown))}: available suites are {', '.join(sorted(ours))} "
-            "(or any lm-eval task name or task YAML path)"
-        )
     needs_template = [s for s in suites if chat[s]]
     if needs_template and not getattr(tokenizer, "chat_template", None):
         raise RecoverLMError(
@@ -104,6 +85,34 @@ def run_suites(
             out[suite] = _summarise(suite, res)
             out[suite]["seconds"] = time.perf_counter() - start
     return out
+
+
+def check_suites(suites: list[str]):
+    """Every suite named is one lm-eval can run here (a shipped suite with its data, a task YAML
+    whose data files read, or a task lm-eval knows), checked before any model is scored. Returns
+    the task manager that found them."""
+    ours = set(available_suites())
+    for s in suites:
+        if s.endswith((".yaml", ".yml")) and not Path(s).is_file():
+            raise RecoverLMError(f"task YAML not found: {s}")
+    for s in suites:
+        if _is_yaml(s):
+            check_data_files(Path(s))
+    for s in suites:
+        if dist := _missing_package(s):
+            raise RecoverLMError(f"suite {s!r} reads its data from an optional package: pip install {dist}")
+    foreign = [s for s in suites if s not in ours and not _is_yaml(s)]
+    go_offline()
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(SUITES_DIR), include_defaults=bool(foreign))
+    unknown = [s for s in foreign if s not in manager.all_tasks]
+    if unknown:
+        raise RecoverLMError(
+            f"unknown suite {', '.join(map(repr, unknown))}: available suites are {', '.join(sorted(ours))} "
+            "(or any lm-eval task name or task YAML path)"
+        )
+    return manager
 
 
 def uses_chat_template(suite: str, apply_chat_template: bool | None = None) -> bool:

@@ -32,7 +32,8 @@ def constraint_of(student_path: Path, cfg: RecoverConfig, log=print) -> Constrai
     if (Path(student_path) / CONSTRAINT_FILE).exists() or cfg.constraint == "saved":
         return load_constraint(student_path)
     constraint, summary = infer_sparsity(student_path, cfg.sparsity_threshold)
-    log(f"{student_path}: {describe_inferred(summary)}")
+    if summary["masked"] or summary["below_threshold"]:  # a dense model has nothing to say
+        log(f"{student_path}: {describe_inferred(summary)}")
     return constraint
 
 

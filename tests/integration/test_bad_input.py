@@ -1,0 +1,152 @@
+"""The bad-input table: every case ends with exit code 2 and one line naming the offending path,
+key or value, no traceback, and nothing written where the output would have gone. Config-field
+cases are generated from the pydantic models, so a new field is covered without being typed here."""
+
+import json
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from typer.testing import CliRunner
+
+from recoverlm.cli import app
+from recoverlm.config import CKAConfig, DataConfig, EvalConfig, RecoverConfig
+
+runner = CliRunner()
+SECTIONS = {"recover": RecoverConfig, "data": DataConfig, "evaluate": EvalConfig, "cka": CKAConfig}
+
+
+def _bad_value(field):
+    """A value the field refuses: out of its range, off its choices, or of the wrong type."""
+    annotation = field.annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "not-a-choice"
+    if typing.get_origin(annotation) is typing.Union and type(None) in args:
+        annotation = next(a for a in args if a is not type(None))
+        if typing.get_origin(annotation) is typing.Literal:
+            return "not-a-choice"
+    if annotation is bool:
+        return "maybe"
+    if annotation in (int, float):
+        for m in field.metadata:
+            if isinstance(m, Ge):
+                return m.ge - 1
+            if isinstance(m, Gt):
+                return m.gt
+            if isinstance(m, Le):
+                return m.le + 1
+            if isinstance(m, Lt):
+                return m.lt
+        return "a number, not this"
+    if typing.get_origin(annotation) is list:
+        return 7
+    return None  # paths and free-form mappings: their own cases below
+
+
+FIELD_CASES = [(section, name, value) for section, cls in SECTIONS.items() for name, f in cls.model_fields.items()
+               if (value := _bad_value(f)) is not None]
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert str(needle) in lines[0], lines[0]
+
+
+def test_the_table_is_long_enough():
+    assert len(FIELD_CASES) >= 40
+
+
+@pytest.mark.parametrize("section,name,value", FIELD_CASES, ids=[f"{s}.{n}" for s, n, _ in FIELD_CASES])
+def test_every_config_field_refuses_a_bad_value(tmp_path, section, name, value):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({section: {name: value}}))
+    out = tmp_path / "run"
+    _one_line_error(runner.invoke(app, ["run", str(cfg), "--out", str(out)]), f"{section}.{name}")
+    assert not out.exists()
+
+
+def _write(path: Path, content: bytes | str) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def _pickle_only(tmp_path, tiny_model):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text((Path(tiny_model) / "config.json").read_text())
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    return folder
+
+
+INPUT_CASES = {
+    "missing model": (lambda t, m: ["degrade", "--model", str(t / "nope"), "--out", str(t / "o")], "model not found"),
+    "Hub id not cached": (lambda t, m: ["degrade", "--model", "Qwen/Qwen2.5-3B", "--out", str(t / "o")], "Qwen/Qwen2.5-3B"),
+    "folder without config.json": (lambda t, m: ["degrade", "--model", str(t), "--out", str(t / "o")], "no config.json"),
+    "pickle-only weights": (lambda t, m: ["degrade", "--model", str(_pickle_only(t, m)), "--out", str(t / "o")], "pickle"),
+    "unknown method": (lambda t, m: ["degrade", "--model", str(m), "--method", "prune.nothing", "--out", str(t / "o")],
+                       "prune.nothing"),
+    "sparsity out of range": (lambda t, m: ["degrade", "--model", str(m), "--sparsity", "1.5", "--out", str(t / "o")],
+                              "sparsity"),
+    "unknown method parameter": (lambda t, m: ["degrade", "--model", str(m), "--param", "colour=red", "--out", str(t / "o")],
+                                 "colour"),
+    "param without =": (lambda t, m: ["degrade", "--model", str(m), "--param", "colour", "--out", str(t / "o")], "colour"),
+    "missing config": (lambda t, m: ["run", str(t / "none.yaml"), "--out", str(t / "o")], "none.yaml"),
+    "empty prompts": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                    "--prompts", str(_write(t / "p.jsonl", "\n"))], "p.jsonl"),
+    "truncated prompts": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                        "--prompts", str(_write(t / "p.jsonl", '{"prompt": "a"}\n{"prom'))], "p.jsonl:2"),
+    "non-UTF-8 prompts": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                        "--prompts", str(_write(t / "p.jsonl", b'{"prompt": "caf\xe9"}\n'))], "p.jsonl"),
+    "non-UTF-8 config": (lambda t, m: ["run", str(_write(t / "c.yaml", b"recover:\n  # r\xe9\n")), "--out", str(t / "o")],
+                         "not UTF-8"),
+    "config not YAML": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: [unclosed")), "--out", str(t / "o")],
+                        "not valid YAML"),
+    "config a list": (lambda t, m: ["run", str(_write(t / "c.yaml", "- 1\n- 2\n")), "--out", str(t / "o")], "mapping"),
+    "unknown section": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                      "--config", str(_write(t / "c.yaml", "trainer: {}\n"))], "trainer"),
+    "hidden_weight without distill": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out",
+                                                    str(t / "o"), "--method", "sft-replay", "--hidden-weight", "1"],
+                                      "hidden_weight needs method 'distill'"),
+    "EMA under LoRA": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {teacher_mode: ema, lora: {r: 4}}\n")),
+                                     "--out", str(t / "o")], "teacher_mode 'ema'"),
+    "learned scales under LoRA": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {grid_scales: learned, lora: {}}\n")),
+                                                "--out", str(t / "o")], "grid_scales 'learned'"),
+    "written prompts without template": (lambda t, m: ["run", str(_write(t / "c.yaml",
+                                                                          "data: {teacher_prompts: 4, use_chat_template: false}\n")),
+                                                       "--out", str(t / "o")], "teacher_prompts"),
+    "replay data missing": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {method: sft-replay, replay_source: data}\n")),
+                                          "--out", str(t / "o")], "replay_data"),
+    "output is the input": (lambda t, m: ["degrade", "--model", str(m), "--out", str(m)], "is the input"),
+    "empty suite list": (lambda t, m: ["evaluate", "--model", str(m), "--teacher", str(m), "--suite", ",",
+                                       "--out", str(t / "o.json")], "--suite"),
+    "unknown suite": (lambda t, m: ["evaluate", "--model", str(m), "--teacher", str(m), "--suite", "no_such_suite",
+                                    "--out", str(t / "o.json")], "no_such_suite"),
+    "perplexity of a missing file": (lambda t, m: ["perplexity", "--model", str(m), "--data", str(t / "c.txt")], "c.txt"),
+    "report of a folder that is not a run": (lambda t, m: ["report", str(t)], "not a finished run folder"),
+    "study with an empty axis": (lambda t, m: ["study", str(_write(t / "s.yaml", json.dumps(
+        {"models": [], "degradations": {"a": {"method": "prune.magnitude"}}, "methods": {"n": {}}}))),
+        "--out", str(t / "o")], "models"),
+    "missing required option": (lambda t, m: ["degrade", "--model", str(m)], "--out"),
+    "unknown command": (lambda t, m: ["degrad"], "degrad"),
+    "unknown option": (lambda t, m: ["degrade", "--model", str(m), "--out", str(t / "o"), "--sparsity-ratio", "1"],
+                       "--sparsity-ratio"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INPUT_CASES))
+def test_bad_inputs_and_combinations_are_one_line(tmp_path, tiny_model, case):
+    make_args, needle = INPUT_CASES[case]
+    result = runner.invoke(app, make_args(tmp_path, tiny_model))
+    _one_line_error(result, needle)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.json").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["--debug", "degrade", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "model not found" in str(result.exception)
