@@ -47,7 +47,8 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
         log(f"[2/5] recover: reusing {recovered}")
     else:
         r = cfg.recover
-        log(f"[2/5] recover ({r.method}): {r.offpolicy_steps} off-policy + {r.onpolicy_steps} on-policy steps")
+        log(f"[2/5] recover ({r.method}): " + ("no training, the degraded model as it is" if r.method == "none" else
+                                             f"{r.offpolicy_steps} off-policy + {r.onpolicy_steps} on-policy steps"))
         resume = (work_dir(recovered) / CHECKPOINT_DIR).exists()
         recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log, resume=resume)
 

@@ -219,7 +219,7 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
     records = []
 
     def done(record: dict) -> None:
-        ratio = "n/a" if record["ratio"] is None else f"{record['ratio']:.3f}"
+        ratio = "n/a" if record["ratio"] is None else f"{record['ratio'] + 0.0:.3f}".replace("-0.000", "0.000")
         bar.write(f"finished {record['name']}: recovery ratio (teacher KL) {ratio}, {record['seconds']:.0f} s")
         bar.update(1)
         records.append(record)
