@@ -47,6 +47,8 @@ def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_fil
 
     text = doc.read_text()
     assert "| mag |" in text and "| none | offpolicy |" in text and "## Recovery against training steps" in text
+    curves = tmp_path / "results-figures" / "teacher-mag-curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.name in text
 
     stamp = (out / "teacher/mag/offpolicy-seed0/cell.json").stat().st_mtime_ns
     again = runner.invoke(app, args)

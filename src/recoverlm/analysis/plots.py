@@ -100,3 +100,18 @@ def plot_cka_vs_recovery(x, y, path: Path, title: str = "CKA vs recovery", xlabe
     if groups is not None or r["r"] is not None:
         ax.legend(frameon=False, fontsize=8)
     return _save(fig, path)
+
+
+def plot_curves(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
+                xlabel: str = "training step", ylabel: str = "validation teacher KL") -> Path:
+    """One line per named series of (x, y) points: e.g. each recovery method's curve."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.6, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)

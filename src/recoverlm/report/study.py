@@ -118,8 +118,9 @@ def sft_forgetting(records: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
-def curves(records: list[dict], methods: list[str] | None = None) -> str:
-    """Validation teacher KL at each evaluation of training, mean over seeds, per (model, degradation)."""
+def curves(records: list[dict], methods: list[str] | None = None, plot_dir: Path | None = None) -> str:
+    """Validation teacher KL at each evaluation of training, mean over seeds, per (model, degradation),
+    as a table and, with `plot_dir`, a plot of the curves beside the document."""
     parts = []
     for key in _order(((_model(r), r["degradation"]) for r in records), None):
         rows = [r for r in records if (_model(r), r["degradation"]) == key and r["history"]]
@@ -128,10 +129,20 @@ def curves(records: list[dict], methods: list[str] | None = None) -> str:
         steps = sorted({h["step"] for r in rows for h in r["history"]})
         lines = [f"**{key[0]} / {key[1]}**", "", "| method | trained tokens | " + " | ".join(f"step {s}" for s in steps) + " |",
                  "|---|---|" + "---|" * len(steps)]
+        series = {}
         for method in _order((r["method"] for r in rows), methods):
             sel = [r for r in rows if r["method"] == method]
             at = {s: _mean(h["kl"] for r in sel for h in r["history"] if h["step"] == s) for s in steps}
             lines.append(f"| {method} | {_mean(r['tokens'] for r in sel):,.0f} | " + " | ".join(_fmt(at[s]) for s in steps) + " |")
+            points = [(s, v) for s, v in at.items() if v is not None]
+            if len(points) > 1:
+                series[method] = ([s for s, _ in points], [v for _, v in points])
+        if plot_dir is not None and series:
+            from ..analysis.plots import plot_curves
+
+            png = plot_dir / f"{key[0]}-{key[1]}-curves.png"
+            plot_curves(series, png, f"{key[0]} / {key[1]}: validation teacher KL during recovery")
+            lines += ["", f"![recovery curves, {key[1]}]({png.relative_to(plot_dir.parent).as_posix()})"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) if parts else "No cell has recorded a training curve yet."
 
@@ -236,7 +247,8 @@ def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
     records = collect(out, names)
     if not records:
         return "# Study results\n\nNo cell of this study has finished yet.\n"
-    plot = doc.with_name(doc.stem + "-cka-vs-kl.png")
+    figures = doc.parent / f"{doc.stem}-figures"
+    plot = figures / "cka-vs-kl.png"
     cka_text, cka = cka_section(records, plot)
     devices = sorted({r.get("device", "?") for r in records})
     parts = ["# Study results", "",
@@ -249,10 +261,10 @@ def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
     if sft:
         parts += ["", "## SFT forgetting: the new task against general ability", "", sft]
     parts += ["", "## Recovery against training steps", "", "Validation teacher KL (the prompts that choose the "
-              "checkpoint), mean over seeds.", "", curves(records, methods),
+              "checkpoint), mean over seeds.", "", curves(records, methods, figures),
               "", "## Does CKA track recovery?", "", cka_text]
     if plot.exists() and cka is not None:
-        parts += ["", f"![mean CKA against validation KL]({plot.name})"]
+        parts += ["", f"![mean CKA against validation KL]({plot.relative_to(doc.parent).as_posix()})"]
     sentences = findings(records, cka, methods)
     if sentences:
         parts += ["", "## What held", ""] + [f"- {s}" for s in sentences]
