@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench degradation-table evaluation-table clean-venv
+.PHONY: demo test test-slow bench reliability degradation-table evaluation-table clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/recovery_bench.py --step-cost
 	$(BIN)/python bench/recovery_bench.py
 	$(BIN)/python bench/topk_tail.py
+
+# docs/reliability.md from the reliability tests, the kill soak included (several minutes).
+reliability: $(STAMP)
+	$(BIN)/python bench/reliability.py
 
 degradation-table: $(STAMP)
 	$(BIN)/python bench/degradation_table.py --out docs/degradation.md
