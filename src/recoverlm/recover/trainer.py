@@ -59,6 +59,7 @@ class Recovery:
         self._prepare_student()
         self.history: list[dict] = []
         self.start_step, self.best, self.best_state = 0, None, None
+        self.tokens = 0  # trained response tokens, over every resumed part of the run
         if resume:
             self._resume()
         elif self.work.exists() and self.acc.is_main_process:
@@ -171,6 +172,7 @@ class Recovery:
             self.log(f"no checkpoint in {self.work}; starting from step 0")
             return
         self.start_step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.tokens = state.get("tokens", 0)
         self.best_state = load_best(self.work)
         self.log(f"resuming from step {self.start_step}")
 
@@ -178,7 +180,7 @@ class Recovery:
         if not self.acc.is_main_process:
             return
         save_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, step,
-                        {"best": self.best, "history": self.history}, self.teachers.ema)
+                        {"best": self.best, "history": self.history, "tokens": self.tokens}, self.teachers.ema)
         if self.best_state is not None:
             save_best(self.work, self.best_state)
 
@@ -191,7 +193,7 @@ class Recovery:
             self.evaluate(0, None)
         bar = tqdm(total=steps, initial=self.start_step, desc="recover", unit="step",
                    disable=not self.progress or not self.acc.is_main_process)
-        started, tokens, window = time.perf_counter(), 0, []
+        started, window, resumed_at = time.perf_counter(), [], self.tokens
         for step in range(self.start_step + 1, steps + 1):
             try:
                 stats = self.train_step(step, plan[step - 1], on_policy[step - 1])
@@ -199,9 +201,10 @@ class Recovery:
                 bar.close()
                 self._export(stopped=str(exc))
                 raise RecoverLMError(f"{exc}; stopped and kept the best checkpoint in {self.out}") from exc
-            tokens += stats["tokens"]
+            self.tokens += stats["tokens"]
             window.append(stats)
-            _show_progress(bar, window[-10:], on_policy[step - 1], tokens / (time.perf_counter() - started))
+            _show_progress(bar, window[-10:], on_policy[step - 1],
+                           (self.tokens - resumed_at) / (time.perf_counter() - started))
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
                 row = self.evaluate(step, {f"train_{k}": sum(s[k] for s in window) / len(window)
                                            for k in ("loss", "divergence", "hidden") if k in window[0]})
@@ -211,7 +214,7 @@ class Recovery:
             if cfg.save_every and step % cfg.save_every == 0 and step != steps:
                 self._checkpoint(step)
         bar.close()
-        return self._export(tokens=tokens, seconds=time.perf_counter() - started)
+        return self._export(tokens=self.tokens, seconds=time.perf_counter() - started)
 
     # -- export ----------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

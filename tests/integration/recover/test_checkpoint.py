@@ -11,7 +11,7 @@ from recoverlm.recover.trainer import recover
 def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, data_cfg, monkeypatch, request):
     degraded = request.getfixturevalue(student)
     cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False, grid_scales=grid_scales)
-    recover(tiny_model, degraded, tmp_path / "straight", cfg, data_cfg, progress=False)
+    straight = recover(tiny_model, degraded, tmp_path / "straight", cfg, data_cfg, progress=False)
     real = trainer_mod.Recovery.train_step
 
     def crash(self, step, *a):
@@ -25,7 +25,8 @@ def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, da
     assert not (tmp_path / "resumed").exists()
     assert (tmp_path / "resumed.work" / "checkpoint" / "state.json").exists()
     monkeypatch.setattr(trainer_mod.Recovery, "train_step", real)
-    recover(tiny_model, degraded, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
+    resumed = recover(tiny_model, degraded, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
+    assert resumed["tokens"] == straight["tokens"]  # the tokens trained before the interruption count too
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert not (tmp_path / "resumed.work").exists()
