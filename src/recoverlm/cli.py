@@ -184,7 +184,8 @@ def recover(
 @cli_errors
 def evaluate(
     model: Path = typer.Option(..., help="The model to evaluate (usually the recovered one)."),
-    teacher: str = typer.Option(..., help="The teacher (embedded name or HF folder)."),
+    teacher: Optional[str] = typer.Option(None, help="The teacher (embedded name or HF folder); fidelity needs one, "
+                                          "task suites alone do not."),
     degraded: Optional[Path] = typer.Option(None, help="The degraded model, for recovery ratios."),
     out: Path = typer.Option(..., help="Where to write the metrics JSON."),
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
@@ -199,11 +200,13 @@ def evaluate(
     from .evaluate.lm_eval_runner import available_suites
     from .io import write_json_atomic
 
-    _, data_cfg = _stage_configs(config)
-    data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     names = [s.strip() for s in suite.split(",") if s.strip()]
     if not names:
         raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
+    if "fidelity" in names and teacher is None:
+        raise RecoverLMError("--suite fidelity compares with a teacher: pass --teacher, or name task suites only")
+    _, data_cfg = _stage_configs(config)
+    data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher or str(model))
     students = {"recovered": model} if degraded else {"model": model}
     if degraded:
         students = {"degraded": degraded, **students}

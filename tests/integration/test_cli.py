@@ -193,3 +193,14 @@ def test_no_chat_template_flag(tiny_model, prompt_file, tmp_path):
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["tasks"]["results"]["teacher"]["instructions"]["n"] == 2
     assert report["metrics"]["model"]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluate_task_suites_without_a_teacher(tmp_path, tiny_model):
+    out = tmp_path / "e.json"
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_model), "--suite", "knowledge", "--limit", "3",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["tasks"]["results"]) == {"model"} and report["tasks"]["results"]["model"]["knowledge"]["n"] == 3
+    refused = runner.invoke(app, ["evaluate", "--model", str(tiny_model), "--out", str(tmp_path / "f.json")])
+    assert refused.exit_code == 2 and "--teacher" in refused.output and not (tmp_path / "f.json").exists()

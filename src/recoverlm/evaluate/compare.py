@@ -53,23 +53,23 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
 def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: list[str], limit: int | None = None,
                          batch_size: int = 8, log=print, apply_chat_template: bool | None = None,
                          use_cache: bool = True) -> dict:
-    """Task suites (lm-eval) for the teacher and every student, one model in memory at a time.
+    """Task suites (lm-eval) for the teacher (when given: a suite needs none) and every student, one
+    model in memory at a time, each with its own tokenizer.
 
     Higher is better for every suite metric; recovery ratios come with paired bootstrap intervals
-    over the suite's items when both "degraded" and "recovered" are present. Results are cached by
-    model hash, so the teacher is scored once however many students follow.
+    over the suite's items when the teacher, "degraded" and "recovered" are all present. Results
+    are cached by model hash, so the teacher is scored once however many students follow.
     """
     from . import suite_cache
     from .lm_eval_runner import SUITES_DIR, check_suites, run_suites, uses_chat_template
 
     check_suites(suites)
 
-    teacher_path = models.resolve_model(teacher_ref)
-    tokenizer = models.load_tokenizer(teacher_path)
-    refs = {"teacher": teacher_path, **students}
+    refs = {**({"teacher": teacher_ref} if teacher_ref is not None else {}), **students}
     results = {}
     for name, ref in refs.items():
         path = models.resolve_model(ref)
+        tokenizer = models.load_tokenizer(path)
         entries = {}
         for suite in suites:
             settings = {"limit": limit, "batch_size": batch_size, "dtype": "float32",
@@ -92,7 +92,7 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
             log(f"task suites {', '.join(suites)}: {name} (cached)")
         results[name] = {s: results[name][s] for s in suites}
     report = {"suites": suites, "limit": limit, "results": results}
-    if "degraded" in results and "recovered" in results:
+    if {"teacher", "degraded", "recovered"} <= set(results):
         ratios = {}
         for suite in suites:
             for metric, items in results["teacher"][suite].get("items", {}).items():
