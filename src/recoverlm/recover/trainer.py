@@ -10,9 +10,12 @@ setup and the checkpoints. This file holds the run's state and its loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -193,7 +196,16 @@ class Recovery:
             self.evaluate(0, None)
         bar = tqdm(total=steps, initial=self.start_step, desc="recover", unit="step",
                    disable=not self.progress or not self.acc.is_main_process)
-        started, window, resumed_at = time.perf_counter(), [], self.tokens
+        started = time.perf_counter()
+        with _finish_step_on_interrupt(self.acc.num_processes, self.log) as interrupted:
+            self._loop(plan, on_policy, steps, bar, interrupted)
+        bar.close()
+        return self._export(tokens=self.tokens, seconds=time.perf_counter() - started)
+
+    def _loop(self, plan, on_policy, steps, bar, interrupted) -> None:
+        """The steps from the start (or the resumed step) to the end, evaluating and checkpointing
+        on schedule; after an interrupt the step finishes and is checkpointed before stopping."""
+        cfg, window, started, resumed_at = self.cfg, [], time.perf_counter(), self.tokens
         for step in range(self.start_step + 1, steps + 1):
             try:
                 stats = self.train_step(step, plan[step - 1], on_policy[step - 1])
@@ -211,10 +223,13 @@ class Recovery:
                 window = []
                 bar.write(f"step {step} ({row['stage']}): validation KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
                           f"top-1 agreement {row['top1_agreement']:.3f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+            if step != steps and ((cfg.save_every and step % cfg.save_every == 0) or interrupted["stop"]):
                 self._checkpoint(step)
-        bar.close()
-        return self._export(tokens=self.tokens, seconds=time.perf_counter() - started)
+            if interrupted["stop"] and step != steps:
+                bar.close()
+                self.log(f"stopped after step {step}; its checkpoint is in {self.work}: rerun with --resume "
+                         "(recoverlm run resumes by itself)")
+                raise KeyboardInterrupt
 
     # -- export ----------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -251,6 +266,28 @@ class Recovery:
         if "stopped" not in extra:
             shutil.rmtree(self.work, ignore_errors=True)
         return {**record, "history": self.history}
+
+
+@contextlib.contextmanager
+def _finish_step_on_interrupt(processes: int, log):
+    """A first Ctrl-C lets the current step finish and be checkpointed, so nothing trained is lost;
+    a second stops at once. One process only: ranks would stop after different steps."""
+    interrupted = {"stop": False}
+    if processes > 1 or threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        if interrupted["stop"]:
+            raise KeyboardInterrupt
+        interrupted["stop"] = True
+        log("interrupted: finishing this step, then saving a checkpoint (interrupt again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _show_progress(bar, recent: list[dict], on_policy: bool, tokens_per_s: float) -> None:

@@ -1,6 +1,7 @@
 """An interrupted recovery resumes from its checkpoint and ends where a straight run ends."""
 
 import pytest
+import torch
 from helpers.recovery import short_config as _cfg, weights as _weights
 
 from recoverlm.recover import trainer as trainer_mod
@@ -30,3 +31,30 @@ def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, da
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert not (tmp_path / "resumed.work").exists()
+
+
+def test_an_interrupt_finishes_the_step_and_checkpoints_it(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
+    """Ctrl-C without save_every: the step in flight finishes and is checkpointed, and a resumed
+    run ends where an uninterrupted one does."""
+    import os
+    import signal
+
+    cfg = _cfg(offpolicy_steps=4, select_best=False)
+    recover(tiny_model, pruned, tmp_path / "straight", cfg, data_cfg, progress=False)
+    real = trainer_mod.Recovery.train_step
+
+    def interrupted_at_3(self, step, *a):
+        out = real(self, step, *a)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the step's results are being kept
+        return out
+
+    monkeypatch.setattr(trainer_mod.Recovery, "train_step", interrupted_at_3)
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False, log=logs.append)
+    assert any("stopped after step 3" in line for line in logs)
+    monkeypatch.setattr(trainer_mod.Recovery, "train_step", real)
+    recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
