@@ -234,11 +234,17 @@ def findings(records: list[dict], cka: dict | None, methods: list[str] | None = 
         f = cka["features"]["mean"]
         raw, partial = f["pearson"]["r"], f["partial"]
         if raw is not None and partial.get("r") is not None:
-            holds = partial.get("ci") and partial["ci"][1] < 0
+            ci = partial.get("ci")
+            if ci and ci[1] < 0:
+                verdict = "CKA tracks recovery beyond what training time and the run explain."
+            elif ci and ci[0] > 0:
+                verdict = ("within runs, higher CKA went with worse KL: alignment, as mean CKA measures it, "
+                           "does not track recovery here.")
+            else:
+                verdict = "its interval includes 0: no evidence that CKA tracks recovery beyond training time."
             out.append(f"Mean CKA and validation KL correlate at r = {raw:.2f} over {cka['n']} checkpoints; with the "
-                       f"training step and the run removed, partial r = {partial['r']:.2f}, so CKA "
-                       + ("tracks recovery beyond what training time explains." if holds else
-                          "does not track recovery beyond training time here (its interval reaches 0 or above)."))
+                       f"training step and the run removed, partial r = {partial['r']:.2f}"
+                       + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f"; {verdict}")
     return out
 
 
