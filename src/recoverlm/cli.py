@@ -174,7 +174,6 @@ def recover(
                  "hidden_weight": hidden_weight, "grid_latents": grid_latents},
         {"prompts": prompts, "teacher_prompts": teacher_prompts})
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
-    rec_cfg.check_data(data_cfg)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
     last = summary["history"][-1]
     typer.echo(f"recovered model written to {out} (validation teacher KL {last['kl']:.4f} at step {last['step']})")

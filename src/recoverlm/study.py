@@ -39,7 +39,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{model_tag(self.model)}/{self.degradation}/{self.method}-seed{self.seed}"
+        return cell_name(self.model, self.degradation, self.method, self.seed)
 
     def folder(self, out: Path) -> Path:
         return Path(out) / self.name
@@ -47,6 +47,11 @@ class Cell:
     def degraded(self, out: Path) -> Path:
         """The degraded model every method and seed of this (model, degradation) shares."""
         return self.folder(out).parent / "degraded"
+
+
+def cell_name(model: str, degradation: str, method: str, seed: int) -> str:
+    """A cell's name, which is also its folder under the study's OUT."""
+    return f"{model_tag(model)}/{degradation}/{method}-seed{seed}"
 
 
 def model_tag(model: str) -> str:
@@ -101,7 +106,7 @@ def cells(study: StudyConfig) -> list[Cell]:
                     degrade_cfg = deg.model_dump(mode="json", include={"method", "params"})
                     raw = _merged(study.base, {"model": model, "degrade": degrade_cfg, "evaluate": deg.evaluate,
                                                "recover": {**arm.recover, "seed": seed}, "data": arm.data})
-                    name = f"{model_tag(model)}/{deg_name}/{method}-seed{seed}"
+                    name = cell_name(model, deg_name, method, seed)
                     cfg = parse_config(RunConfig, raw, f"cell {name}")
                     try:
                         method_params(cfg.degrade.method, cfg.degrade.params)
