@@ -48,7 +48,8 @@ class DataConfig(_Strict):
     n_task_prompts: int = Field(128, ge=1)  # drawn from a built-in task (its training distribution, another seed)
     task_teacher: Optional[str] = None  # default: the student as it was before recovery (keeps the new skill)
     replay_data: Optional[Path] = None  # sft-replay with replay_source=data: JSONL of prompt/response pairs
-    teacher_generation_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # auto: bfloat16 where the hardware runs it natively, float32 where bf16 is emulated (slower)
+    teacher_generation_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     generation_batch_size: int = Field(16, ge=1)
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import models
+from . import environment, models
 from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config
 from .degrade import degrade, method_params
 from .errors import RecoverLMError
@@ -157,13 +157,6 @@ def _as_run(todo: list[Cell], log) -> list[Cell]:
     return out
 
 
-def device_label() -> str:
-    import torch
-
-    device = models.compute_device()
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-
-
 def _degrade_once(todo: list[Cell], out: Path, log) -> None:
     done = set()
     for cell in todo:
@@ -202,7 +195,7 @@ def run_cell(cell: Cell, out: Path, threads: int | None = None) -> dict:
     with open(folder / "run.log", "a", encoding="utf-8") as fh:
         result = run_experiment(cell.config, folder, progress=False, log=lambda msg: print(msg, file=fh, flush=True))
     record = {"name": cell.name, "model": cell.model, "degradation": cell.degradation, "method": cell.method,
-              "seed": cell.seed, "device": device_label(), "seconds": round(time.perf_counter() - start, 1),
+              "seed": cell.seed, "device": environment.device_label(), "seconds": round(time.perf_counter() - start, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ratio": result["metrics"].get("recovery_ratio", {}).get("kl")}
     write_json_atomic(folder / CELL_FILE, record)
     return record

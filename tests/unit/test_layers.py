@@ -15,6 +15,7 @@ LAYERS = [
     {"io", "runs", "offline"},
     {"config", "data", "ops"},
     {"models", "lm"},
+    {"environment"},
     {"constraints"},
     {"teacher"},
     {"degrade", "evaluate", "analysis", "describe"},

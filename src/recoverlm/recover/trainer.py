@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import models
+from .. import environment, models
 from ..config import DataConfig, RecoverConfig
 from ..data import collate
 from ..errors import RecoverLMError
@@ -258,7 +258,7 @@ class Recovery:
                   "recover": self.cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json"),
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
                   "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
-                  "teacher_generation_dtype": self.data_cfg.teacher_generation_dtype,
+                  "teacher_generation_dtype": environment.generation_dtype(self.data_cfg.teacher_generation_dtype),
                   "world_size": self.acc.num_processes, "distributed": self.acc.distributed_type.value, **extra}
         if not self.acc.is_main_process:
             return record

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import models
+from .. import environment, models
 from ..config import DataConfig
 from ..data import encode_prompts, load_prompts, split_three, texts_hash
 from ..io import atomic_dir, read_json, write_json_atomic
@@ -80,11 +80,12 @@ class ResponseSet:
 
 def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: int, max_new_tokens: int,
                        temperature: float = 0.0, top_p: float = 1.0, top_k_logits: int = 0,
-                       use_chat_template: bool = True, overflow: str = "skip", generation_dtype: str = "bfloat16",
+                       use_chat_template: bool = True, overflow: str = "skip", generation_dtype: str = "auto",
                        batch_size: int = 16, seed: int = 0, teacher=None, log=print) -> ResponseSet:
     """Generate (or load from cache) the teacher's responses, plus its top-k logits if asked."""
     path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(path)
+    generation_dtype = environment.generation_dtype(generation_dtype)  # the cache records what ran
     settings = {
         "teacher_hash": models.model_hash(path), "prompts_hash": texts_hash(prompts),
         "tokenizer_hash": texts_hash([str(getattr(tokenizer, "chat_template", None)), str(len(tokenizer)),

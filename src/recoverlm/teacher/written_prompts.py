@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .. import models
+from .. import environment, models
 from ..data import encode_prompt, texts_hash
 from ..errors import RecoverLMError
 from ..io import write_text_atomic
@@ -67,12 +67,13 @@ def usable_prompts(drafts: list[list[int]], end_id: int, tokenizer, seen: set[st
 
 
 def teacher_written_prompts(teacher_ref, n: int, *, exclude: list[str], max_prompt_tokens: int,
-                            temperature: float = 1.0, batch_size: int = 16, generation_dtype: str = "bfloat16",
+                            temperature: float = 1.0, batch_size: int = 16, generation_dtype: str = "auto",
                             seed: int = 0, log=print) -> list[str]:
     """`n` distinct prompts the teacher writes (fewer, with a note, if it keeps repeating itself),
     none equal to a prompt in `exclude`; cached, so a teacher writes them once."""
     path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(path)
+    generation_dtype = environment.generation_dtype(generation_dtype)  # the cache records what ran
     opening, end_id = user_turn_opening(tokenizer)
     # What the template adds around a message when it is used as a prompt: the written text must fit beside it.
     wrapping = len(encode_prompt(tokenizer, "x")) - len(tokenizer("x", add_special_tokens=False)["input_ids"])
