@@ -7,9 +7,11 @@ folder is never reused for a different config.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from . import models
+from . import environment, models
 from .analysis.layers import cka_models
 from .config import RunConfig, dump_config, same_config
 from .degrade import degrade
@@ -18,7 +20,7 @@ from .evaluate.compare import evaluate_models, evaluate_task_suites
 from .io import read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
 from .report.summary import write_report
-from .runs import CHECKPOINT_DIR, CONFIG_FILE, work_dir
+from .runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, work_dir
 
 
 def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
@@ -29,6 +31,29 @@ def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
     write_text_atomic(stored, dump_config(cfg))
 
 
+class StageClock:
+    """Wall time of each stage, kept in run.json with the machine it ran on. A resumed run keeps the
+    times of the stages it reuses and adds the machine it resumed on, if that is another one."""
+
+    def __init__(self, out: Path):
+        self.path = out / RUN_FILE
+        self.record = read_json(self.path) if self.path.exists() else {"environment": [], "stages": {}}
+        here = environment.describe_environment()
+        if here not in self.record["environment"]:
+            self.record["environment"].append(here)
+        write_json_atomic(self.path, self.record)
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:  # an interrupted stage keeps the time it ran; its resumption adds to it
+            spent = time.perf_counter() - start + self.record["stages"].get(name, 0.0)
+            self.record["stages"][name] = round(spent, 1)
+            write_json_atomic(self.path, self.record)
+
+
 def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
     out = Path(out)
     teacher = models.resolve_model(cfg.model)
@@ -36,12 +61,14 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     _claim_run_dir(cfg, out)
     write_json_atomic(out / "teacher.json", {"model": cfg.model, "path": str(teacher), "hash": models.model_hash(teacher)})
     degraded, recovered = out / "degraded", out / "recovered"
+    clock = StageClock(out)
 
     if models.is_model_dir(degraded):
         log(f"[1/5] degrade: reusing {degraded}")
     else:
         log(f"[1/5] degrade: {cfg.degrade.method} {cfg.degrade.params}")
-        degrade(teacher, cfg.degrade.method, cfg.degrade.params, degraded)
+        with clock.stage("degrade"):
+            degrade(teacher, cfg.degrade.method, cfg.degrade.params, degraded)
 
     if models.is_model_dir(recovered):
         log(f"[2/5] recover: reusing {recovered}")
@@ -50,7 +77,8 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
         log(f"[2/5] recover ({r.method}): " + ("no training, the degraded model as it is" if r.method == "none" else
                                              f"{r.offpolicy_steps} off-policy + {r.onpolicy_steps} on-policy steps"))
         resume = (work_dir(recovered) / CHECKPOINT_DIR).exists()
-        recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log, resume=resume)
+        with clock.stage("recover"):
+            recover(teacher, degraded, recovered, cfg.recover, cfg.data, progress=progress, log=log, resume=resume)
 
     students = {"degraded": degraded, "recovered": recovered}
     metrics_path = out / "metrics.json"
@@ -59,12 +87,14 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
         metrics = read_json(metrics_path)
     else:
         log("[3/5] evaluate: teacher fidelity on held-out prompts")
-        metrics = evaluate_models(teacher, students, cfg.data, cfg.evaluate.batch_size, progress, log,
-                                  generation=cfg.evaluate.generation)
+        with clock.stage("evaluate"):
+            metrics = evaluate_models(teacher, students, cfg.data, cfg.evaluate.batch_size, progress, log,
+                                      generation=cfg.evaluate.generation)
         if cfg.evaluate.suites:
-            metrics["tasks"] = evaluate_task_suites(teacher, students, cfg.evaluate.suites, cfg.evaluate.suite_limit,
-                                                    cfg.evaluate.batch_size, log,
-                                                    apply_chat_template=None if cfg.data.use_chat_template else False)
+            with clock.stage("task suites"):
+                metrics["tasks"] = evaluate_task_suites(
+                    teacher, students, cfg.evaluate.suites, cfg.evaluate.suite_limit, cfg.evaluate.batch_size, log,
+                    apply_chat_template=None if cfg.data.use_chat_template else False)
         write_json_atomic(metrics_path, metrics)
 
     cka_path = out / "cka.json"
@@ -73,9 +103,9 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
         cka = read_json(cka_path)
     else:
         log("[4/5] cka: per-layer linear CKA against the teacher")
-        cka = cka_models(teacher, students, cfg.data, cfg.cka.batch_size, progress, log, pooling=cfg.cka.pooling,
-                         cross_tokens=cfg.cka.cross_tokens, plots_dir=out,
-                         massive_ratio=cfg.cka.massive_ratio)
+        with clock.stage("cka"):
+            cka = cka_models(teacher, students, cfg.data, cfg.cka.batch_size, progress, log, pooling=cfg.cka.pooling,
+                             cross_tokens=cfg.cka.cross_tokens, plots_dir=out, massive_ratio=cfg.cka.massive_ratio)
         write_json_atomic(cka_path, cka)
 
     log("[5/5] report: summary.md and report.html")

@@ -12,6 +12,7 @@ DEGRADATION_FILE = "degradation.json"  # what a degraded model folder records of
 RECOVERY_FILE = "recovery.json"  # what a recovered model folder records of its training
 CHECKPOINT_DIR = "checkpoint"
 CELL_FILE = "cell.json"  # a finished study cell: what it was and where it ran
+RUN_FILE = "run.json"  # a run folder's machine, package versions and the wall time of each stage
 
 
 def work_dir(out: Path) -> Path:

@@ -11,6 +11,9 @@ from ..teacher.response_set import heldout_set
 from .fidelity import GENERATION_METRICS, LOWER_IS_BETTER, METRICS, fidelity, generation_metrics
 
 
+N_SAMPLES = 3
+
+
 def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: DataConfig | None = None,
                     batch_size: int = 8, progress: bool = True, log=print, generation: bool = True) -> dict:
     """Fidelity metrics for the teacher and every student; recovery ratios when both
@@ -30,6 +33,7 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
         for name, g in gen.items():
             results[name].update({m: g[m] for m in GENERATION_METRICS})
             results[name]["per_item"].update(g["per_item"])
+        samples = sample_generations(tokenizer, eval_set, {k: g["responses"] for k, g in gen.items() if k != "teacher"})
     metrics = METRICS + (GENERATION_METRICS if generation else ())
     report = {
         "teacher": str(teacher_path),
@@ -39,6 +43,8 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
         "per_item": {name: r["per_item"] for name, r in results.items()},
         "lower_is_better": LOWER_IS_BETTER,
     }
+    if generation:
+        report["samples"] = samples
     if "degraded" in results and "recovered" in results:
         report["recovery_ratio"] = {
             m: recovery_ratio(results["teacher"][m], results["degraded"][m], results["recovered"][m]) for m in metrics
@@ -48,6 +54,16 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
             m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m]) for m in metrics
         }
     return report
+
+
+def sample_generations(tokenizer, eval_set, responses: dict[str, list[list[int]]], n: int = N_SAMPLES) -> list[dict]:
+    """The first `n` held-out prompts with the teacher's greedy response and each student's, as
+    text: what a reader checks before trusting any of the numbers."""
+    def text(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    return [{"prompt": eval_set.prompts[i], "teacher": text(eval_set.response_ids[i]),
+             **{name: text(r[i]) for name, r in responses.items()}} for i in range(min(n, len(eval_set)))]
 
 
 def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: list[str], limit: int | None = None,

@@ -83,5 +83,5 @@ def generation_metrics(students: dict[str, torch.nn.Module], tokenizer, eval_set
         exact = [float(r == t) for r, t in zip(responses, eval_set.response_ids)]
         ratio = [len(r) / max(len(t), 1) for r, t in zip(responses, eval_set.response_ids)]
         out[name] = {"exact_match": sum(exact) / len(exact), "length_ratio": sum(ratio) / len(ratio),
-                     "per_item": {"exact_match": exact, "length_ratio": ratio}}
+                     "per_item": {"exact_match": exact, "length_ratio": ratio}, "responses": responses}
     return out

@@ -1,61 +1,41 @@
-"""report.html: the run's Markdown summary as one self-contained page (plots embedded inline)."""
+"""report.html: the run's Markdown summary as one self-contained page (plots embedded inline).
+
+Rendered by markdown-it (CommonMark plus tables), so a `|` escaped inside a cell, code spans and
+the HTML line breaks of the sample-generation table come out as a reader of summary.md sees them.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import re
 from pathlib import Path
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
+from markdown_it import MarkdownIt
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right;vertical-align:top}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f4f4f4;padding:0 .2rem}"""
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-def _image(alt: str, src: str, base: Path) -> str:
-    path = base / src
-    if path.exists():
-        data = base64.b64encode(path.read_bytes()).decode()
-        src = f"data:image/png;base64,{data}"
-    return f'<p><img alt="{html.escape(alt)}" src="{src}"></p>'
+def _embed_images(tokens, base: Path) -> None:
+    """Every local image becomes a data: URI, so the page is one file that can be mailed around."""
+    for token in tokens:
+        for child in token.children or ():
+            if child.type != "image":
+                continue
+            src = child.attrGet("src") or ""
+            path = base / src
+            if src and not src.startswith(("data:", "http:", "https:")) and path.is_file():
+                child.attrSet("src", "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode())
 
 
 def markdown_to_html(markdown: str, base: Path, title: str = "recoverlm report") -> str:
-    """Just the Markdown our summaries use: headings, bullets, pipe tables, images, paragraphs."""
-    out, rows, items = [], [], []
-
-    def flush():
-        if rows:
-            head, body = rows[0], [r for r in rows[2:]]
-            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
-            rows.clear()
-        if items:
-            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
-            items.clear()
-
-    for line in markdown.splitlines():
-        image = re.fullmatch(r"!\[(.*?)\]\((.*?)\)", line.strip())
-        if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-            continue
-        if line.startswith("- "):
-            items.append(line[2:])
-            continue
-        flush()
-        if image:
-            out.append(_image(image.group(1), image.group(2), base))
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-    flush()
+    # html=True lets the summary's own <br> line breaks through; every model-written or
+    # user-written text the summary quotes is escaped before it gets there (summary.cell_text).
+    md = MarkdownIt("commonmark", {"html": True}).enable("table")
+    env: dict = {}
+    tokens = md.parse(markdown, env)
+    _embed_images(tokens, Path(base))
+    body = md.renderer.render(tokens, md.options, env)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+            f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 from ..io import read_json
-from ..runs import METRICS_FILE, read_history
+from ..runs import CONFIG_FILE, METRICS_FILE, RUN_FILE, read_history
 
 LABELS = {
     "kl": "teacher KL (nats/token) ↓",
@@ -78,6 +79,47 @@ def _corr(c: dict, ci: bool = True) -> str:
     return f"{c['r']:.2f}{interval}, p={c['p']:.3f}"
 
 
+def cell_text(text: str) -> str:
+    """Any text as the literal content of one Markdown table cell: every ASCII punctuation mark
+    backslash-escaped (so neither Markdown nor HTML in a model's output is interpreted), line breaks
+    as <br>."""
+    escaped = "".join("\\" + c if c in string.punctuation else c for c in text)
+    return "<br>".join(line for line in escaped.splitlines()) or "(empty)"
+
+
+def samples_table(samples: list[dict]) -> str:
+    names = [k for k in samples[0] if k != "prompt"]
+    lines = ["| prompt | " + " | ".join(names) + " |", "|" + ":---|" * (len(names) + 1)]
+    for s in samples:
+        lines.append("| " + " | ".join(cell_text(s[k]) for k in ("prompt", *names)) + " |")
+    return "\n".join(lines)
+
+
+def environment_text(run_dir: Path, recovery: dict) -> str:
+    """Where the numbers come from: machine, precision, package versions and each stage's time."""
+    record = read_json(run_dir / RUN_FILE)
+    lines = []
+    for env in record["environment"]:
+        versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+        lines += [f"- device: {env['device']}, bf16 {'native' if env['native_bf16'] else 'emulated'}; "
+                  f"Python {env['python']} on {env['platform']}", f"- versions: {versions}"]
+    lines.append(f"- precision: student trained in float32; teacher responses generated in "
+                 f"{recovery.get('teacher_generation_dtype', '?')}")
+    stages = record.get("stages", {})
+    if stages:
+        lines += ["", "| stage | wall time |", "|---|---|"]
+        lines += [f"| {name} | {_duration(sec)} |" for name, sec in stages.items()]
+        lines.append(f"| **total** | **{_duration(sum(stages.values()))}** |")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s"
+
+
 def cka_table(cka: dict) -> str:
     deg, rec = cka["cka"]["degraded"], cka["cka"]["recovered"]
     lines = ["| layer | CKA degraded | CKA recovered |", "|---|---|---|"]
@@ -123,8 +165,11 @@ def summary_markdown(run_dir: Path) -> str:
         "Recovery ratio = (recovered - degraded) / (teacher - degraded); 1 is full recovery. The interval is a "
         "paired bootstrap over held-out prompts (2000 resamples).",
     ]
-    if "tasks" in metrics:
+    if "tasks" in metrics:  # general ability next to fidelity: did knowledge come back, not only KL
         parts += ["", "## Task suites", "", tasks_table(metrics["tasks"])]
+    if metrics.get("samples"):
+        parts += ["", "## Sample generations", "", "Greedy responses to the first held-out prompts.", "",
+                  samples_table(metrics["samples"])]
     if (run_dir / "cka.json").exists():
         parts += ["", "## Linear CKA with the teacher, layer by layer", ""]
         if (run_dir / "cka_layers.png").exists():
@@ -139,6 +184,12 @@ def summary_markdown(run_dir: Path) -> str:
         parts += ["", "## Does CKA track recovery?", "", correlation_text(curve)]
         if (run_dir / "cka_vs_kl.png").exists():
             parts += ["", "![mean CKA against validation teacher KL](cka_vs_kl.png)"]
+    if (run_dir / RUN_FILE).exists():
+        parts += ["", "## Where it ran", "", environment_text(run_dir, recovery)]
+    if (run_dir / CONFIG_FILE).exists():
+        config = (run_dir / CONFIG_FILE).read_text(encoding="utf-8")
+        parts += ["", "## Config", "", "<details><summary>config.yaml</summary>", "", "```yaml", config.rstrip(), "```",
+                  "", "</details>"]
     return "\n".join(parts) + "\n"
 
 
