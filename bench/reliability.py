@@ -2,12 +2,16 @@
 outputs, the tests that prove it, and what they counted the last time they ran.
 
     python bench/reliability.py            # runs the tests (the kill soak takes several minutes)
-    python bench/reliability.py --fast     # everything but the kill soak
+    python bench/reliability.py --fast     # everything but the kill soak, whose last figures are kept
+
+The counts of every run are kept in bench/results/reliability.json, so a row not run this time
+shows the figures and date of the last time it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -18,7 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from recoverlm.io import write_text_atomic  # noqa: E402
+from recoverlm.io import write_json_atomic, write_text_atomic  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reliability.json"
 
 # promise -> the test node ids (files or files::tests) that prove it
 PROMISES = [
@@ -37,14 +43,21 @@ PROMISES = [
     ("SIGKILL at 10 random moments, then resume: the model and metrics equal an uninterrupted run's, bitwise "
      "(`recover --resume` and `run`)",
      ["tests/slow/test_kill_soak.py"]),
+    ("Ctrl-C lets the step in flight finish, checkpoints it and names the resume command; the resumed run "
+     "ends bitwise where an uninterrupted one does",
+     ["tests/integration/recover/test_checkpoint.py::test_an_interrupt_finishes_the_step_and_checkpoints_it"]),
     ("A study refuses a bad cell before anything runs and reuses finished cells",
      ["tests/integration/test_study.py"]),
+    ("The run report holds sample generations, the machine, versions and stage times, and renders in headless "
+     "Chromium with no broken image and a non-blank page",
+     ["tests/integration/report/test_report_page.py"]),
 ]
 SLOW = "tests/slow/test_kill_soak.py"
 
 
-def run_tests(ids: list[str]) -> dict[str, dict]:
-    """pytest over `ids` (slow tests included), one JUnit report; per id: passed, failed, skipped, seconds."""
+def run_tests(ids: list[str], when: str) -> dict[str, dict]:
+    """pytest over `ids` (slow tests included), one JUnit report; per id: passed, failed, skipped,
+    seconds and the date."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider",
@@ -52,7 +65,7 @@ def run_tests(ids: list[str]) -> dict[str, dict]:
         if done.returncode not in (0, 1):  # 1: some test failed, which the table shows; others: no run
             sys.exit(f"pytest could not run the tests (exit code {done.returncode})")
         tree = ET.parse(report)
-    counts: dict[str, dict] = {i: {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0} for i in ids}
+    counts: dict[str, dict] = {i: {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0, "date": when} for i in ids}
     for case in tree.iter("testcase"):
         path = case.get("classname", "").replace(".", "/")
         name = case.get("name", "")
@@ -74,15 +87,16 @@ def run_tests(ids: list[str]) -> dict[str, dict]:
 def render(counts: dict[str, dict], when: str) -> str:
     lines = ["# Reliability", "",
              f"Written by `python bench/reliability.py` on {when} from the test results; each row names the tests "
-             "that prove the promise and what they counted.", "",
-             "| promise | tests | cases passed | failed | seconds |", "|---|---|---|---|---|"]
+             "that prove the promise, what they counted and when they last ran.", "",
+             "| promise | tests | cases passed | failed | skipped | seconds | last run |", "|---|---|---|---|---|---|---|"]
     for promise, ids in PROMISES:
         done = [counts[i] for i in ids if i in counts]
         if not done:
-            lines.append(f"| {promise} | {', '.join(f'`{i}`' for i in ids)} | not run | | |")
+            lines.append(f"| {promise} | {', '.join(f'`{i}`' for i in ids)} | not run | | | | |")
             continue
         lines.append(f"| {promise} | {', '.join(f'`{i}`' for i in ids)} | {sum(c['passed'] for c in done)} | "
-                     f"{sum(c['failed'] for c in done)} | {sum(c['seconds'] for c in done):.0f} |")
+                     f"{sum(c['failed'] for c in done)} | {sum(c.get('skipped', 0) for c in done)} | "
+                     f"{sum(c['seconds'] for c in done):.0f} | {min(c.get('date', '?') for c in done)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -92,8 +106,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     args = ap.parse_args()
     ids = [i for _, group in PROMISES for i in group if not (args.fast and i == SLOW)]
-    counts = run_tests(ids)
-    write_text_atomic(args.out, render(counts, time.strftime("%Y-%m-%d")))
+    when = time.strftime("%Y-%m-%d")
+    counts = run_tests(ids, when)
+    previous = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    every = {**previous, **counts}
+    write_json_atomic(RESULTS, every)
+    write_text_atomic(args.out, render(every, when))
     print(args.out.read_text())
     if any(c["failed"] for c in counts.values()):
         sys.exit(1)
