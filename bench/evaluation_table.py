@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from recoverlm import models  # noqa: E402
 from recoverlm.config import DataConfig  # noqa: E402
+from recoverlm.runs import DEGRADATION_FILE, side_file  # noqa: E402
 from recoverlm.degrade import degrade  # noqa: E402
 from recoverlm.evaluate.compare import evaluate_models, evaluate_task_suites  # noqa: E402
 from recoverlm.evaluate.lm_eval_runner import SUITES_DIR, TASK_PREFIX, available_suites  # noqa: E402
@@ -91,7 +92,7 @@ def main() -> None:
 
     teacher = models.resolve_model(args.model)
     students = damaged_models(args.model, args.work)
-    records = {name: json.loads((path / "degradation.json").read_text()) for name, path in students.items()}
+    records = {name: json.loads(side_file(path, DEGRADATION_FILE).read_text()) for name, path in students.items()}
     saved = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "limits": {}, "suites": {},
              "sft": {name: records[name].get("sft", {}) for name in SFT_TASKS}}
 

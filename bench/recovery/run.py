@@ -17,7 +17,7 @@ from recoverlm.config import DataConfig, RecoverConfig
 from recoverlm.evaluate.compare import evaluate_models, evaluate_task_suites
 from recoverlm.models import compute_device
 from recoverlm.recover.trainer import recover
-from recoverlm.runs import METRICS_FILE, read_history, work_dir
+from recoverlm.runs import METRICS_FILE, read_history, side_file, work_dir
 from recoverlm.teacher.response_set import distill_set, heldout_set, validation_set
 
 from .results import append_row, load_rows, write_rows
@@ -94,7 +94,7 @@ class Bench:
         """What a run stopped before its end had shown: its last evaluation on the validation prompts,
         from the trainer's metrics (None before the first evaluation after the start)."""
         out = run_dir(self.work, s)
-        finished = out / METRICS_FILE  # training had finished; the run was being scored
+        finished = side_file(out, METRICS_FILE)  # training had finished; the run was being scored
         metrics = finished if finished.exists() else work_dir(out) / METRICS_FILE
         evals = read_history(metrics) if metrics.exists() else []
         if len(evals) < 2:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from . import models
 from .constraints import CONSTRAINT_FILE, NF4Constraint, QuantGridConstraint, SparsityConstraint, load_constraint
 from .constraints.infer import DEFAULT_THRESHOLD, describe_inferred, infer_sparsity, nm_pattern
+from .runs import side_file
 
 
 def _parameters(folder: Path) -> tuple[int, list[str]]:
@@ -31,7 +32,7 @@ def _parameters(folder: Path) -> tuple[int, list[str]]:
 def _saved(folder: Path) -> dict:
     """The saved Constraint in figures (and the one line `recover` logs for it)."""
     constraint = load_constraint(folder)
-    info: dict = {"kind": constraint.kind, "source": CONSTRAINT_FILE}
+    info: dict = {"kind": constraint.kind, "source": str(side_file(folder, CONSTRAINT_FILE).relative_to(folder))}
     if isinstance(constraint, SparsityConstraint):
         masks = constraint.masks
         kept = sum(int(m.sum()) for m in masks.values())
@@ -77,7 +78,7 @@ def inspect_model(ref, threshold: float = DEFAULT_THRESHOLD) -> dict:
         scheme = quant.get("quant_method") or quant.get("format") or "unknown"
         info["quantization"] = {"scheme": scheme, "note": f"a {scheme} checkpoint: recoverlm trains float weights "
                                 "and does not import this scheme yet; dequantize it to a float folder first"}
-    if (folder / CONSTRAINT_FILE).exists():
+    if side_file(folder, CONSTRAINT_FILE).exists():
         info["constraint"] = _saved(folder)
     else:
         constraint, summary = infer_sparsity(folder, threshold)

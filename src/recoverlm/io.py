@@ -53,10 +53,10 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def check_output_dir(out: Path, inputs: Iterable[Path], own_file: str) -> None:
+def check_output_dir(out: Path, inputs: Iterable[Path], own_files: Iterable[str]) -> None:
     """Refuse an output folder that would destroy something: one that is, contains or lies inside
     an input, or an existing folder holding files recoverlm did not write (its own outputs carry
-    `own_file`, and only those are replaced). An empty folder is fine."""
+    one of `own_files`, relative paths, and only those are replaced). An empty folder is fine."""
     target = Path(out).expanduser().resolve()
     for source in inputs:
         source = Path(source).expanduser().resolve()
@@ -65,7 +65,7 @@ def check_output_dir(out: Path, inputs: Iterable[Path], own_file: str) -> None:
             raise RecoverLMError(f"output {out} {where} the input {source}; choose another output folder")
     if target.exists() and not target.is_dir():
         raise RecoverLMError(f"output {out} is a file, not a folder")
-    if target.is_dir() and any(target.iterdir()) and not (target / own_file).exists():
+    if target.is_dir() and any(target.iterdir()) and not any((target / f).exists() for f in own_files):
         raise RecoverLMError(f"output {out} already holds files that recoverlm did not write; "
                              "choose a new or empty folder")
 

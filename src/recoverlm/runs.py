@@ -11,6 +11,10 @@ CONFIG_FILE = "config.yaml"  # a run folder's resolved config
 DEGRADATION_FILE = "degradation.json"  # what a degraded model folder records of its damage
 RECOVERY_FILE = "recovery.json"  # what a recovered model folder records of its training
 CHECKPOINT_DIR = "checkpoint"
+# Inside a model folder, the subfolder for everything that is not the model itself (its Constraint,
+# degradation.json, recovery.json, the metrics history): the top level then holds only config,
+# tokenizer and weight shards, as loaders that read every top-level *.safetensors expect.
+SIDE_DIR = "recoverlm"
 CELL_FILE = "cell.json"  # a finished study cell: what it was and where it ran
 RUN_FILE = "run.json"  # a run folder's machine, package versions and the wall time of each stage
 
@@ -20,6 +24,26 @@ def work_dir(out: Path) -> Path:
     A sibling rather than a child, so the output folder appears complete or not at all."""
     out = Path(out)
     return out.with_name(out.name + ".work")
+
+
+def side_dir(model_dir: Path, create: bool = False) -> Path:
+    folder = Path(model_dir) / SIDE_DIR
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def side_file(model_dir: Path, name: str) -> Path:
+    """Where the side file `name` of a model folder is: in its side folder, or at the top level in
+    folders written before there was one, which are still read."""
+    new, legacy = side_dir(model_dir) / name, Path(model_dir) / name
+    return legacy if legacy.exists() and not new.exists() else new
+
+
+def own_files(name: str) -> tuple[str, str]:
+    """The paths, relative to a model folder, at which recoverlm's record `name` marks the folder as
+    its own output (io.check_output_dir): in the side folder, or at the top level of older folders."""
+    return f"{SIDE_DIR}/{name}", name
 
 
 def read_history(path: Path) -> list[dict]:

@@ -26,7 +26,7 @@ from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config
 from .degrade import degrade, method_params
 from .errors import RecoverLMError
 from .io import read_json, write_json_atomic
-from .runs import CELL_FILE, CONFIG_FILE, DEGRADATION_FILE
+from .runs import CELL_FILE, CONFIG_FILE, DEGRADATION_FILE, side_file
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def _degrade_once(todo: list[Cell], out: Path, log) -> None:
         if target in done:
             continue
         if models.is_model_dir(target):
-            made = read_json(target / DEGRADATION_FILE)
+            made = read_json(side_file(target, DEGRADATION_FILE))
             if made.get("method") != d.method or made.get("params") != method_params(d.method, d.params):
                 raise RecoverLMError(f"{target} holds a {made.get('method')} degradation with other settings than "
                                      f"{cell.degradation!r} asks for; remove it or write the study to another --out")

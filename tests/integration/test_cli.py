@@ -30,15 +30,16 @@ def test_run_end_to_end(tmp_path, tiny_model, prompt_file):
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(_config(tmp_path, tiny_model, prompt_file)), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name in ("config.yaml", "metrics.json", "cka.json", "summary.md", "degraded/degradation.json",
-                 "degraded/masks.safetensors", "recovered/recovery.json", "recovered/metrics.jsonl"):
+    for name in ("config.yaml", "metrics.json", "cka.json", "summary.md", "degraded/recoverlm/degradation.json",
+                 "degraded/recoverlm/masks.safetensors", "recovered/recoverlm/recovery.json",
+                 "recovered/recoverlm/metrics.jsonl"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metrics"]["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["metrics"]["degraded"]["kl"] > 0
     assert set(metrics["recovery_ratio"]) == {"kl", "reverse_kl", "nll", "top1_agreement", "exact_match", "length_ratio"}
     assert metrics["metrics"]["teacher"]["exact_match"] == 1.0 and 0 <= metrics["metrics"]["recovered"]["exact_match"] <= 1
-    recovery = json.loads((out / "recovered" / "recovery.json").read_text())
+    recovery = json.loads((out / "recovered" / "recoverlm" / "recovery.json").read_text())
     assert recovery["constraint"]["sparsity"] == pytest.approx(0.5)
     cka = json.loads((out / "cka.json").read_text())["cka"]
     assert len(cka["recovered"]["linear"]) == 3  # embeddings + 2 blocks
@@ -59,7 +60,7 @@ def test_stage_commands(tmp_path, tiny_model, prompt_file):
                             "--config", str(cfg), "--steps", "2", "--hidden-weight", "1", "--grid-latents", "teacher"])
     assert r.exit_code == 0, r.output
     assert "grid latents:" in r.output
-    record = json.loads((rec / "recovery.json").read_text())
+    record = json.loads((rec / "recoverlm" / "recovery.json").read_text())
     assert record["constraint"]["kind"] == "quant_grid" and record["recover"]["hidden_weight"] == 1.0
     assert record["recover"]["grid_latents"] == "teacher"
     r = runner.invoke(app, ["evaluate", "--model", str(rec), "--degraded", str(deg), "--teacher", str(tiny_model),

@@ -1,13 +1,14 @@
 """`recoverlm inspect` on the folders of every degradation: what each is and what recover keeps."""
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from recoverlm.cli import app
-from recoverlm.constraints import CONSTRAINT_FILE, MASKS_FILE
 from recoverlm.degrade import degrade
+from recoverlm.runs import SIDE_DIR
 
 runner = CliRunner()
 CASES = [("prune.magnitude", {"sparsity": 0.5}, "sparsity", "50.0% sparse"),
@@ -30,8 +31,7 @@ def test_inspect_says_what_recover_keeps(tmp_path, tiny_model, method, params, k
 
 def test_inspect_infers_a_foreign_sparse_folder_and_a_dense_one(tmp_path, tiny_model):
     degrade(tiny_model, "prune.nm", {"n": 2, "m": 4}, tmp_path / "m")
-    for name in (CONSTRAINT_FILE, MASKS_FILE):
-        (tmp_path / "m" / name).unlink()
+    shutil.rmtree(tmp_path / "m" / SIDE_DIR)
     info = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "m"), "--json"]).output)
     assert info["constraint"]["source"] == "inferred from exact zeros" and info["constraint"]["pattern"] == "2:4"
     dense = runner.invoke(app, ["inspect", str(tiny_model)])

@@ -55,7 +55,7 @@ def test_recoverlm_replaces_its_own_output_and_fills_an_empty_folder(tmp_path, t
     assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(empty)]).exit_code == 0
     again = runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(empty), "--sparsity", "0.3"])
     assert again.exit_code == 0, again.output
-    assert '"sparsity": 0.3' in (empty / "degradation.json").read_text()
+    assert '"sparsity": 0.3' in (empty / "recoverlm" / "degradation.json").read_text()
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path, tiny_model):

@@ -37,7 +37,7 @@ def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_fil
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     shared = out / "teacher" / "mag" / "degraded"
-    assert (shared / "degradation.json").exists()
+    assert (shared / "recoverlm" / "degradation.json").exists()
     for method in ("none", "offpolicy"):
         cell = out / "teacher" / "mag" / f"{method}-seed0"
         assert (cell / "degraded").resolve() == shared.resolve()  # one degraded model for both cells

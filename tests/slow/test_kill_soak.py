@@ -59,7 +59,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model, prompt_fi
     assert _soak(args(tmp_path / "killed"), env, seconds, random.Random(0)) == 0
 
     model = "model.safetensors" if command == "recover" else "recovered/model.safetensors"
-    curve = "metrics.jsonl" if command == "recover" else "recovered/metrics.jsonl"
+    curve = "recoverlm/metrics.jsonl" if command == "recover" else "recovered/recoverlm/metrics.jsonl"
     for name in (model, curve):
         assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
     if command == "run":

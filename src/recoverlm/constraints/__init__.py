@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import RecoverLMError
 from ..io import read_json
+from ..runs import side_file
 from .base import CONSTRAINT_FILE, Constraint
 from .grid import GRID_FILE, QuantGridConstraint
 from .nf4 import NF4_FILE, NF4Constraint
@@ -20,12 +21,12 @@ __all__ = ["CONSTRAINT_FILE", "GRID_FILE", "KINDS", "MASKS_FILE", "NF4_FILE", "C
 
 
 def load_constraint(folder: Path) -> Constraint:
-    """Read the constraint saved beside a degraded model; a folder without one is unconstrained."""
-    meta_path = Path(folder) / CONSTRAINT_FILE
+    """Read the constraint saved with a degraded model; a folder without one is unconstrained."""
+    meta_path = side_file(folder, CONSTRAINT_FILE)
     if not meta_path.exists():
         return Constraint()
     meta = read_json(meta_path)
     kind = meta.get("kind")
     if kind not in KINDS:
         raise RecoverLMError(f"{meta_path}: unknown constraint kind {kind!r}")
-    return KINDS[kind].load(Path(folder), meta)
+    return KINDS[kind].load(meta_path.parent, meta)

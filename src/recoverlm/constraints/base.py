@@ -15,6 +15,7 @@ import torch
 
 from ..errors import RecoverLMError
 from ..io import write_json_atomic
+from ..runs import side_dir
 
 CONSTRAINT_FILE = "constraint.json"
 
@@ -82,9 +83,11 @@ class Constraint:
         """The integer grid code of every weight of matrix `name`, where the constraint has a grid."""
         return None
 
-    def save(self, folder: Path) -> None:
-        write_json_atomic(Path(folder) / CONSTRAINT_FILE, {"kind": self.kind})
+    def save(self, model_dir: Path) -> None:
+        """Write the constraint into the model folder's side folder (runs.SIDE_DIR)."""
+        write_json_atomic(side_dir(model_dir, create=True) / CONSTRAINT_FILE, {"kind": self.kind})
 
     @classmethod
-    def load(cls, folder: Path, meta: dict) -> "Constraint":
+    def load(cls, files: Path, meta: dict) -> "Constraint":
+        """Read back what `save` wrote; `files` is the folder holding constraint.json."""
         return cls()

@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecoverLMError
 from ..io import write_json_atomic
+from ..runs import side_dir
 from .base import CONSTRAINT_FILE, Constraint, modules_of
 from .grid_math import FakeQuant, fake_quantize, grid_codes, latent_within_cell, learned_scale_fake_quantize, qrange
 
@@ -142,12 +143,13 @@ class QuantGridConstraint(Constraint):
     def codes(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         return grid_codes(weight, self.scales[name], self.zeros[name]) if name in self.scales else None
 
-    def save(self, folder: Path) -> None:
+    def save(self, model_dir: Path) -> None:
+        folder = side_dir(model_dir, create=True)
         tensors = {f"{k}.scale": v.contiguous() for k, v in self.scales.items()}
         tensors.update({f"{k}.zero": v.contiguous() for k, v in self.zeros.items()})
-        save_file(tensors, str(Path(folder) / GRID_FILE))
+        save_file(tensors, str(folder / GRID_FILE))
         write_json_atomic(
-            Path(folder) / CONSTRAINT_FILE,
+            folder / CONSTRAINT_FILE,
             {"kind": self.kind, "file": GRID_FILE, "bits": self.bits, "symmetric": self.symmetric},
         )
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import RecoverLMError
 from ..io import write_json_atomic
+from ..runs import side_dir
 from .base import CONSTRAINT_FILE, Constraint, find_param, modules_of
 
 NF4_FILE = "nf4_absmax.safetensors"
@@ -125,9 +126,10 @@ class NF4Constraint(Constraint):
     def codes(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         return nf4_codes(weight, self.absmax[name]) if name in self.absmax else None
 
-    def save(self, folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in self.absmax.items()}, str(Path(folder) / NF4_FILE))
-        write_json_atomic(Path(folder) / CONSTRAINT_FILE, {"kind": self.kind, "file": NF4_FILE, "blocksize": self.blocksize})
+    def save(self, model_dir: Path) -> None:
+        folder = side_dir(model_dir, create=True)
+        save_file({k: v.contiguous() for k, v in self.absmax.items()}, str(folder / NF4_FILE))
+        write_json_atomic(folder / CONSTRAINT_FILE, {"kind": self.kind, "file": NF4_FILE, "blocksize": self.blocksize})
 
     @classmethod
     def load(cls, folder: Path, meta: dict) -> "NF4Constraint":

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import RecoverLMError
 from ..io import write_json_atomic
+from ..runs import side_dir
 from .base import CONSTRAINT_FILE, Constraint, find_param, placed_like
 
 MASKS_FILE = "masks.safetensors"
@@ -53,9 +54,10 @@ class SparsityConstraint(Constraint):
     def lora_masks(self) -> dict[str, torch.Tensor]:
         return self.masks
 
-    def save(self, folder: Path) -> None:
-        save_file({k: v.to(torch.uint8).contiguous() for k, v in self.masks.items()}, str(Path(folder) / MASKS_FILE))
-        write_json_atomic(Path(folder) / CONSTRAINT_FILE, {"kind": self.kind, "file": MASKS_FILE})
+    def save(self, model_dir: Path) -> None:
+        folder = side_dir(model_dir, create=True)
+        save_file({k: v.to(torch.uint8).contiguous() for k, v in self.masks.items()}, str(folder / MASKS_FILE))
+        write_json_atomic(folder / CONSTRAINT_FILE, {"kind": self.kind, "file": MASKS_FILE})
 
     @classmethod
     def load(cls, folder: Path, meta: dict) -> "SparsityConstraint":

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..lm.blocks import linear_weights
-from ..runs import DEGRADATION_FILE
+from ..runs import DEGRADATION_FILE, own_files, side_dir
 from ..errors import RecoverLMError
 from .calibration import CALIBRATION_DEFAULTS
 from .gptq import quantize_gptq
@@ -93,7 +93,7 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
 
     full = method_params(method, params)
     source = models.resolve_model(model_ref)
-    check_output_dir(out, [source], DEGRADATION_FILE)
+    check_output_dir(out, [source], own_files(DEGRADATION_FILE))
     model = models.load_model(source)
     tokenizer = models.load_tokenizer(source)
     before = _shape(model)
@@ -120,6 +120,6 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         constraint.save(tmp)
-        write_json_atomic(tmp / DEGRADATION_FILE, record)
+        write_json_atomic(side_dir(tmp, create=True) / DEGRADATION_FILE, record)
     return record
 

@@ -17,7 +17,7 @@ from ..constraints.lora import ADAPTER_DIR, merged_for_export, wrap_lora
 from ..errors import RecoverLMError
 from ..io import atomic_dir, write_json_atomic
 from ..lm.generate import generate
-from ..runs import METRICS_FILE, RECOVERY_FILE
+from ..runs import METRICS_FILE, RECOVERY_FILE, side_dir, side_file
 from .timing import PhaseTimer, phase
 
 
@@ -29,7 +29,7 @@ def constraint_of(student_path: Path, cfg: RecoverConfig, log=print) -> Constrai
     if cfg.constraint == "none":
         log("recover.constraint: none: every weight trains freely")
         return Constraint()
-    if (Path(student_path) / CONSTRAINT_FILE).exists() or cfg.constraint == "saved":
+    if side_file(student_path, CONSTRAINT_FILE).exists() or cfg.constraint == "saved":
         return load_constraint(student_path)
     constraint, summary = infer_sparsity(student_path, cfg.sparsity_threshold)
     if summary["masked"] or summary["below_threshold"]:  # a dense model has nothing to say
@@ -139,8 +139,8 @@ def write_recovered(out: Path, model, cfg: RecoverConfig, constraint: Constraint
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         constraint.save(tmp)
-        write_json_atomic(tmp / RECOVERY_FILE, record)
-        with open(tmp / METRICS_FILE, "w", encoding="utf-8") as fh:
+        write_json_atomic(side_dir(tmp, create=True) / RECOVERY_FILE, record)
+        with open(side_dir(tmp) / METRICS_FILE, "w", encoding="utf-8") as fh:
             for row in history:
                 fh.write(json.dumps(row) + "\n")
     return record

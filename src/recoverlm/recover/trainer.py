@@ -29,7 +29,7 @@ from ..data import collate
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
-from ..runs import METRICS_FILE, RECOVERY_FILE, work_dir
+from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
 from . import distributed, student as student_part
 from .checkpoint import load_best, load_checkpoint, save_best, save_checkpoint, trainable_state
@@ -72,7 +72,7 @@ class Recovery:
         """Inputs checked (vocabulary, constraint options, layer shapes) and the frozen teacher
         loaded, before any teacher work."""
         self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
-        check_output_dir(self.out, [self.teacher_path, self.student_path], RECOVERY_FILE)
+        check_output_dir(self.out, [self.teacher_path, self.student_path], own_files(RECOVERY_FILE))
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..io import read_json, write_text_atomic
-from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, read_history
+from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, read_history, side_file
 
 # The budget controls every method is compared with, beside stage 1 alone ("offpolicy").
 BASELINES = ("none", "sft-replay")
@@ -30,11 +30,11 @@ def collect(out: Path, names: set[str] | None = None) -> list[dict]:
         rec["ratio"] = metrics.get("recovery_ratio", {}).get("kl")
         rec["suites"] = {name: {suite: r for suite, r in res.items()}
                          for name, res in metrics.get("tasks", {}).get("results", {}).items()}
-        recovery = folder / "recovered" / RECOVERY_FILE
+        recovery = side_file(folder / "recovered", RECOVERY_FILE)
         rec["tokens"] = read_json(recovery).get("tokens", 0) if recovery.exists() else 0
-        history = folder / "recovered" / METRICS_FILE
+        history = side_file(folder / "recovered", METRICS_FILE)
         rec["history"] = read_history(history) if history.exists() else []
-        degradation = folder / "degraded" / DEGRADATION_FILE
+        degradation = side_file(folder / "degraded", DEGRADATION_FILE)
         rec["degrade"] = read_json(degradation) if degradation.exists() else {}
         records.append(rec)
     return records

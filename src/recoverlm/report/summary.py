@@ -6,7 +6,7 @@ import string
 from pathlib import Path
 
 from ..io import read_json
-from ..runs import CONFIG_FILE, METRICS_FILE, RUN_FILE, read_history
+from ..runs import CONFIG_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, RUN_FILE, read_history, side_file
 
 LABELS = {
     "kl": "teacher KL (nats/token) ↓",
@@ -142,8 +142,8 @@ def cka_table(cka: dict) -> str:
 def summary_markdown(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json")
-    degradation = read_json(run_dir / "degraded" / "degradation.json")
-    recovery = read_json(run_dir / "recovered" / "recovery.json")
+    degradation = read_json(side_file(run_dir / "degraded", DEGRADATION_FILE))
+    recovery = read_json(side_file(run_dir / "recovered", RECOVERY_FILE))
     params = ", ".join(f"{k}={v}" for k, v in degradation["params"].items())
     held = metrics["heldout"]
     parts = [
@@ -179,7 +179,7 @@ def summary_markdown(run_dir: Path) -> str:
             parts += ["", f"![cross-layer CKA]({png.name})"]
     if (run_dir / "recovery_curve.png").exists():
         parts += ["", "## During recovery", "", "![validation teacher KL and mean CKA by step](recovery_curve.png)"]
-    curve = run_dir / "recovered" / METRICS_FILE
+    curve = side_file(run_dir / "recovered", METRICS_FILE)
     if curve.exists():
         parts += ["", "## Does CKA track recovery?", "", correlation_text(curve)]
         if (run_dir / "cka_vs_kl.png").exists():
@@ -204,7 +204,7 @@ def write_report(run_dir: Path) -> str:
     from .html import markdown_to_html
 
     run_dir = Path(run_dir)
-    curve = run_dir / "recovered" / METRICS_FILE
+    curve = side_file(run_dir / "recovered", METRICS_FILE)
     if curve.exists():
         from .curves import plot_cka_scatter, plot_recovery_curve
 

@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_model, tmp_path, method, 
 
 def test_record_has_per_matrix_figures(tiny_model, tmp_path):
     record = degrade(tiny_model, "prune.wanda", {"sparsity": 0.5, **CAL}, tmp_path / "w")
-    on_disk = json.loads((tmp_path / "w" / "degradation.json").read_text())
+    on_disk = json.loads((tmp_path / "w" / "recoverlm" / "degradation.json").read_text())
     assert on_disk["method"] == "prune.wanda" and on_disk["params"]["sparsity"] == 0.5
     assert on_disk["calibration"]["hash"] == record["calibration"]["hash"]
     assert set(on_disk["matrices"]) == set(linear_weights(load_model(tiny_model)))

@@ -54,7 +54,7 @@ def test_lora_result_is_a_plain_model_that_reloads(tiny_model, tok, tmp_path):
 def test_degrade_sft_writes_record(tiny_model, tmp_path):
     out = tmp_path / "sft"
     record = degrade(tiny_model, "sft", {"task": "rewriting", "steps": 2, **FAST}, out)
-    saved = json.loads((out / "degradation.json").read_text())
+    saved = json.loads((out / "recoverlm" / "degradation.json").read_text())
     assert saved["method"] == "sft" and saved["params"]["task"] == "rewriting"
     sft = saved["sft"]
     assert sft["task"] == "rewriting" and sft["steps"] == 2 and sft["n_train"] == 16

@@ -48,8 +48,8 @@ def test_two_process_ddp_matches_single_process(tmp_path, tiny_model, prompt_fil
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", "29533"], env={"ACCELERATE_USE_CPU": "1"})
     assert _max_difference(single, ddp) < 1e-5
-    assert json.loads((ddp / "recovery.json").read_text())["world_size"] == 2
-    assert json.loads((single / "recovery.json").read_text())["world_size"] == 1
+    assert json.loads((ddp / "recoverlm" / "recovery.json").read_text())["world_size"] == 2
+    assert json.loads((single / "recoverlm" / "recovery.json").read_text())["world_size"] == 1
 
 
 @needs_launcher
@@ -62,5 +62,5 @@ def test_two_process_deepspeed_zero2_matches_single_process(tmp_path, tiny_model
                                          extra=["2", "1e-4"])  # grad_accum 2, clipping far below the gradient norm
     assert _max_difference(single, zero2) < 1e-5
     assert 0 < _max_difference(single, tmp_path / "pruned")
-    record = json.loads((zero2 / "recovery.json").read_text())
+    record = json.loads((zero2 / "recoverlm" / "recovery.json").read_text())
     assert record["world_size"] == 2 and record["distributed"] == "DEEPSPEED"

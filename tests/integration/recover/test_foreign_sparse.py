@@ -8,18 +8,17 @@ import torch
 from helpers.recovery import short_config as _cfg
 from helpers.recovery import weights as _weights
 
-from recoverlm.constraints import CONSTRAINT_FILE, MASKS_FILE
 from recoverlm.constraints.infer import infer_sparsity
 from recoverlm.degrade import degrade
 from recoverlm.recover.trainer import recover
+from recoverlm.runs import SIDE_DIR
 
 
 def _foreign(tiny_model, tmp_path, method, params):
     """A degraded folder with recoverlm's own files taken away, as another pruning tool leaves it."""
     out = tmp_path / method
     degrade(tiny_model, method, params, out)
-    for name in (CONSTRAINT_FILE, MASKS_FILE, "degradation.json"):
-        (out / name).unlink()
+    shutil.rmtree(out / SIDE_DIR)
     return out
 
 

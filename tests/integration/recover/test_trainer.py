@@ -64,8 +64,8 @@ def test_learned_grid_scales_are_exported_with_the_model(tmp_path, tiny_model, q
                   _cfg(grid_scales="learned", grid_scale_lr=5e-2, lr=1e-3, select_best=False, onpolicy_steps=1,
                        eval_every=2), data_cfg, progress=False)
     assert res["constraint"]["learned_scales"]
-    grid_before = load_file(str(quantized / "quant_grid.safetensors"))
-    grid_after = load_file(str(tmp_path / "r" / "quant_grid.safetensors"))
+    grid_before = load_file(str(quantized / "recoverlm" / "quant_grid.safetensors"))
+    grid_after = load_file(str(tmp_path / "r" / "recoverlm" / "quant_grid.safetensors"))
     assert any(not torch.equal(grid_before[k], grid_after[k]) for k in grid_before if k.endswith(".scale"))
     assert all(torch.equal(grid_before[k], grid_after[k]) for k in grid_before if k.endswith(".zero"))
     load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))
@@ -165,7 +165,7 @@ def test_non_finite_loss_stops_and_keeps_best(tmp_path, tiny_model, pruned, data
     with pytest.raises(RecoverLMError, match="non-finite loss at step 1"):
         recover(tiny_model, pruned, tmp_path / "r", _cfg(), data_cfg, progress=False)
     assert _sparsity_ok(tmp_path / "r")["sparsity"] == pytest.approx(0.5)
-    assert json.loads((tmp_path / "r" / "recovery.json").read_text())["stopped"].startswith("non-finite")
+    assert json.loads((tmp_path / "r" / "recoverlm" / "recovery.json").read_text())["stopped"].startswith("non-finite")
 
 
 def test_vocabulary_mismatch_is_an_error(tmp_path, tiny_model, data_cfg):
