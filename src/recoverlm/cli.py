@@ -14,6 +14,7 @@ import yaml
 from .errors import RecoverLMError
 from .offline import go_offline
 
+
 class _OneLineUsageErrors(typer.core.TyperGroup):
     """A usage error (a missing option, an unknown command) is one line on stderr and exit code 2,
     like every other bad input, instead of a usage block in a frame."""
@@ -317,6 +318,20 @@ def inspect(
 
     info = inspect_model(model, sparsity_threshold)
     typer.echo(json.dumps(info, indent=2) if json_out else inspect_text(info))
+
+
+@app.command()
+@cli_errors
+def export(
+    model: str = typer.Argument(..., help="Recovered or degraded model folder (weights on a grid)."),
+    format: str = typer.Option(..., "--format", help="compressed-tensors (integer grids) or bitsandbytes-nf4."),
+    out: Path = typer.Option(..., help="Output folder."),
+    dtype: str = typer.Option("float32", help="dtype of scales and unquantized weights: float32, bfloat16, float16."),
+) -> None:
+    """Write a model in a serving format, its grid packed; read back and checked against the source."""
+    from .export import export_model
+
+    export_model(model, format, out, dtype, log=typer.echo)
 
 
 @app.command()

@@ -110,6 +110,9 @@ class RecoverConfig(_Strict):
     # its exact zeros where a decoder matrix has at least `sparsity_threshold` of them (a model
     # pruned by another tool); `saved`: only a saved Constraint; `none`: every weight trains freely.
     constraint: Literal["auto", "saved", "none"] = "auto"
+    # After recovery, also write the model in a serving format beside the output (`<out>.<format>`):
+    # compressed-tensors for integer-grid students, bitsandbytes-nf4 for NF4 ones.
+    export: Optional[Literal["compressed-tensors", "bitsandbytes-nf4"]] = None
     sparsity_threshold: float = Field(0.25, gt=0.0, le=1.0)
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
     select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"

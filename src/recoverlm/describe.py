@@ -8,9 +8,21 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from . import models
-from .constraints import CONSTRAINT_FILE, NF4Constraint, QuantGridConstraint, SparsityConstraint, load_constraint
-from .constraints.infer import DEFAULT_THRESHOLD, describe_inferred, infer_sparsity, nm_pattern
+from . import formats, models
+from .constraints import (
+    CONSTRAINT_FILE,
+    NF4Constraint,
+    QuantGridConstraint,
+    SparsityConstraint,
+    checkpoint_grid,
+    load_constraint,
+)
+from .constraints.infer import (
+    DEFAULT_THRESHOLD,
+    describe_inferred,
+    infer_sparsity,
+    nm_pattern,
+)
 from .runs import side_file
 
 
@@ -29,10 +41,9 @@ def _parameters(folder: Path) -> tuple[int, list[str]]:
     return count, sorted(dtypes)
 
 
-def _saved(folder: Path) -> dict:
-    """The saved Constraint in figures (and the one line `recover` logs for it)."""
-    constraint = load_constraint(folder)
-    info: dict = {"kind": constraint.kind, "source": str(side_file(folder, CONSTRAINT_FILE).relative_to(folder))}
+def _described(constraint, folder: Path, source: str) -> dict:
+    """A Constraint in figures (and the one line `recover` logs for it)."""
+    info: dict = {"kind": constraint.kind, "source": source}
     if isinstance(constraint, SparsityConstraint):
         masks = constraint.masks
         kept = sum(int(m.sum()) for m in masks.values())
@@ -62,6 +73,9 @@ def _in_features(folder: Path, weight_name: str) -> int:
         with safe_open(str(file), framework="pt") as fh:
             if weight_name in fh.keys():
                 return fh.get_slice(weight_name).get_shape()[1]
+            packed_shape = weight_name.removesuffix(".weight") + ".weight_shape"  # compressed-tensors
+            if packed_shape in fh.keys():
+                return int(fh.get_tensor(packed_shape)[1])
     return 0
 
 
@@ -73,13 +87,16 @@ def inspect_model(ref, threshold: float = DEFAULT_THRESHOLD) -> dict:
             "layers": config.get("num_hidden_layers"), "hidden_size": config.get("hidden_size"),
             "intermediate_size": config.get("intermediate_size"), "vocab_size": config.get("vocab_size"),
             "parameters": parameters, "dtypes": dtypes, "chat_template": models.has_chat_template(folder)}
-    quant = config.get("quantization_config")
-    if quant:
-        scheme = quant.get("quant_method") or quant.get("format") or "unknown"
-        info["quantization"] = {"scheme": scheme, "note": f"a {scheme} checkpoint: recoverlm trains float weights "
-                                "and does not import this scheme yet; dequantize it to a float folder first"}
-    if side_file(folder, CONSTRAINT_FILE).exists():
-        info["constraint"] = _saved(folder)
+    quantized = formats.read_quantized(folder)  # an unsupported scheme is one line naming it
+    if quantized is not None:
+        info["parameters"] = sum(t.numel() for t in quantized[0].values())
+        info["quantization"] = {"scheme": formats.scheme_of(folder), "note": quantized[1]["description"]
+                                + ", read as float weights on that grid"}
+    saved = side_file(folder, CONSTRAINT_FILE)
+    if saved.exists():
+        info["constraint"] = _described(load_constraint(folder), folder, str(saved.relative_to(folder)))
+    elif quantized is not None:
+        info["constraint"] = _described(checkpoint_grid(folder), folder, "the checkpoint's own grid")
     else:
         constraint, summary = infer_sparsity(folder, threshold)
         info["constraint"] = {"kind": constraint.kind, "source": "inferred from exact zeros", **summary,

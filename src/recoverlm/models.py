@@ -194,17 +194,44 @@ def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
 
 
 def load_model(ref: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """A float model from an HF folder; a compressed-tensors or bitsandbytes NF4 checkpoint is read
+    as the float weights on its grid (formats), without the library's own quantized layers."""
     from transformers import AutoModelForCausalLM
+
+    from . import formats
 
     path = resolve_model(ref)
     quiet_transformers()
+    quantized = formats.read_quantized(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        if quantized is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+        else:
+            model = _from_state(path, quantized[0], dtype, trust_remote_code)
+    except RecoverLMError:
+        raise
     except Exception as exc:  # noqa: BLE001 - corrupt or incompatible weights: one clear line
         raise RecoverLMError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
     model.eval()
+    return model
+
+
+def _from_state(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, trust_remote_code: bool):
+    """The architecture of `path` (its quantization_config dropped) holding the float `state`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        names = sorted(set(missing) - tied)[:3] or sorted(unexpected)[:3]
+        raise RecoverLMError(f"{path}: the checkpoint's tensors do not fit its architecture ({', '.join(names)} ...)")
+    model.tie_weights()
     return model
 
 

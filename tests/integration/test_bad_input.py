@@ -84,6 +84,24 @@ def _pickle_only(tmp_path, tiny_model):
     return folder
 
 
+def _quantized_by(tmp_path, tiny_model, quantization_config: dict):
+    folder = tmp_path / "quantized"
+    folder.mkdir()
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": quantization_config}))
+    for f in Path(tiny_model).iterdir():
+        if f.name != "config.json" and f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def _pruned(tmp_path, tiny_model):
+    from recoverlm.degrade import degrade
+
+    degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, tmp_path / "sparse")
+    return tmp_path / "sparse"
+
+
 INPUT_CASES = {
     "missing model": (lambda t, m: ["degrade", "--model", str(t / "nope"), "--out", str(t / "o")], "model not found"),
     "Hub id not cached": (lambda t, m: ["degrade", "--model", "Qwen/Qwen2.5-3B", "--out", str(t / "o")], "Qwen/Qwen2.5-3B"),
@@ -132,6 +150,21 @@ INPUT_CASES = {
     "study with an empty axis": (lambda t, m: ["study", str(_write(t / "s.yaml", json.dumps(
         {"models": [], "degradations": {"a": {"method": "prune.magnitude"}}, "methods": {"n": {}}}))),
         "--out", str(t / "o")], "models"),
+    "GPTQ checkpoint": (lambda t, m: ["inspect", str(_quantized_by(t, m, {"quant_method": "gptq", "bits": 4}))], "GPTQ"),
+    "unsupported compressed-tensors format": (lambda t, m: ["recover", "--teacher", str(m), "--out", str(t / "o"), "--student",
+                                                            str(_quantized_by(t, m, {"quant_method": "compressed-tensors",
+                                                                                     "format": "nvfp4-pack-quantized"}))],
+                                              "nvfp4-pack-quantized"),
+    "export of a dense model": (lambda t, m: ["export", str(m), "--format", "compressed-tensors", "--out", str(t / "o")],
+                                "integer grid"),
+    "export of a sparse model": (lambda t, m: ["export", str(_pruned(t, m)), "--format", "compressed-tensors",
+                                               "--out", str(t / "o")], "sparse"),
+    "unknown export format": (lambda t, m: ["export", str(m), "--format", "onnx", "--out", str(t / "o")], "onnx"),
+    "unknown export dtype": (lambda t, m: ["export", str(m), "--format", "compressed-tensors", "--dtype", "float8",
+                                           "--out", str(t / "o")], "float8"),
+    "recover.export that does not fit": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                                       "--config", str(_write(t / "c.yaml", "recover: {export: bitsandbytes-nf4}\n"))],
+                                         "NF4"),
     "missing required option": (lambda t, m: ["degrade", "--model", str(m)], "--out"),
     "unknown command": (lambda t, m: ["degrad"], "degrad"),
     "unknown option": (lambda t, m: ["degrade", "--model", str(m), "--out", str(t / "o"), "--sparsity-ratio", "1"],

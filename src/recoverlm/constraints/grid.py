@@ -13,7 +13,14 @@ from ..errors import RecoverLMError
 from ..io import write_json_atomic
 from ..runs import side_dir
 from .base import CONSTRAINT_FILE, Constraint, modules_of
-from .grid_math import FakeQuant, fake_quantize, grid_codes, latent_within_cell, learned_scale_fake_quantize, qrange
+from .grid_math import (
+    FakeQuant,
+    fake_quantize,
+    grid_codes,
+    latent_within_cell,
+    learned_scale_fake_quantize,
+    qrange,
+)
 
 GRID_FILE = "quant_grid.safetensors"
 

@@ -19,19 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import RecoverLMError
+from ..formats.bnb_nf4 import NF4_CODE
 from ..io import write_json_atomic
 from ..runs import side_dir
 from .base import CONSTRAINT_FILE, Constraint, find_param, modules_of
 
 NF4_FILE = "nf4_absmax.safetensors"
 
-# bitsandbytes' NF4 code (functional.py get_4bit_type("nf4")): exact zero, asymmetric around it.
-NF4_CODE = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-])
 _MIDPOINTS = (NF4_CODE[1:] + NF4_CODE[:-1]) / 2
 
 

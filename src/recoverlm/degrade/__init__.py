@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import RecoverLMError
 from ..lm.blocks import linear_weights
 from ..runs import DEGRADATION_FILE, own_files, side_dir
-from ..errors import RecoverLMError
 from .calibration import CALIBRATION_DEFAULTS
 from .gptq import quantize_gptq
 from .nf4 import quantize_nf4

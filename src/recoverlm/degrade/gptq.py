@@ -18,7 +18,12 @@ from ..constraints import QuantGridConstraint
 from ..constraints.grid_math import fake_quantize, qrange
 from ..errors import RecoverLMError
 from ..lm.blocks import block_linears, linear_weights
-from .calibration import check_calibration_args, load_calibration, run_block, walk_blocks
+from .calibration import (
+    check_calibration_args,
+    load_calibration,
+    run_block,
+    walk_blocks,
+)
 from .checks import check_int
 from .quantize import check_quant_args, rtn_grid
 

@@ -7,7 +7,12 @@ import torch
 from ..constraints import SparsityConstraint
 from ..errors import RecoverLMError
 from ..lm.blocks import block_linears, linear_weights
-from .calibration import check_calibration_args, load_calibration, run_block, walk_blocks
+from .calibration import (
+    check_calibration_args,
+    load_calibration,
+    run_block,
+    walk_blocks,
+)
 from .checks import check_choice, check_divides, check_fraction, check_int
 
 

@@ -82,8 +82,8 @@ def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int
     prompt/response JSONL): full fine-tuning, or a LoRA adapter merged back so the result is a
     plain HF model. Returns (model, Constraint())."""
     from ..config import LoraConfig
-    from ..data import collate, texts_hash
     from ..constraints.lora import merged_for_export, wrap_lora
+    from ..data import collate, texts_hash
 
     _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenizer)
     pairs = load_task_data(task, n=n_train, seed=seed)

@@ -11,7 +11,12 @@ import torch
 from ..constraints import Constraint
 from ..errors import RecoverLMError
 from ..lm.blocks import decoder_layers
-from .calibration import check_calibration_args, load_calibration, run_block, walk_blocks
+from .calibration import (
+    check_calibration_args,
+    load_calibration,
+    run_block,
+    walk_blocks,
+)
 from .checks import check_fraction, check_int
 
 

@@ -8,8 +8,13 @@ from .. import models
 from ..config import DataConfig
 from ..ops.stats import recovery_ratio, recovery_ratio_ci
 from ..teacher.response_set import heldout_set
-from .fidelity import GENERATION_METRICS, LOWER_IS_BETTER, METRICS, fidelity, generation_metrics
-
+from .fidelity import (
+    GENERATION_METRICS,
+    LOWER_IS_BETTER,
+    METRICS,
+    fidelity,
+    generation_metrics,
+)
 
 N_SAMPLES = 3
 

@@ -11,7 +11,12 @@ import torch
 from ..config import RecoverConfig
 from ..data import Batch
 from ..lm.forward import completion_outputs, completion_targets
-from ..ops.divergences import divergence, hidden_relative_mse, token_nll, topk_divergence
+from ..ops.divergences import (
+    divergence,
+    hidden_relative_mse,
+    token_nll,
+    topk_divergence,
+)
 
 
 def loss_mask(response_lengths: list[int], skip_first: int) -> torch.Tensor:

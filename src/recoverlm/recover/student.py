@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils import parametrize
 
-from .. import models
+from .. import formats, models
 from ..config import RecoverConfig
 from ..constraints import Constraint
 from ..constraints.lora import ADAPTER_DIR, merged_for_export, wrap_lora
@@ -23,7 +23,7 @@ from .timing import PhaseTimer, phase
 
 def constraint_of(student_path: Path, cfg: RecoverConfig, log=print) -> Constraint:
     """The Constraint recovery keeps (recover.constraint), saying so when it was inferred."""
-    from ..constraints import CONSTRAINT_FILE, load_constraint
+    from ..constraints import CONSTRAINT_FILE, checkpoint_grid, load_constraint
     from ..constraints.infer import describe_inferred, infer_sparsity
 
     if cfg.constraint == "none":
@@ -31,6 +31,11 @@ def constraint_of(student_path: Path, cfg: RecoverConfig, log=print) -> Constrai
         return Constraint()
     if side_file(student_path, CONSTRAINT_FILE).exists() or cfg.constraint == "saved":
         return load_constraint(student_path)
+    grid = checkpoint_grid(student_path)
+    if grid is not None:
+        log(f"{student_path}: a {formats.scheme_of(student_path)} checkpoint, read as float weights on its own grid "
+            f"({grid.kind}); recovery keeps that grid")
+        return grid
     constraint, summary = infer_sparsity(student_path, cfg.sparsity_threshold)
     if summary["masked"] or summary["below_threshold"]:  # a dense model has nothing to say
         log(f"{student_path}: {describe_inferred(summary)}")
@@ -46,6 +51,10 @@ def apply_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path
                                  f"{student_path} has constraint '{constraint.kind}'")
     if cfg.grid_scales == "learned":
         constraint.learn_scales = True
+    if cfg.export:
+        from ..export import check_export_fits
+
+        check_export_fits(cfg.export, constraint)
 
 
 def check_hidden_targets(cfg: RecoverConfig, teacher_config, student_config) -> None:

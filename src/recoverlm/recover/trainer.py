@@ -31,8 +31,15 @@ from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
 from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
-from . import distributed, student as student_part
-from .checkpoint import load_best, load_checkpoint, save_best, save_checkpoint, trainable_state
+from . import distributed
+from . import student as student_part
+from .checkpoint import (
+    load_best,
+    load_checkpoint,
+    save_best,
+    save_checkpoint,
+    trainable_state,
+)
 from .objective import MicroBatch, loss_mask, loss_sum
 from .schedule import batch_order, lr_at, on_policy_steps, param_groups, stage
 from .teachers import Teachers
@@ -200,7 +207,13 @@ class Recovery:
         with _finish_step_on_interrupt(self.acc.num_processes, self.log) as interrupted:
             self._loop(plan, on_policy, steps, bar, interrupted)
         bar.close()
-        return self._export(tokens=self.tokens, seconds=time.perf_counter() - started)
+        result = self._export(tokens=self.tokens, seconds=time.perf_counter() - started)
+        if cfg.export and self.acc.is_main_process:
+            from ..export import export_model
+
+            target = self.out.with_name(f"{self.out.name}.{cfg.export}")
+            result["export"] = export_model(self.out, cfg.export, target, log=self.log)
+        return result
 
     def _loop(self, plan, on_policy, steps, bar, interrupted) -> None:
         """The steps from the start (or the resumed step) to the end, evaluating and checkpointing

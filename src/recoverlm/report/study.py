@@ -10,7 +10,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..io import read_json, write_text_atomic
-from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, read_history, side_file
+from ..runs import (
+    CELL_FILE,
+    DEGRADATION_FILE,
+    METRICS_FILE,
+    RECOVERY_FILE,
+    read_history,
+    side_file,
+)
 
 # The budget controls every method is compared with, beside stage 1 alone ("offpolicy").
 BASELINES = ("none", "sft-replay")
@@ -169,8 +176,13 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
     """CKA against validation teacher KL over every checkpoint of every cell: Pearson and Spearman,
     and the partial correlation with the step and the run removed (what is left once "both move
     with training" and "runs differ" are accounted for); every interval resamples whole runs."""
-    from ..ops.correlate import (cka_features, cluster_bootstrap_ci, correlate_recovery, correlation_of,
-                                 partial_correlation_of)
+    from ..ops.correlate import (
+        cka_features,
+        cluster_bootstrap_ci,
+        correlate_recovery,
+        correlation_of,
+        partial_correlation_of,
+    )
 
     rows = evaluations(records)
     runs = {r["run"] for r in rows}

@@ -6,7 +6,15 @@ import string
 from pathlib import Path
 
 from ..io import read_json
-from ..runs import CONFIG_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, RUN_FILE, read_history, side_file
+from ..runs import (
+    CONFIG_FILE,
+    DEGRADATION_FILE,
+    METRICS_FILE,
+    RECOVERY_FILE,
+    RUN_FILE,
+    read_history,
+    side_file,
+)
 
 LABELS = {
     "kl": "teacher KL (nats/token) ↓",

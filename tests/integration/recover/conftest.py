@@ -1,13 +1,6 @@
 import pytest
 
-from recoverlm.config import DataConfig
 from recoverlm.degrade import degrade
-
-
-@pytest.fixture(scope="module")
-def data_cfg(prompt_file):
-    return DataConfig(prompts=prompt_file, n_heldout=4, max_new_tokens=8, top_k_logits=8,
-                      teacher_generation_dtype="float32")
 
 
 @pytest.fixture(scope="module")
