@@ -113,6 +113,9 @@ class RecoverConfig(_Strict):
     # After recovery, also write the model in a serving format beside the output (`<out>.<format>`):
     # compressed-tensors for integer-grid students, bitsandbytes-nf4 for NF4 ones.
     export: Optional[Literal["compressed-tensors", "bitsandbytes-nf4"]] = None
+    # Experiment trackers fed through accelerate, beside metrics.jsonl (which stays the record):
+    # their logs go to `<out>.logs/`; wandb runs offline unless WANDB_MODE says otherwise.
+    log_with: list[Literal["tensorboard", "wandb", "trackio"]] = []
     sparsity_threshold: float = Field(0.25, gt=0.0, le=1.0)
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
     select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,11 +164,34 @@ def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    """A Hub model id as the folder of its snapshot in the local Hugging Face cache (HF_HOME), read
+    without a network call; a download happens only where the user set HF_HUB_OFFLINE=0."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() not in ("0", "false", "no", "off")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=offline))
+    except Exception as exc:  # noqa: BLE001 - not cached, or the download failed: one line either way
+        if offline:
+            raise RecoverLMError(f"Hub model {repo_id} is not in the local Hugging Face cache "
+                                 f"({constants.HF_HUB_CACHE}); download it first (hf download {repo_id}) or set "
+                                 "HF_HUB_OFFLINE=0 to let recoverlm fetch it") from exc
+        raise RecoverLMError(f"Hub model {repo_id} could not be fetched: {str(exc).splitlines()[0]}") from exc
+
+
 def resolve_model(ref: str | Path) -> Path:
-    """An embedded model name or a local HF folder -> a local HF folder with safetensors weights."""
+    """An embedded model name, a local HF folder or a Hub id in the local HF cache -> a local HF
+    folder with safetensors weights."""
     if str(ref) in EMBEDDED_MODELS:
         return ensure_embedded(str(ref))
     path = Path(ref).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(str(ref)):
+        path = _from_hub_cache(str(ref))
     if not path.exists():
         known = ", ".join(EMBEDDED_MODELS)
         raise RecoverLMError(f"model not found: {ref} (not a folder, and not an embedded model: {known})")
@@ -256,7 +280,8 @@ def model_hash(path: Path) -> str:
     path = resolve_model(path)
     files = sorted(path.glob("*.safetensors"))
     key = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    cache = path / ".recoverlm-hash.json"
+    # Kept in recoverlm's own cache, keyed by the folder's path: an input folder is never written to.
+    cache = recoverlm_home() / "model_hashes" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:20]}.json"
     if cache.exists():
         try:
             stored = read_json(cache)
@@ -273,7 +298,7 @@ def model_hash(path: Path) -> str:
     try:
         write_json_atomic(cache, {"key": key, "sha256": value})
     except OSError:
-        pass  # read-only model folder: hash again next time
+        pass  # a read-only cache: hash again next time
     return value
 
 

@@ -11,7 +11,7 @@ ROOT = Path(recoverlm.__file__).parent
 # its own package: the stages of one layer never import each other. recover sits above
 # evaluate and analysis because it calls the measurements during training.
 LAYERS = [
-    {"errors"},
+    {"errors", "stage_package"},
     {"io", "runs", "offline"},
     {"config", "data", "ops"},
     {"formats"},

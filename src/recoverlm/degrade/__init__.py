@@ -123,3 +123,8 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
         write_json_atomic(side_dir(tmp, create=True) / DEGRADATION_FILE, record)
     return record
 
+
+
+from ..stage_package import callable_as  # noqa: E402 - the stage's functions above come first
+
+callable_as(__name__, __name__, "degrade")

@@ -11,7 +11,7 @@ from ..config import RecoverConfig
 from ..errors import RecoverLMError
 
 
-def make_accelerator(cfg: RecoverConfig, resume: bool):
+def make_accelerator(cfg: RecoverConfig, resume: bool, trackers: dict | None = None):
     """The accelerator for this process, with the options its distributed mode cannot serve refused."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -25,7 +25,8 @@ def make_accelerator(cfg: RecoverConfig, resume: bool):
     # it knows the backend: on a CPU machine that is gloo.
     deepspeed_on_cpu = on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=on_cpu and not deepspeed_on_cpu,
-                      kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None)
+                      kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
+                      **(trackers or {}))
     if acc.distributed_type == DistributedType.FSDP:
         # FSDP shards the student's parameters (DTensors): what needs whole local tensors is refused.
         for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),

@@ -33,6 +33,7 @@ from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
 from . import distributed
 from . import student as student_part
+from . import tracking
 from .checkpoint import (
     load_best,
     load_checkpoint,
@@ -57,7 +58,7 @@ class Recovery:
         cfg.check_data(data_cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.acc = distributed.make_accelerator(cfg, resume)
+        self.acc = distributed.make_accelerator(cfg, resume, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
         self._load_models(teacher_ref, student_ref)
         with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
@@ -165,6 +166,7 @@ class Recovery:
 
                 row["cka"] = trajectory(self.teacher, model, self.validation, self.pad_id)
         self.history.append(row)
+        tracking.log_row(self.acc, self.cfg.log_with, row)
         if self.acc.is_main_process:
             self.work.mkdir(parents=True, exist_ok=True)
             with open(self.work / METRICS_FILE, "a", encoding="utf-8") as fh:
@@ -199,6 +201,8 @@ class Recovery:
         cfg = self.cfg
         steps = 0 if cfg.method == "none" else cfg.total_steps
         plan, on_policy = batch_order(len(self.train_set), cfg.batch_size, steps, cfg.seed), on_policy_steps(cfg, steps)
+        tracking.start(self.acc, cfg.log_with, self.out.name,
+                       {"recover": cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json")})
         if self.start_step == 0 and not self.history:
             self.evaluate(0, None)
         bar = tqdm(total=steps, initial=self.start_step, desc="recover", unit="step",
@@ -207,6 +211,7 @@ class Recovery:
         with _finish_step_on_interrupt(self.acc.num_processes, self.log) as interrupted:
             self._loop(plan, on_policy, steps, bar, interrupted)
         bar.close()
+        tracking.finish(self.acc, cfg.log_with)
         result = self._export(tokens=self.tokens, seconds=time.perf_counter() - started)
         if cfg.export and self.acc.is_main_process:
             from ..export import export_model
