@@ -113,6 +113,9 @@ class RecoverConfig(_Strict):
     # After recovery, also write the model in a serving format beside the output (`<out>.<format>`):
     # compressed-tensors for integer-grid students, bitsandbytes-nf4 for NF4 ones.
     export: Optional[Literal["compressed-tensors", "bitsandbytes-nf4"]] = None
+    # Response positions per chunk through the LM head (0: all at once). Chunked, no
+    # [positions x vocabulary] logits tensor exists for the whole micro-batch (ops.chunked).
+    logit_chunk: int = Field(0, ge=0)
     # Experiment trackers fed through accelerate, beside metrics.jsonl (which stays the record):
     # their logs go to `<out>.logs/`; wandb runs offline unless WANDB_MODE says otherwise.
     log_with: list[Literal["tensorboard", "wandb", "trackio"]] = []

@@ -3,10 +3,14 @@ and the hidden-state term all score."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 
 from ..data import Batch
 from ..errors import RecoverLMError
+from .blocks import unwrapped
 from .capture import layer_outputs
 
 
@@ -40,6 +44,61 @@ def completion_outputs(model, batch: Batch, logits: bool = True, hidden: bool = 
                              "that runs the blocks' hooks outside autograd, as transformers 4.x does); turn "
                              "gradient_checkpointing off or use transformers 5")
     return (out.logits[predicts[:, cols]] if logits else None), states
+
+
+@dataclass
+class Head:
+    """An LM head as tensors: logits = softcap(hidden @ weight.T + bias)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    softcap: float | None
+
+
+class _HeadInputs(torch.nn.Module):
+    """Stands in for the LM head during one forward: keeps what the head was given and returns a
+    one-wide placeholder, so the model's forward runs unchanged but no vocabulary-wide logits exist."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, hidden):
+        self.seen.append(hidden)
+        return hidden[..., :1] * 0
+
+
+def head_of(model) -> Head:
+    base = unwrapped(model)
+    head = base.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise RecoverLMError(f"recover.logit_chunk needs a plain linear LM head; this model's is {type(head).__name__} "
+                             "(a LoRA adapter on lm_head?)")
+    return Head(head.weight, head.bias, getattr(base.config, "final_logit_softcapping", None))
+
+
+@contextlib.contextmanager
+def _head_inputs(model):
+    base = unwrapped(model)
+    if hasattr(base, "get_base_model"):  # PEFT: the transformers model inside
+        base = base.get_base_model()
+    head, stand_in = base.get_output_embeddings(), _HeadInputs()
+    base.set_output_embeddings(stand_in)
+    try:
+        yield stand_in.seen
+    finally:
+        base.set_output_embeddings(head)
+
+
+def completion_head_inputs(model, batch: Batch, hidden: bool = False):
+    """What the LM head would get at the positions `completion_logits` scores, (N, d), instead of
+    the logits themselves (the final norm applied); with `hidden`, every block's output as well.
+    The divergences then go through the head in chunks (ops.chunked)."""
+    with _head_inputs(model) as seen:
+        _, states = completion_outputs(model, batch, logits=True, hidden=hidden)
+    predicts = batch.completion[:, 1:].to(seen[0].device)
+    cols = predicts.any(0).nonzero().squeeze(1)
+    return seen[0][predicts[:, cols]], states
 
 
 def completion_targets(batch: Batch) -> torch.Tensor:

@@ -10,7 +10,13 @@ import torch
 
 from ..config import RecoverConfig
 from ..data import Batch
-from ..lm.forward import completion_outputs, completion_targets
+from ..lm.forward import (
+    completion_head_inputs,
+    completion_outputs,
+    completion_targets,
+    head_of,
+)
+from ..ops.chunked import chunked_per_token
 from ..ops.divergences import (
     divergence,
     hidden_relative_mse,
@@ -40,31 +46,50 @@ class MicroBatch:
 
 def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, pad_id: int) -> tuple[torch.Tensor, dict]:
     """Sum over kept response tokens of the per-token loss, and the mean of its parts (the
-    divergence, and the hidden-state error when it is trained) for logging."""
+    divergence, and the hidden-state error when it is trained) for logging. With
+    `recover.logit_chunk`, the student's logits (and a single teacher's, on-policy) are made
+    through the LM head a chunk of positions at a time and never held for the whole batch."""
     want_hidden = cfg.hidden_weight > 0 and cfg.method == "distill"
-    logits, states = completion_outputs(student, mb.batch, hidden=want_hidden)
-    keep = mb.keep.to(logits.device)
-    targets = completion_targets(mb.batch).to(logits.device)
+    if cfg.logit_chunk:
+        rows, states = completion_head_inputs(student, mb.batch, hidden=want_hidden)
+    else:
+        rows, states = completion_outputs(student, mb.batch, hidden=want_hidden)
+    keep = mb.keep.to(rows.device)
+    targets = completion_targets(mb.batch).to(rows.device)
 
     def mean(per_token: torch.Tensor) -> float:
         return float((per_token.detach() * keep).sum()) / max(mb.n_tokens, 1)
 
-    if cfg.method == "sft-replay":
-        per_token = token_nll(logits, targets)
-        return (per_token * keep).sum(), {"divergence": mean(per_token)}
-    t_logits, t_states = (teachers.outputs(mb, pad_id, logits=mb.on_policy, hidden=want_hidden)
-                          if mb.on_policy or want_hidden else (None, None))
-    if mb.on_policy:
-        per_token = divergence(logits, t_logits, cfg.onpolicy_divergence, cfg.beta, cfg.temperature)
+    live = cfg.method == "distill" and (mb.on_policy or want_hidden)
+    t_rows, t_states = (teachers.outputs(mb, pad_id, logits=mb.on_policy, hidden=want_hidden,
+                                         head_inputs=bool(cfg.logit_chunk)) if live else (None, None))
+    if cfg.method == "distill" and not mb.on_policy:
+        idx, lp = (t.to(rows.device) for t in train_set.topk_rows(mb.seq_indices))
+
+    def per_token_of(logits: torch.Tensor, span: slice) -> torch.Tensor:
+        """(divergence, cross-entropy) of the rows `span` from their student logits, shape (2, n)."""
+        nll = (token_nll(logits, targets[span]) if cfg.method == "sft-replay" or cfg.ce_weight
+               else torch.zeros(logits.shape[0], device=logits.device))
+        if cfg.method == "sft-replay":
+            return torch.stack([nll, nll])
+        if mb.on_policy:
+            div = divergence(logits, teachers.logits_of(t_rows[span]), cfg.onpolicy_divergence, cfg.beta, cfg.temperature)
+        else:
+            div = topk_divergence(logits, lp[span], idx[span], cfg.divergence, cfg.beta, cfg.temperature)
+        return torch.stack([div, nll])
+
+    if cfg.logit_chunk:
+        head = head_of(student)
+        terms = chunked_per_token(rows, head.weight, per_token_of, cfg.logit_chunk, head.bias, head.softcap)
     else:
-        idx, lp = train_set.topk_rows(mb.seq_indices)
-        per_token = topk_divergence(logits, lp.to(logits.device), idx.to(logits.device), cfg.divergence,
-                                    cfg.beta, cfg.temperature)
-    parts = {"divergence": mean(per_token)}
+        terms = per_token_of(rows, slice(0, rows.shape[0]))
+    if cfg.method == "sft-replay":
+        return (terms[1] * keep).sum(), {"divergence": mean(terms[1])}
+    per_token, parts = terms[0], {"divergence": mean(terms[0])}
+    if cfg.ce_weight:
+        per_token = per_token + cfg.ce_weight * terms[1]
     if want_hidden:
         hidden = hidden_relative_mse(states, t_states)
         parts["hidden"] = mean(hidden)
         per_token = per_token + cfg.hidden_weight * hidden
-    if cfg.ce_weight:
-        per_token = per_token + cfg.ce_weight * token_nll(logits, targets)
     return (per_token * keep).sum(), parts

@@ -9,7 +9,8 @@ import torch
 
 from .. import models
 from ..data import collate
-from ..lm.forward import completion_outputs
+from ..lm.forward import completion_head_inputs, completion_outputs, head_of
+from ..ops.chunked import head_logits
 from .timing import PhaseTimer, phase
 
 
@@ -18,6 +19,7 @@ class Teachers:
 
     def __init__(self, teacher, task_teacher=None, ema=None, ema_rate: float = 0.99, timer: PhaseTimer | None = None):
         self.teacher, self.task_teacher, self.ema, self.ema_rate, self.timer = teacher, task_teacher, ema, ema_rate, timer
+        self.head = None  # the LM head of the rows `outputs` last returned as head inputs
 
     @staticmethod
     def task_teacher(cfg, data_cfg, student_path, device):
@@ -34,15 +36,28 @@ class Teachers:
         return copy.deepcopy(student).eval().requires_grad_(False).to(device) if cfg.teacher_mode == "ema" else None
 
     @torch.no_grad()
-    def outputs(self, mb, pad_id: int, logits: bool = True, hidden: bool = False):
+    def outputs(self, mb, pad_id: int, logits: bool = True, hidden: bool = False, head_inputs: bool = False):
         """Full-vocabulary logits (on-policy) and hidden states (with `hidden_weight`) for a
         micro-batch. Off-policy rows are scored by the fixed teacher, whose top-k logits are
-        cached; on-policy rows by the stage-2 teacher (fixed or EMA)."""
+        cached; on-policy rows by the stage-2 teacher (fixed or EMA). With `head_inputs`, one
+        teacher's rows come as what its LM head would take, and `logits_of` makes their logits a
+        chunk at a time; rows of two teachers still come as logits."""
         main = self.ema if self.ema is not None and mb.on_policy else self.teacher
+        self.head = None
         with phase(self.timer, "teacher"):
             if set(mb.sources) == {0} or self.task_teacher is None:
+                if head_inputs and logits:
+                    self.head = head_of(main)
+                    return completion_head_inputs(main, mb.batch, hidden)
                 return completion_outputs(main, mb.batch, logits, hidden)
             return self._by_source({0: main, 1: self.task_teacher}, mb, pad_id, logits, hidden)
+
+    @torch.no_grad()
+    def logits_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for rows `outputs` returned (already logits, or its head's inputs)."""
+        if self.head is None:
+            return rows
+        return head_logits(rows, self.head.weight, self.head.bias, self.head.softcap)
 
     def _by_source(self, teachers: dict, mb, pad_id: int, logits: bool, hidden: bool):
         """Each row from its own teacher: one forward per teacher over its rows, merged in row order."""

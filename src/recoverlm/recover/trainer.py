@@ -31,9 +31,8 @@ from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
 from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
-from . import distributed
+from . import distributed, tracking
 from . import student as student_part
-from . import tracking
 from .checkpoint import (
     load_best,
     load_checkpoint,
