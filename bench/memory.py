@@ -3,8 +3,8 @@
 whole micro-batch against `recover.logit_chunk`, on random-init models with the real Qwen2.5
 configs (no download). Each arm runs in its own process; CPU peak RSS is read from the kernel.
 
-    python bench/memory.py                        # Qwen2.5-0.5B, 4 x (64 + 448) tokens, on CPU
-    python bench/memory.py --model qwen2.5-1.5b --batch 2
+    python bench/memory.py                        # Qwen2.5-0.5B, 2 x (64 + 448) tokens, on CPU
+    python bench/memory.py --model qwen2.5-1.5b --batch 1
 """
 
 from __future__ import annotations
@@ -48,6 +48,20 @@ def _rss_gib() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**30
 
 
+def _reset_peak() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _peak_gib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 class _TopK:
     """Cached teacher top-k as the training set hands it out, random but well formed."""
 
@@ -84,40 +98,50 @@ def arm(model: str, on_policy: bool, chunk: int, batch: int, prompt: int, respon
         return MicroBatch(collate(prompts, responses, 0), list(range(b)), lengths, [0] * b, on_policy,
                           loss_mask(lengths, 0))
 
-    def step(b: int, p: int, r: int) -> None:
+    def step(b: int, p: int, r: int) -> tuple[float, float]:
+        """Peak RSS of the loss with its backward, and of the optimizer update, each in its own window."""
         mb = micro(b, p, r)
+        _reset_peak()
         loss, _ = loss_sum(student, mb, cfg, Teachers(teacher), _TopK(b * r), pad_id=0)
         loss.backward()
+        backward = _peak_gib()
+        _reset_peak()
         opt.step()
         opt.zero_grad(set_to_none=False)  # keep the gradient buffers: they belong to the baseline
+        return backward, _peak_gib()
 
     step(1, 4, 4)  # gradients and AdamW state allocated: the baseline every arm shares
     before = _rss_gib()
     start = time.perf_counter()
-    step(batch, prompt, response)
+    backward, update = step(batch, prompt, response)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"model": model, "step": "on-policy, live teacher" if on_policy else "off-policy, cached top-64",
             "logit_chunk": chunk, "batch": f"{batch} x ({prompt} + {response})", "baseline_gib": round(before, 2),
-            "peak_gib": round(peak, 2), "step_gib": round(peak - before, 2), "seconds": round(seconds, 1)}
+            "peak_gib": round(max(backward, update), 2), "step_gib": round(backward - before, 2),
+            "update_gib": round(update - before, 2), "seconds": round(seconds, 1)}
 
 
 def render(rows: list[dict]) -> str:
     lines = ["## Memory", "",
              f"Written by `python bench/memory.py` on {rows[0]['date']} ({rows[0]['device']}): the peak memory one "
              "training step adds on top of its models (weights, gradients, AdamW state), random-init Qwen2.5 with "
-             f"its {VOCAB:,}-token vocabulary, float32. `logit_chunk` 0 makes the whole micro-batch's logits at once.",
-             "", "| model | step | batch | logit_chunk | step adds (GiB) | peak (GiB) | seconds |", "|---|---|---|---|---|---|---|"]
+             f"its {VOCAB:,}-token vocabulary, float32, split into the loss with its backward (where the logits live) and "
+             "the AdamW update. `logit_chunk` off makes the whole micro-batch's logits at once.",
+             "", "| model | step | batch | logit_chunk | loss + backward adds (GiB) | AdamW update adds (GiB) | peak (GiB) "
+             "| seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['model']} | {r['step']} | {r['batch']} | {r['logit_chunk'] or 'off'} | {r['failed']} | | | |")
+            continue
         lines.append(f"| {r['model']} | {r['step']} | {r['batch']} | {r['logit_chunk'] or 'off'} | {r['step_gib']:.2f} | "
-                     f"{r['peak_gib']:.2f} | {r['seconds']:.0f} |")
+                     f"{r['update_gib']:.2f} | {r['peak_gib']:.2f} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-0.5b", choices=sorted(QWEN))
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--response", type=int, default=448)
     ap.add_argument("--arm", help=argparse.SUPPRESS)
@@ -129,12 +153,17 @@ def main() -> None:
     from recoverlm.environment import describe_environment
 
     rows = []
-    for _, on_policy, chunk in ARMS:
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--prompt",
-                              str(args.prompt), "--response", str(args.response), "--arm", f"{int(on_policy)},{chunk}"],
-                             capture_output=True, text=True, check=True).stdout
-        row = {**json.loads(out.strip().splitlines()[-1]), "date": time.strftime("%Y-%m-%d"),
-               "device": describe_environment()["device"]}
+    for name, on_policy, chunk in ARMS:
+        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--prompt",
+                               str(args.prompt), "--response", str(args.response), "--arm", f"{int(on_policy)},{chunk}"],
+                              capture_output=True, text=True)
+        if done.returncode:  # killed by the kernel for memory, most likely: that is the measurement
+            result = {"model": args.model, "step": name, "logit_chunk": chunk, "batch": f"{args.batch} x ({args.prompt} + "
+                      f"{args.response})", "failed": f"exit {done.returncode}" + (" (killed: out of memory)"
+                                                                                   if done.returncode == -9 else "")}
+        else:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        row = {**result, "date": time.strftime("%Y-%m-%d"), "device": describe_environment()["device"]}
         print(row, flush=True)
         rows.append(row)
     with open(RESULTS, "a", encoding="utf-8") as fh:
