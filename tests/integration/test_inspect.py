@@ -12,7 +12,10 @@ from recoverlm.runs import SIDE_DIR
 
 runner = CliRunner()
 CASES = [("prune.magnitude", {"sparsity": 0.5}, "sparsity", "50.0% sparse"),
+         ("prune.wanda", {"sparsity": 0.5}, "sparsity", "50.0% sparse"),
          ("prune.nm", {"n": 2, "m": 4}, "sparsity", "2:4"),
+         ("quant.gptq", {"bits": 4, "group_size": 32}, "quant_grid", "4-bit asymmetric grid, groups of 32"),
+         ("prune.depth", {"n_blocks": 1}, "none", "every weight trains freely"),
          ("quant.rtn", {"bits": 4, "group_size": 32}, "quant_grid", "4-bit asymmetric grid, groups of 32"),
          ("quant.nf4", {"blocksize": 32}, "nf4", "NF4 grid, blocks of 32"),
          ("prune.ffn", {"fraction": 0.25}, "none", "every weight trains freely"),
@@ -26,7 +29,7 @@ def test_inspect_says_what_recover_keeps(tmp_path, tiny_model, method, params, k
     assert text.exit_code == 0, text.output
     assert "recover keeps" in text.output and keeps in text.output
     info = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "m"), "--json"]).output)
-    assert info["constraint"]["kind"] == kind and info["parameters"] > 0 and info["layers"] == 2
+    assert info["constraint"]["kind"] == kind and info["parameters"] > 0 and info["layers"] == (1 if method == "prune.depth" else 2)
 
 
 def test_inspect_infers_a_foreign_sparse_folder_and_a_dense_one(tmp_path, tiny_model):

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from recoverlm import models
 from recoverlm.constraints import QuantGridConstraint, load_constraint
 from recoverlm.degrade import degrade
+from recoverlm.describe import inspect_model
 from recoverlm.export import export_model
 from recoverlm.recover.trainer import recover
 
@@ -35,6 +36,8 @@ def test_grid_round_trip_through_recovery(tmp_path, tiny_model, data_cfg, symmet
     config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
     assert config["format"] == "pack-quantized" and config["config_groups"]["group_0"]["weights"]["num_bits"] == bits
 
+    info = inspect_model(tmp_path / "ct")
+    assert info["constraint"]["source"] == "the checkpoint's own grid" and f"{bits}-bit" in info["constraint"]["keeps"]
     imported = load_constraint(tmp_path / "ct")  # the grid comes from the checkpoint's own scales
     saved = load_constraint(deg)
     assert isinstance(imported, QuantGridConstraint) and imported.bits == bits
