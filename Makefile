@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench reliability degradation-table evaluation-table clean-venv
+.PHONY: demo test test-slow bench bench-peers reliability degradation-table evaluation-table clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/recovery_bench.py --step-cost
 	$(BIN)/python bench/recovery_bench.py
 	$(BIN)/python bench/topk_tail.py
+
+# recoverlm against TRL's GKD trainer and ckatorch, one run on this machine (about 20 minutes on 2 CPU cores).
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers.py
 
 # docs/reliability.md from the reliability tests, the kill soak included (several minutes).
 reliability: $(STAMP)
