@@ -116,6 +116,9 @@ class RecoverConfig(_Strict):
     # Response positions per chunk through the LM head (0: all at once). Chunked, no
     # [positions x vocabulary] logits tensor exists for the whole micro-batch (ops.chunked).
     logit_chunk: int = Field(0, ge=0)
+    # LoRA over a student that is exactly the teacher's weights under its Constraint: hold those
+    # weights once, the teacher being the base with the adapter off (recover.shared_teacher).
+    share_teacher: Literal["auto", "off"] = "auto"
     # Experiment trackers fed through accelerate, beside metrics.jsonl (which stays the record):
     # their logs go to `<out>.logs/`; wandb runs offline unless WANDB_MODE says otherwise.
     log_with: list[Literal["tensorboard", "wandb", "trackio"]] = []

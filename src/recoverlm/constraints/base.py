@@ -9,6 +9,7 @@ needs to ask which kind it holds.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -42,13 +43,30 @@ def placed_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def modules_of(model, weight_names, label: str):
-    """(weight name, owning module) for each name, or one clear error naming the missing module."""
+    """(weight name, owning module) for each name, or one clear error naming the missing module;
+    under a LoRA adapter, the layer the adapter wraps."""
     named = dict(model.named_modules())
     for name in weight_names:
         module_name = name.rsplit(".", 1)[0]
         if module_name not in named:
             raise RecoverLMError(f"{label} names {module_name!r}, which the model does not have")
-        yield name, named[module_name]
+        module = named[module_name]
+        yield name, getattr(module, "base_layer", module)
+
+
+@contextlib.contextmanager
+def lifted(model):
+    """Within the block, every attached Constraint passes its weights through unchanged: the model
+    computes with its latent weights, which are the teacher's where the student holds the
+    teacher's weights under the Constraint (recover's one-copy teacher)."""
+    marks = [m for m in model.modules() if hasattr(m, "lifted")]
+    for m in marks:
+        m.lifted = True
+    try:
+        yield
+    finally:
+        for m in marks:
+            m.lifted = False
 
 
 class Constraint:
@@ -78,6 +96,10 @@ class Constraint:
     def lora_masks(self) -> dict[str, torch.Tensor]:
         """Masks a LoRA adapter must train under, by weight name: (W + s*B@A) * M."""
         return {}
+
+    def projected(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` (of matrix `name`) as the Constraint makes it: masked, or on its grid."""
+        return weight
 
     def codes(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         """The integer grid code of every weight of matrix `name`, where the constraint has a grid."""

@@ -31,11 +31,14 @@ class _GridParametrization(torch.nn.Module):
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("zero", zero, persistent=False)
         self.qmin, self.qmax = qmin, qmax
+        self.lifted = False  # constraints.base.lifted
 
     def current_scale(self) -> torch.Tensor:
         return self.scale
 
     def forward(self, weight):
+        if self.lifted:
+            return weight
         return FakeQuant.apply(weight, self.scale, self.zero, self.qmin, self.qmax)
 
 
@@ -48,11 +51,14 @@ class _LearnedScaleGridParametrization(torch.nn.Module):
         self.log_scale = torch.nn.Parameter(scale.float().log())
         self.register_buffer("zero", zero, persistent=False)
         self.qmin, self.qmax = qmin, qmax
+        self.lifted = False
 
     def current_scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
     def forward(self, weight):
+        if self.lifted:
+            return weight
         return learned_scale_fake_quantize(weight, self.current_scale(), self.zero, self.qmin, self.qmax)
 
 
@@ -146,6 +152,12 @@ class QuantGridConstraint(Constraint):
         return {"kind": self.kind, "bits": self.bits, "symmetric": self.symmetric, "matrices": len(self.scales),
                 "learned_scales": self.learn_scales,
                 "description": f"{self.bits}-bit grid, {len(self.scales)} matrices on grid (verified exactly)"}
+
+    def projected(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.scales:
+            return weight
+        qmin, qmax = self.qrange
+        return fake_quantize(weight.float(), self.scales[name].float(), self.zeros[name].float(), qmin, qmax).to(weight.dtype)
 
     def codes(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         return grid_codes(weight, self.scales[name], self.zeros[name]) if name in self.scales else None

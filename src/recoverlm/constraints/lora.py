@@ -21,6 +21,8 @@ ADAPTER_DIR = "adapter"
 
 def _masked_forward(mask):
     def forward(self, x, *args, **kwargs):
+        if self.disable_adapters:  # the adapter off: the base as it is (recover's one-copy teacher)
+            return self.base_layer(x, *args, **kwargs)
         name = self.active_adapters[0]
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
         weight = (self.base_layer.weight + delta) * mask.to(dtype=delta.dtype, device=delta.device)

@@ -65,8 +65,11 @@ class _NF4Parametrization(torch.nn.Module):
     def __init__(self, absmax: torch.Tensor):
         super().__init__()
         self.register_buffer("absmax", absmax, persistent=False)
+        self.lifted = False  # constraints.base.lifted
 
     def forward(self, weight):
+        if self.lifted:
+            return weight
         return _NF4STE.apply(weight, self.absmax)
 
 
@@ -108,6 +111,9 @@ class NF4Constraint(Constraint):
                 w.copy_(nf4_project(w, self.absmax[name]).to(w.dtype))
 
     @torch.no_grad()
+    def projected(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        return nf4_project(weight, self.absmax[name]).to(weight.dtype) if name in self.absmax else weight
+
     def verify(self, model) -> dict:
         for name, module in self._modules(model):
             w = module.weight.float()

@@ -51,6 +51,9 @@ class SparsityConstraint(Constraint):
         return {"kind": self.kind, "sparsity": sparsity, "per_matrix": per_matrix,
                 "description": f"sparsity {sparsity:.4f} (verified exactly)"}
 
+    def projected(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.masks[name].to(weight.device) if name in self.masks else weight
+
     def lora_masks(self) -> dict[str, torch.Tensor]:
         return self.masks
 

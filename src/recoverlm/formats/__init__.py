@@ -58,16 +58,19 @@ def scheme_of(folder: Path) -> str | None:
     raise RecoverLMError(f"{folder}: {note}")
 
 
-def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a folder's top-level safetensors shards."""
+def iter_tensors(folder: Path):
+    """(name, tensor) of a folder's top-level safetensors shards, one tensor in memory at a time."""
     from safetensors import safe_open
 
-    out = {}
     for file in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as fh:
             for key in fh.keys():
-                out[key] = fh.get_tensor(key)
-    return out
+                yield key, fh.get_tensor(key)
+
+
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's top-level safetensors shards."""
+    return dict(iter_tensors(folder))
 
 
 def read_quantized(folder: Path):

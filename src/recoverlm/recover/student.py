@@ -68,11 +68,14 @@ def check_hidden_targets(cfg: RecoverConfig, teacher_config, student_config) -> 
                              f"width {shape[0][1]}, the student {shape[1][0]} of width {shape[1][1]}")
 
 
-def prepare(student, cfg: RecoverConfig, constraint: Constraint, teacher, log=print):
+def prepare(student, cfg: RecoverConfig, constraint: Constraint, teacher, log=print, shared: bool = False):
     """The trainable student: the Constraint attached, a LoRA adapter when asked (under a
-    constraint that does not merge, the base stays frozen as it is), latents seeded."""
+    constraint that does not merge, the base stays frozen as it is), latents seeded. `shared`:
+    the base holds the teacher's weights, so the Constraint may act in the forward only: masks
+    through the masked adapter, grids attached (recover.shared_teacher)."""
     if cfg.lora:
-        if constraint.lora_merges:
+        masks_in_forward = bool(constraint.lora_masks())
+        if (not masks_in_forward) if shared else constraint.lora_merges:
             constraint.attach(student)
         student = wrap_lora(student, cfg.lora, constraint)
     else:

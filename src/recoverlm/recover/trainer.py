@@ -31,7 +31,7 @@ from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
 from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
-from . import distributed, tracking
+from . import distributed, shared_teacher, tracking
 from . import student as student_part
 from .checkpoint import (
     load_best,
@@ -94,9 +94,22 @@ class Recovery:
 
     def _prepare_student(self) -> None:
         cfg = self.cfg
-        student = models.load_model(self.student_path, dtype=torch.float32)
+        reason = shared_teacher.why_not_shared(cfg, self.constraint, self.teacher, self.student_path,
+                                               self.data_cfg.task_prompts)
+        self.shared = reason is None
+        if self.shared:
+            self.log("one copy of the weights: the student is the teacher's weights under its constraint, and the "
+                     "teacher is that base with the adapter off and the constraint lifted")
+            student = self.teacher
+        else:
+            if cfg.lora and cfg.share_teacher == "auto":
+                self.log(f"two copies of the weights (teacher and student): {reason}")
+            student = models.load_model(self.student_path, dtype=torch.float32)
         task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.acc.device)
-        student = student_part.prepare(student, cfg, self.constraint, self.teacher, self.log)
+        torch.manual_seed(cfg.seed)  # the adapter's initialisation, whatever loading drew before
+        student = student_part.prepare(student, cfg, self.constraint, self.teacher, self.log, shared=self.shared)
+        if self.shared:
+            self.teacher = shared_teacher.TeacherView(student)
         self.teachers = Teachers(self.teacher, task_teacher, Teachers.ema_of(student, cfg, self.acc.device),
                                  cfg.ema_rate, self.timer)
         torch.manual_seed(cfg.seed)
@@ -149,14 +162,15 @@ class Recovery:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         model = self.acc.unwrap_model(self.student)
-        self.constraint.enforce(student_part.base_of(model, self.cfg))
+        if not self.shared:  # shared: the base is the teacher's, frozen; the constraint acts in the forward
+            self.constraint.enforce(student_part.base_of(model, self.cfg))
         self.teachers.update_ema(model)
         return {"loss": loss_value, **part_values, "tokens": total}
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
         model = self.acc.unwrap_model(self.student)
-        with student_part.cached_weights(self.sharded):
+        with student_part.cached_weights(self.sharded or self.shared):  # shared: one cache would serve both
             res = fidelity(self.teacher, {"student": model}, self.validation, self.pad_id, progress=False)["student"]
             row = {"step": step, "stage": stage(step, self.cfg), **(train or {}),
                    **{k: res[k] for k in ("kl", "reverse_kl", "nll", "top1_agreement")}}

@@ -1,0 +1,64 @@
+"""One copy of the weights where the teacher is the student's own base.
+
+A LoRA recovery of a pruned or quantized student trains an adapter over frozen weights that are
+the teacher's weights under the Constraint: (W + s·BA) ⊙ M for masks, a frozen grid Q(W) plus the
+adapter for grids. When the degraded folder is exactly that projection of the teacher (magnitude
+and Wanda pruning, RTN and NF4 are; GPTQ, which updates the kept weights, is not), the student can
+hold the teacher's dense weights W itself: with the adapter on and the Constraint attached it is
+the student, with both off it is the teacher. The teacher's second copy of the weights is never
+loaded. Checked tensor by tensor before it is used; otherwise the two copies are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .. import formats
+from ..config import RecoverConfig
+from ..constraints import NF4Constraint, QuantGridConstraint, SparsityConstraint
+from ..constraints.base import lifted
+
+
+def why_not_shared(cfg: RecoverConfig, constraint, teacher: torch.nn.Module, student_path, task_prompts) -> str | None:
+    """None where the student can be the teacher's weights under the Constraint, else the reason."""
+    if cfg.share_teacher == "off":
+        return "recover.share_teacher: off"
+    if not cfg.lora:
+        return "full fine-tuning changes the weights the teacher would be computed from"
+    if not isinstance(constraint, (SparsityConstraint, QuantGridConstraint, NF4Constraint)):
+        return f"the student's constraint is {constraint.kind}"
+    if cfg.teacher_mode != "base" or task_prompts is not None:
+        return "another teacher (EMA or the fine-tuned model) is used as well"
+    if formats.scheme_of(student_path) is not None:
+        return "the student is a quantized checkpoint of another tool"
+    teacher_state = teacher.state_dict()
+    for name, weight in formats.iter_tensors(student_path):
+        ref = teacher_state.get(name)
+        if ref is None or ref.shape != weight.shape:
+            return f"the student's {name} has no counterpart of its shape in the teacher"
+        if not torch.equal(constraint.projected(name, ref.detach().cpu().float()).to(weight.dtype), weight):
+            return f"the student's {name} is not the teacher's under the constraint (a calibrated method such as GPTQ)"
+    return None
+
+
+class TeacherView(torch.nn.Module):
+    """The teacher computed from the student's own modules: adapter off, Constraint lifted. Its
+    `train`/`eval` leave the shared modules' mode alone (that is the student's)."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.module = student  # named like a DDP wrapper's, so lm.blocks.unwrapped finds the model
+
+    def train(self, mode: bool = True):
+        return self
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad(), self.teacher_mode():
+            return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def teacher_mode(self):
+        with self.module.disable_adapter(), lifted(self.module):
+            yield
