@@ -10,6 +10,8 @@ configs (no download). Each arm runs in its own process; CPU peak RSS is read fr
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import resource
 import subprocess
@@ -121,6 +123,47 @@ def arm(model: str, on_policy: bool, chunk: int, batch: int, prompt: int, respon
             "update_gib": round(update - before, 2), "seconds": round(seconds, 1)}
 
 
+def copies_arm(share: str, work: Path) -> dict:
+    """Resident memory of a LoRA recovery of the embedded model (magnitude-50%), built and one step
+    taken, with the teacher's weights held once (`share_teacher: auto`) or twice (`off`)."""
+    import torch
+
+    from recoverlm.config import DataConfig, LoraConfig, RecoverConfig
+    from recoverlm.degrade import degrade
+    from recoverlm.recover.schedule import batch_order
+    from recoverlm.recover.shared_teacher import TeacherView
+    from recoverlm.recover.trainer import Recovery
+
+    torch.set_num_threads(2)
+    student = work / "magnitude-50"
+    if not (student / "config.json").exists():
+        degrade("smollm2-135m-instruct", "prune.magnitude", {"sparsity": 0.5}, student)
+    cfg = RecoverConfig(offpolicy_steps=10, batch_size=8, eval_every=0, cka_every_eval=False, select_best=False,
+                        lora=LoraConfig(r=16, alpha=32), share_teacher=share)
+    run = Recovery("smollm2-135m-instruct", student, work / f"out-{share}", cfg,
+                   DataConfig(n_heldout=48, max_new_tokens=64, top_k_logits=64), progress=False, log=lambda _: None)
+    run.train_step(1, batch_order(len(run.train_set), 8, 1, 0)[0], False)
+    storages = {}
+    for model in (run.student, run.teacher):
+        for t in list(model.parameters()) + list(model.buffers()):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the allocator keeps of freed memory is not the run's
+    return {"share_teacher": share, "one_copy": isinstance(run.teacher, TeacherView),
+            "weights_gib": round(sum(storages.values()) / 2**30, 3), "rss_gib": round(_rss_gib(), 2),
+            "peak_gib": round(_peak_gib(), 2)}
+
+
+def render_copies(rows: list[dict]) -> str:
+    lines = ["", "Teacher and student weights under LoRA (r 16), the embedded model pruned 50% by magnitude, after "
+             "building the recovery and one off-policy step of 8 sequences:", "",
+             "| share_teacher | weights held | teacher + student tensors (GiB) | resident after the step (GiB) | peak (GiB) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['share_teacher']} | {'once' if r['one_copy'] else 'twice'} | {r['weights_gib']:.3f} | "
+              f"{r['rss_gib']:.2f} | {r['peak_gib']:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def render(rows: list[dict]) -> str:
     lines = ["## Memory", "",
              f"Written by `python bench/memory.py` on {rows[0]['date']} ({rows[0]['device']}): the peak memory one "
@@ -145,7 +188,11 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--response", type=int, default=448)
     ap.add_argument("--arm", help=argparse.SUPPRESS)
+    ap.add_argument("--copies", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.copies:  # one share_teacher measurement, in its own process
+        print(json.dumps(copies_arm(args.copies, ROOT / "runs" / "bench-memory")))
+        return
     if args.arm:  # one measurement, in its own process
         on_policy, chunk = args.arm.split(",")
         print(json.dumps(arm(args.model, on_policy == "1", int(chunk), args.batch, args.prompt, args.response)))
@@ -166,10 +213,13 @@ def main() -> None:
         row = {**result, "date": time.strftime("%Y-%m-%d"), "device": describe_environment()["device"]}
         print(row, flush=True)
         rows.append(row)
+    copies = [json.loads(subprocess.run([sys.executable, __file__, "--copies", share], capture_output=True, text=True,
+                                        check=True).stdout.strip().splitlines()[-1]) for share in ("off", "auto")]
+    print(copies, flush=True)
     with open(RESULTS, "a", encoding="utf-8") as fh:
-        for row in rows:
+        for row in rows + copies:
             fh.write(json.dumps(row) + "\n")
-    update_section("memory", render(rows))
+    update_section("memory", render(rows) + render_copies(copies))
 
 
 if __name__ == "__main__":
