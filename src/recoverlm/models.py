@@ -178,9 +178,9 @@ def _from_hub_cache(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=offline))
     except Exception as exc:  # noqa: BLE001 - not cached, or the download failed: one line either way
         if offline:
-            raise RecoverLMError(f"Hub model {repo_id} is not in the local Hugging Face cache "
-                                 f"({constants.HF_HUB_CACHE}); download it first (hf download {repo_id}) or set "
-                                 "HF_HUB_OFFLINE=0 to let recoverlm fetch it") from exc
+            raise RecoverLMError(f"model not found: {repo_id} is no folder here, and as a Hub id it is not in the local "
+                                 f"Hugging Face cache ({constants.HF_HUB_CACHE}); download it first (hf download "
+                                 f"{repo_id}) or set HF_HUB_OFFLINE=0 to let recoverlm fetch it") from exc
         raise RecoverLMError(f"Hub model {repo_id} could not be fetched: {str(exc).splitlines()[0]}") from exc
 
 

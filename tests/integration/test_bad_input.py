@@ -95,11 +95,11 @@ def _quantized_by(tmp_path, tiny_model, quantization_config: dict):
     return folder
 
 
-def _pruned(tmp_path, tiny_model):
+def _degraded(tmp_path, tiny_model, method="prune.magnitude", params=None):
     from recoverlm.degrade import degrade
 
-    degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, tmp_path / "sparse")
-    return tmp_path / "sparse"
+    degrade(tiny_model, method, params or {"sparsity": 0.5}, tmp_path / "degraded")
+    return tmp_path / "degraded"
 
 
 INPUT_CASES = {
@@ -157,7 +157,7 @@ INPUT_CASES = {
                                               "nvfp4-pack-quantized"),
     "export of a dense model": (lambda t, m: ["export", str(m), "--format", "compressed-tensors", "--out", str(t / "o")],
                                 "integer grid"),
-    "export of a sparse model": (lambda t, m: ["export", str(_pruned(t, m)), "--format", "compressed-tensors",
+    "export of a sparse model": (lambda t, m: ["export", str(_degraded(t, m)), "--format", "compressed-tensors",
                                                "--out", str(t / "o")], "sparse"),
     "unknown export format": (lambda t, m: ["export", str(m), "--format", "onnx", "--out", str(t / "o")], "onnx"),
     "unknown export dtype": (lambda t, m: ["export", str(m), "--format", "compressed-tensors", "--dtype", "float8",
@@ -165,6 +165,10 @@ INPUT_CASES = {
     "recover.export that does not fit": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
                                                        "--config", str(_write(t / "c.yaml", "recover: {export: bitsandbytes-nf4}\n"))],
                                          "NF4"),
+    "recover.export of a LoRA grid": (lambda t, m: ["recover", "--teacher", str(m), "--out", str(t / "o"), "--student",
+                                                    str(_degraded(t, m, "quant.rtn", {"bits": 4, "group_size": 16})), "--config", str(_write(t / "c.yaml",
+                                                    "recover: {export: compressed-tensors, lora: {r: 4}}\n"))],
+                                      "needs the recovery in the weights"),
     "tracker not installed": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
                                             "--config", str(_write(t / "c.yaml", "recover: {log_with: [trackio]}\n"))],
                               "pip install trackio"),

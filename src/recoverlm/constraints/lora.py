@@ -58,6 +58,9 @@ def merged_for_export(peft_model, constraint):
     constraint keeps its base frozen and the adapter ships beside it."""
     if not constraint.lora_merges:
         return peft_model.unload()
+    # A parametrized base (NF4) first becomes plain weights: PEFT's merge adds the adapter to
+    # `weight`, which for a parametrized layer is a computed tensor, and the sum would be lost.
+    constraint.finalize(peft_model.get_base_model())
     merged = peft_model.merge_and_unload()
     constraint.enforce(merged)
     return merged

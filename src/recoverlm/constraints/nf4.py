@@ -114,6 +114,7 @@ class NF4Constraint(Constraint):
     def projected(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return nf4_project(weight, self.absmax[name]).to(weight.dtype) if name in self.absmax else weight
 
+    @torch.no_grad()
     def verify(self, model) -> dict:
         for name, module in self._modules(model):
             w = module.weight.float()

@@ -103,9 +103,11 @@ def read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
             zp = raw.get(f"{module}.weight_zero_point")
             if zp is None:
                 raise RecoverLMError(f"{folder}: asymmetric {module} has no weight_zero_point")
-            if zp.dtype == torch.int32 and g["bits"] < 8:
+            if zp.dtype == torch.int32 and g["strategy"] in ("group", "channel"):  # packed along rows, any width
                 zp = unpack(zp, g["bits"], torch.Size(scale.shape), packed_dim=0)
-            zero = zp.float().reshape(scale.shape) + 2 ** (g["bits"] - 1)  # signed -> recoverlm's 0..2^b-1
+            # signed -> recoverlm's 0..2^b-1; a tensor strategy's single zero point spread like its scale
+            zero = (zp.float().reshape(-1, 1) if zp.numel() == 1 else zp.float().reshape(scale.shape)).expand(
+                scale.shape).contiguous() + 2 ** (g["bits"] - 1)
         if levels is not None:
             if not g["symmetric"]:
                 levels = levels + 2 ** (g["bits"] - 1)

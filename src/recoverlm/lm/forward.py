@@ -74,7 +74,11 @@ def head_of(model) -> Head:
     if not isinstance(head, torch.nn.Linear):
         raise RecoverLMError(f"recover.logit_chunk needs a plain linear LM head; this model's is {type(head).__name__} "
                              "(a LoRA adapter on lm_head?)")
-    return Head(head.weight, head.bias, getattr(base.config, "final_logit_softcapping", None))
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    for scaled in ("logits_scaling", "logit_scale"):  # Granite, Cohere: a head recoverlm does not rebuild
+        if getattr(config, scaled, None) not in (None, 1, 1.0):
+            raise RecoverLMError(f"recover.logit_chunk does not support a model whose logits are scaled ({scaled})")
+    return Head(head.weight, head.bias, getattr(config, "final_logit_softcapping", None))
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from .. import formats
 from ..config import RecoverConfig
 from ..constraints import NF4Constraint, QuantGridConstraint, SparsityConstraint
 from ..constraints.base import lifted
+from ..lm.modes import eval_mode
 
 
 def why_not_shared(cfg: RecoverConfig, constraint, teacher: torch.nn.Module, student_path, task_prompts) -> str | None:
@@ -33,6 +34,9 @@ def why_not_shared(cfg: RecoverConfig, constraint, teacher: torch.nn.Module, stu
         return "another teacher (EMA or the fine-tuned model) is used as well"
     if formats.scheme_of(student_path) is not None:
         return "the student is a quantized checkpoint of another tool"
+    uncovered = [n for n in constraint.lora_masks() if not _adapted(n, cfg.lora.target_modules)]
+    if uncovered:  # there the mask would have to act on the shared weights themselves
+        return f"{uncovered[0]} is masked but not adapted (lora.target_modules)"
     teacher_state = teacher.state_dict()
     for name, weight in formats.iter_tensors(student_path):
         ref = teacher_state.get(name)
@@ -41,6 +45,14 @@ def why_not_shared(cfg: RecoverConfig, constraint, teacher: torch.nn.Module, stu
         if not torch.equal(constraint.projected(name, ref.detach().cpu().float()).to(weight.dtype), weight):
             return f"the student's {name} is not the teacher's under the constraint (a calibrated method such as GPTQ)"
     return None
+
+
+def _adapted(weight_name: str, targets) -> bool:
+    """Whether PEFT adapts the layer of `weight_name` under `targets` (names match as suffixes)."""
+    if isinstance(targets, str):
+        return targets == "all-linear"
+    module = weight_name.removesuffix(".weight")
+    return any(module == t or module.endswith(f".{t}") for t in targets)
 
 
 class TeacherView(torch.nn.Module):
@@ -60,5 +72,6 @@ class TeacherView(torch.nn.Module):
 
     @contextlib.contextmanager
     def teacher_mode(self):
-        with self.module.disable_adapter(), lifted(self.module):
+        """Adapter off, Constraint lifted and eval mode (no dropout), as a separate teacher runs."""
+        with self.module.disable_adapter(), lifted(self.module), eval_mode(self.module):
             yield

@@ -55,6 +55,9 @@ def apply_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path
         from ..export import check_export_fits
 
         check_export_fits(cfg.export, constraint)
+        if cfg.lora and not constraint.lora_merges:
+            raise RecoverLMError(f"recover.export {cfg.export} needs the recovery in the weights; under lora the "
+                                 f"{constraint.kind} base stays frozen and the adapter ships beside it")
 
 
 def check_hidden_targets(cfg: RecoverConfig, teacher_config, student_config) -> None:

@@ -196,7 +196,7 @@ def summary_markdown(run_dir: Path) -> str:
         parts += ["", "## Where it ran", "", environment_text(run_dir, recovery)]
     if (run_dir / CONFIG_FILE).exists():
         config = (run_dir / CONFIG_FILE).read_text(encoding="utf-8")
-        parts += ["", "## Config", "", "<details><summary>config.yaml</summary>", "", "```yaml", config.rstrip(), "```",
+        parts += ["", "## Config", "", "<details><summary>config.yaml</summary>", "", "````yaml", config.rstrip(), "````",
                   "", "</details>"]
     return "\n".join(parts) + "\n"
 

@@ -27,7 +27,7 @@ def _weights(folder):
     return {k: v for k, v in models.load_model(folder).state_dict().items()}
 
 
-@pytest.mark.parametrize("symmetric,group_size,bits", [(False, 16, 4), (True, 16, 4), (True, 0, 8)])
+@pytest.mark.parametrize("symmetric,group_size,bits", [(False, 16, 4), (True, 16, 4), (True, 0, 8), (False, 0, 8)])
 def test_grid_round_trip_through_recovery(tmp_path, tiny_model, data_cfg, symmetric, group_size, bits):
     deg = tmp_path / "deg"
     degrade(tiny_model, "quant.rtn", {"bits": bits, "group_size": group_size, "symmetric": symmetric}, deg)

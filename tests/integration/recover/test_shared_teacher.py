@@ -41,6 +41,19 @@ def test_one_copy_trains_as_two_copies_do(tmp_path, tiny_model, data_cfg, method
     for name in w2:
         assert torch.allclose(w1[name], w2[name], atol=1e-6), name
     assert one["constraint"] == two["constraint"]
+    if method != "quant.rtn":  # merged into the weights (a grid keeps its base and ships the adapter beside it)
+        degraded = weights(student)
+        assert any(not torch.equal(w1[n], degraded[n]) for n in degraded), "the adapter was lost in the merge"
+
+
+def test_a_masked_matrix_without_an_adapter_keeps_two_copies(tmp_path, tiny_model, data_cfg):
+    student = tmp_path / "deg"
+    degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, student)
+    logs = []
+    cfg = short_config(offpolicy_steps=1, lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj"]))
+    run = Recovery(tiny_model, student, tmp_path / "r", cfg, data_cfg, progress=False, log=logs.append)
+    assert not isinstance(run.teacher, TeacherView)
+    assert any("two copies" in line and "not adapted" in line for line in logs)
 
 
 def test_a_student_that_is_not_the_teachers_projection_keeps_two_copies(tmp_path, tiny_model, data_cfg):
