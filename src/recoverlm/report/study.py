@@ -9,7 +9,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from ..io import read_json, write_text_atomic
+from .alignment import alignment_section
+from .arms import mask_section, targeted_section
 from ..runs import (
     CELL_FILE,
     DEGRADATION_FILE,
@@ -38,11 +42,16 @@ def collect(out: Path, names: set[str] | None = None) -> list[dict]:
         rec["suites"] = {name: {suite: r for suite, r in res.items()}
                          for name, res in metrics.get("tasks", {}).get("results", {}).items()}
         recovery = side_file(folder / "recovered", RECOVERY_FILE)
-        rec["tokens"] = read_json(recovery).get("tokens", 0) if recovery.exists() else 0
+        record = read_json(recovery) if recovery.exists() else {}
+        rec["tokens"] = record.get("tokens", 0)
+        rec["recovery"] = {k: record[k] for k in ("train_blocks", "mask_update") if k in record}
         history = side_file(folder / "recovered", METRICS_FILE)
         rec["history"] = read_history(history) if history.exists() else []
         degradation = side_file(folder / "degraded", DEGRADATION_FILE)
         rec["degrade"] = read_json(degradation) if degradation.exists() else {}
+        rec["config"] = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
+        cka = read_json(folder / "cka.json").get("cka", {}) if (folder / "cka.json").exists() else {}
+        rec["cka"] = {who: statistics.mean(v["linear"]) for who, v in cka.items() if v.get("linear")}
         records.append(rec)
     return records
 
@@ -283,6 +292,13 @@ def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
               "", "## Does CKA track recovery?", "", cka_text]
     if plot.exists() and cka is not None:
         parts += ["", f"![mean CKA against validation KL]({plot.relative_to(doc.parent).as_posix()})"]
+    masks = mask_section(records)
+    if masks:
+        parts += ["", "## Re-chosen masks against the fixed mask", "", masks]
+    targeted = targeted_section(records)
+    if targeted:
+        parts += ["", "## Targeted blocks: quality per unit of compute", "", targeted]
+    parts += ["", "## Does alignment cause recovery?", "", alignment_section(records)]
     sentences = findings(records, cka, methods)
     if sentences:
         parts += ["", "## What held", ""] + [f"- {s}" for s in sentences]
