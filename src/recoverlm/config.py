@@ -5,10 +5,10 @@ before any model is read. Those checks raise RecoverLMError, which pydantic pass
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecoverLMError
 
@@ -70,6 +70,61 @@ class LoraConfig(_Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
+class BlockChoice(_Strict):
+    """recover.train_blocks as a rule over the damaged student: the K blocks it aligns least (or
+    most) with the teacher by linear CKA on the validation prompts, or K blocks at random (seeded by
+    recover.seed), the controls at equal K for "training where CKA locates the damage helps most".
+    Exactly one rule. Its checks raise RecoverLMError themselves, before pydantic's type checks,
+    so a bad rule is named as such rather than as a mismatch against every form train_blocks takes."""
+
+    least_aligned: Optional[int] = None
+    most_aligned: Optional[int] = None
+    random: Optional[int] = None
+    # How a block is scored (aligned rules only): `drop`, the CKA lost across the block (its
+    # input's minus its output's), points at where the damage enters; `output`, the CKA of the
+    # block's output, also carries all the damage of the blocks below it.
+    score: Optional[Literal["drop", "output"]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_rule(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # another form of train_blocks; pydantic tells them apart
+        rules = ("least_aligned", "most_aligned", "random")
+        unknown = [k for k in data if k not in (*rules, "score")]
+        if unknown:
+            raise RecoverLMError(f"recover.train_blocks: unknown key {unknown[0]!r}; a rule is one of "
+                                 f"{', '.join(rules)} (with an optional score for the aligned ones)")
+        given = [k for k in rules if data.get(k) is not None]
+        if len(given) != 1:
+            raise RecoverLMError(f"recover.train_blocks takes exactly one of {', '.join(rules)}; "
+                                 f"got {', '.join(given) if given else 'none'}")
+        k = data[given[0]]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RecoverLMError(f"recover.train_blocks {given[0]}: K must be a whole number >= 1, got {k!r}")
+        score = data.get("score")
+        if given[0] == "random" and score is not None:
+            raise RecoverLMError("recover.train_blocks: score ranks blocks by CKA; random uses none")
+        if score is not None and score not in ("drop", "output"):
+            raise RecoverLMError(f"recover.train_blocks score must be drop or output, got {score!r}")
+        if given[0] != "random" and score is None:
+            data = {**data, "score": "drop"}
+        return data
+
+
+class MaskUpdateConfig(_Strict):
+    """Re-choosing a sparse student's mask during recovery at fixed sparsity and pattern: every
+    `every` steps, the `fraction` of kept weights with the lowest Wanda score (|W| x the norm of
+    its input, estimated from the training forwards) are pruned and as many pruned weights with
+    the largest accumulated gradient regrow; the fraction decays to zero at `stop` of the steps."""
+
+    every: int = Field(20, ge=1)
+    fraction: float = Field(0.1, gt=0.0, le=1.0)
+    stop: float = Field(0.75, gt=0.0, le=1.0)  # share of the run after which the mask stays fixed
+    # A regrown weight starts at zero, or at the teacher's value (the dense weight it replaces).
+    regrow: Literal["zero", "teacher"] = "zero"
+
+
 class RecoverConfig(_Strict):
     """Stage 1 (off-policy, cached teacher top-k) for `offpolicy_steps`, then stage 2 (on-policy)
     for `onpolicy_steps`. Names follow TRL's GKD where they mean the same thing."""
@@ -94,6 +149,13 @@ class RecoverConfig(_Strict):
     # teacher's (distill only; needs the teacher's layer shapes): aligns the activation trajectory
     # directly. Stage 1 then runs the teacher once per batch, for its hidden states.
     hidden_weight: float = Field(0.0, ge=0.0)
+    # + cka_weight * (1 - linear CKA) of the student's and teacher's block outputs over each
+    # micro-batch's kept response positions, averaged over `cka_layers` (None: every block; block
+    # indices as in the hidden-state term), tokens the teacher carries as massive activations left
+    # out as in the CKA analysis; weighted by the micro-batch's tokens (distill only; needs the
+    # teacher's number of layers, any width). Trains CKA itself, to test whether raising it recovers.
+    cka_weight: float = Field(0.0, ge=0.0)
+    cka_layers: Optional[list[int]] = None
     teacher_mode: Literal["base", "ema"] = "base"  # stage-2 teacher: the fixed teacher or an EMA of the student
     ema_rate: float = Field(0.99, gt=0.0, lt=1.0)
     onpolicy_max_new_tokens: int = Field(64, ge=1)
@@ -106,6 +168,10 @@ class RecoverConfig(_Strict):
     # cell: the same forward pass, but rounding changes the teacher leaned towards are a small step away.
     grid_latents: Literal["grid", "teacher"] = "grid"
     lora: Optional[LoraConfig] = None
+    # The decoder blocks that train: `all`, a list of block indices, or a BlockChoice rule. The rest
+    # stay frozen, with the embeddings, final norm and LM head (under lora: adapters only in those
+    # blocks); indices and K are checked against the student's depth when it is known.
+    train_blocks: Union[Literal["all"], list[int], BlockChoice] = "all"
     # What the student must keep: its saved Constraint, else (auto) sparsity masks inferred from
     # its exact zeros where a decoder matrix has at least `sparsity_threshold` of them (a model
     # pruned by another tool); `saved`: only a saved Constraint; `none`: every weight trains freely.
@@ -123,6 +189,8 @@ class RecoverConfig(_Strict):
     # their logs go to `<out>.logs/`; wandb runs offline unless WANDB_MODE says otherwise.
     log_with: list[Literal["tensorboard", "wandb", "trackio"]] = []
     sparsity_threshold: float = Field(0.25, gt=0.0, le=1.0)
+    # A sparse student may re-choose which weights it keeps (ops.mask_swap); None: the mask is fixed.
+    mask_update: Optional[MaskUpdateConfig] = None
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
     select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"
     select_best: bool = True  # export the best checkpoint by select_metric on held-out prompts
@@ -137,16 +205,36 @@ class RecoverConfig(_Strict):
     def total_steps(self) -> int:
         return self.offpolicy_steps + self.onpolicy_steps
 
+    @field_validator("train_blocks")
+    @classmethod
+    def _block_list(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise RecoverLMError("recover.train_blocks: an empty list trains nothing; give block indices or 'all'")
+            if min(value) < 0:
+                raise RecoverLMError(f"recover.train_blocks: block indices count from 0, got {min(value)}")
+            if len(set(value)) != len(value):
+                raise RecoverLMError(f"recover.train_blocks: block indices repeat in {value}")
+        return value
+
     @model_validator(mode="after")
     def _compatible(self) -> "RecoverConfig":
         if self.hidden_weight and self.method != "distill":
             raise RecoverLMError(f"hidden_weight needs method 'distill'; method '{self.method}' has no teacher to match")
+        if self.cka_weight and self.method != "distill":
+            raise RecoverLMError(f"cka_weight needs method 'distill'; method '{self.method}' has no teacher to match")
+        if self.cka_layers is not None and (not self.cka_layers or min(self.cka_layers) < 0):
+            raise RecoverLMError(f"cka_layers must be a non-empty list of block indices (0 = the first block's "
+                                 f"output), got {self.cka_layers}")
         if self.lora is not None:
             if self.teacher_mode == "ema":
                 raise RecoverLMError("teacher_mode 'ema' needs full fine-tuning; it is not supported with lora")
             for option, value in (("grid_scales", "learned"), ("grid_latents", "teacher")):
                 if getattr(self, option) == value:
                     raise RecoverLMError(f"{option} '{value}' needs full fine-tuning; it is not supported with lora")
+            if self.mask_update is not None:
+                raise RecoverLMError("mask_update needs full fine-tuning (the gradient of every pruned weight); "
+                                     "it is not supported with lora")
         return self
 
     def check_data(self, data: DataConfig) -> None:

@@ -16,7 +16,7 @@ from ..data import collate
 from ..errors import RecoverLMError
 from ..lm.capture import hidden_states
 from ..lm.modes import eval_mode
-from ..ops.cka import LinearCKAAccumulator, cka_matrix
+from ..ops.cka import LinearCKAAccumulator, cka_matrix, typical_rows
 from ..teacher.response_set import ResponseSet
 
 POOLINGS = ("token", "mean")
@@ -36,11 +36,8 @@ def typical_token_mask(states: tuple[torch.Tensor, ...], attention_mask: torch.T
     if ratio <= 1:
         raise RecoverLMError(f"massive-activation ratio must be > 1, got {ratio}")
     real = attention_mask.bool()
-    keep = real.clone()
-    for h in states:
-        norms = h.float().norm(dim=-1).cpu()
-        median = norms[real].median()
-        keep &= norms <= ratio * median
+    keep = torch.zeros_like(real)
+    keep[real] = typical_rows((h[real.to(h.device)] for h in states), ratio).to(real.device)
     return keep
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..config import LoraConfig
 from ..errors import RecoverLMError
+from ..lm.blocks import decoder_layers
 
 ADAPTER_DIR = "adapter"
 
@@ -31,16 +32,20 @@ def _masked_forward(mask):
     return forward
 
 
-def wrap_lora(model, cfg: LoraConfig, constraint):
-    """Freeze the base and add a trainable adapter; the Constraint decides how it is applied."""
+def wrap_lora(model, cfg: LoraConfig, constraint, blocks: list[int] | None = None):
+    """Freeze the base and add a trainable adapter; the Constraint decides how it is applied.
+    `blocks`: adapt only the target modules of those decoder blocks (None: of every block)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     masks = constraint.lora_masks()
     if masks and cfg.dropout:
         raise RecoverLMError("lora.dropout must be 0 under sparsity masks (the masked adapter has no dropout path)")
+    where = {}
+    if blocks is not None:  # PEFT reads a module's block from the name of the decoder-block list
+        where = {"layers_to_transform": list(blocks), "layers_pattern": decoder_layers(model)[0].rsplit(".", 1)[-1]}
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+                              target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM", **where)
     try:
         peft_model = get_peft_model(model, peft_cfg)
     except ValueError as exc:

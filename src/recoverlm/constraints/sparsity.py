@@ -23,6 +23,12 @@ class SparsityConstraint(Constraint):
     masks: dict[str, torch.Tensor]
     kind: str = field(default="sparsity", init=False)
     _placed: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    training_options = frozenset({"mask_update"})
+
+    def set_mask(self, name: str, mask: torch.Tensor) -> None:
+        """A re-chosen mask for matrix `name` (recover.mask_update), enforced from the next step."""
+        self.masks[name] = mask.detach().bool().cpu()
+        self._placed.pop(name, None)
 
     @torch.no_grad()
     def enforce(self, model) -> None:

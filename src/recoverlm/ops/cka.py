@@ -26,6 +26,8 @@ __all__ = [
     "linear_cka",
     "minibatch_cka",
     "rbf_cka",
+    "soft_linear_cka",
+    "typical_rows",
     "unbiased_hsic",
 ]
 
@@ -61,6 +63,41 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     _check(x, y, 2)
     xc, yc = _centre(x), _centre(y)
     return _ratio((yc.T @ xc).square().sum(), (xc.T @ xc).square().sum(), (yc.T @ yc).square().sum())
+
+
+def soft_linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`linear_cka` with autograd, for training: a float64 0-dim tensor, differentiable in x and y.
+
+    x (n, d1) and y (n, d2) rows of the same n samples, any float dtype and device. Like
+    `linear_cka` it casts to float64 and centres before any product, and forms only d x d products
+    (O(n d^2), no n x n Gram); float64 is exempt from autocast, so bf16 autocast does not lower it.
+    Nothing is checked against the data (no device sync): an input with zero variance gives NaN.
+    """
+    _check(x, y, 2)
+    xc, yc = (t.to(torch.float64) for t in (x, y))
+    xc, yc = xc - xc.mean(dim=0), yc - yc.mean(dim=0)
+    num = (yc.T @ xc).square().sum()
+    return num / ((xc.T @ xc).square().sum() * (yc.T @ yc).square().sum()).sqrt()
+
+
+def typical_rows(states, ratio: float) -> torch.Tensor:
+    """Rows whose norm stays within `ratio` x that layer's median row norm at every layer, bool (n,).
+
+    `states`: an (L, n, d) tensor, or any iterable of L (n, d) tensors (the same n rows at each
+    layer; a generator keeps one layer's copy alive at a time). The rows "massive activations" take
+    (attention sinks: norms hundreds of times the median) come out False. Norms in float32; the
+    median is torch's (the lower of the two middle values for even n).
+    """
+    if not ratio > 1:
+        raise ValueError(f"massive-activation ratio must be > 1, got {ratio}")
+    keep = None
+    for h in states:
+        norms = h.float().norm(dim=-1)
+        typical = norms <= ratio * norms.median()
+        keep = typical if keep is None else keep & typical
+    if keep is None:
+        raise ValueError("typical_rows needs at least one layer")
+    return keep
 
 
 def _hsic(n, m, su, sv, ku, kv, ku_v, kv_u, kuv) -> torch.Tensor:

@@ -23,9 +23,13 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
 
 
-def save_checkpoint(work_dir: Path, model, optimizer, step: int, state: dict, ema=None) -> Path:
+def save_checkpoint(work_dir: Path, model, optimizer, step: int, state: dict, ema=None,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """`extra`: named tensor sets of optional training parts (a re-chosen mask), read back by load_extra."""
     with atomic_dir(Path(work_dir) / CHECKPOINT_DIR) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        for name, tensors in (extra or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -50,6 +54,11 @@ def load_checkpoint(work_dir: Path, model, optimizer, ema=None) -> dict | None:
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return read_json(folder / "state.json")
+
+
+def load_extra(work_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
+    path = Path(work_dir) / CHECKPOINT_DIR / f"{name}.safetensors"
+    return load_file(str(path)) if path.exists() else None
 
 
 def save_best(work_dir: Path, state: dict[str, torch.Tensor]) -> None:

@@ -1,6 +1,7 @@
 """The per-token training objective of one micro-batch: a divergence to the teacher (cached top-k
 off-policy, full vocabulary on-policy), cross-entropy for sft-replay, and the optional
-hidden-state and cross-entropy terms; summed over the response tokens that count."""
+hidden-state and cross-entropy terms; summed over the response tokens that count. The optional
+CKA term is one value per micro-batch, weighted by its tokens."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..analysis.layer_cka import DEFAULT_MASSIVE_RATIO
 from ..config import RecoverConfig
 from ..data import Batch
+from ..errors import RecoverLMError
 from ..lm.forward import (
     completion_head_inputs,
     completion_outputs,
@@ -17,12 +20,14 @@ from ..lm.forward import (
     head_of,
 )
 from ..ops.chunked import chunked_per_token
+from ..ops.cka import soft_linear_cka, typical_rows
 from ..ops.divergences import (
     divergence,
     hidden_relative_mse,
     token_nll,
     topk_divergence,
 )
+from .student import check_cka_layers
 
 
 def loss_mask(response_lengths: list[int], skip_first: int) -> torch.Tensor:
@@ -48,8 +53,10 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
     """Sum over kept response tokens of the per-token loss, and the mean of its parts (the
     divergence, and the hidden-state error when it is trained) for logging. With
     `recover.logit_chunk`, the student's logits (and a single teacher's, on-policy) are made
-    through the LM head a chunk of positions at a time and never held for the whole batch."""
-    want_hidden = cfg.hidden_weight > 0 and cfg.method == "distill"
+    through the LM head a chunk of positions at a time and never held for the whole batch.
+    With `recover.cka_weight`, cka_weight * (1 - CKA) * the micro-batch's tokens is added
+    (cka_term) and the CKA logged as part "cka"."""
+    want_hidden = cfg.method == "distill" and (cfg.hidden_weight > 0 or cfg.cka_weight > 0)
     if cfg.logit_chunk:
         rows, states = completion_head_inputs(student, mb.batch, hidden=want_hidden)
     else:
@@ -88,8 +95,37 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
     per_token, parts = terms[0], {"divergence": mean(terms[0])}
     if cfg.ce_weight:
         per_token = per_token + cfg.ce_weight * terms[1]
-    if want_hidden:
+    if want_hidden and cfg.hidden_weight:
         hidden = hidden_relative_mse(states, t_states)
         parts["hidden"] = mean(hidden)
         per_token = per_token + cfg.hidden_weight * hidden
-    return (per_token * keep).sum(), parts
+    total = (per_token * keep).sum()
+    if want_hidden and cfg.cka_weight:
+        cka = cka_term(states, t_states, keep, cfg.cka_layers)
+        # too few typical rows: the term adds nothing and logs as 1, so every micro-batch has the part
+        parts["cka"] = 1.0 if cka is None else float(cka.detach())
+        if cka is not None:
+            total = total + (cfg.cka_weight * (1.0 - cka) * mb.n_tokens).to(total.dtype)
+    return total, parts
+
+
+def cka_term(states: torch.Tensor, t_states: torch.Tensor, keep: torch.Tensor, layers: list[int] | None,
+             massive_ratio: float = DEFAULT_MASSIVE_RATIO) -> torch.Tensor | None:
+    """Mean over `layers` (None: every block) of the differentiable linear CKA between the student's
+    and the teacher's (L, N, d) block outputs, on the kept rows the teacher carries at typical norms
+    (at most `massive_ratio` x the median kept-row norm at every block, as in the CKA analysis);
+    None when fewer than 2 such rows remain. A float64 0-dim tensor, with the student's gradient."""
+    if states.shape[0] != t_states.shape[0]:
+        raise RecoverLMError(f"cka_weight pairs the blocks by index: the student has {states.shape[0]} blocks, "
+                             f"the teacher {t_states.shape[0]}")
+    check_cka_layers(layers, t_states.shape[0])
+    keep = keep.to(t_states.device)
+    if int(keep.sum()) < 2:
+        return None
+    use = keep.clone()
+    use[keep] = typical_rows((t[keep] for t in t_states), massive_ratio)
+    if int(use.sum()) < 2:
+        return None
+    chosen = range(t_states.shape[0]) if layers is None else layers
+    s_use = use.to(states.device)
+    return torch.stack([soft_linear_cka(states[i][s_use], t_states[i][use]) for i in chosen]).mean()

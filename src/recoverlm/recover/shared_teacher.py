@@ -34,6 +34,8 @@ def why_not_shared(cfg: RecoverConfig, constraint, teacher: torch.nn.Module, stu
         return "another teacher (EMA or the fine-tuned model) is used as well"
     if formats.scheme_of(student_path) is not None:
         return "the student is a quantized checkpoint of another tool"
+    if cfg.train_blocks != "all" and constraint.lora_masks():
+        return "recover.train_blocks leaves blocks without an adapter, whose masks would act on the shared weights"
     uncovered = [n for n in constraint.lora_masks() if not _adapted(n, cfg.lora.target_modules)]
     if uncovered:  # there the mask would have to act on the shared weights themselves
         return f"{uncovered[0]} is masked but not adapted (lora.target_modules)"
@@ -74,4 +76,14 @@ class TeacherView(torch.nn.Module):
     def teacher_mode(self):
         """Adapter off, Constraint lifted and eval mode (no dropout), as a separate teacher runs."""
         with self.module.disable_adapter(), lifted(self.module), eval_mode(self.module):
+            yield
+
+
+class LiftedView(TeacherView):
+    """The teacher before an adapter exists: the shared model with its Constraint lifted (for the
+    CKA that recover.train_blocks ranks blocks by, measured before the adapter is added)."""
+
+    @contextlib.contextmanager
+    def teacher_mode(self):
+        with lifted(self.module), eval_mode(self.module):
             yield

@@ -16,6 +16,7 @@ from ..constraints import Constraint
 from ..constraints.lora import ADAPTER_DIR, merged_for_export, wrap_lora
 from ..errors import RecoverLMError
 from ..io import atomic_dir, write_json_atomic
+from ..lm.blocks import decoder_layers
 from ..lm.generate import generate
 from ..runs import METRICS_FILE, RECOVERY_FILE, side_dir, side_file
 from .timing import PhaseTimer, phase
@@ -49,6 +50,9 @@ def apply_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path
         if getattr(cfg, option) == value and option not in constraint.training_options:
             raise RecoverLMError(f"{option} '{value}' needs a student on a quantization grid; "
                                  f"{student_path} has constraint '{constraint.kind}'")
+    if cfg.mask_update is not None and "mask_update" not in constraint.training_options:
+        raise RecoverLMError(f"mask_update needs a sparse student (sparsity masks); {student_path} has constraint "
+                             f"'{constraint.kind}'")
     if cfg.grid_scales == "learned":
         constraint.learn_scales = True
     if cfg.export:
@@ -62,35 +66,73 @@ def apply_options(cfg: RecoverConfig, constraint: Constraint, student_path: Path
 
 def check_hidden_targets(cfg: RecoverConfig, teacher_config, student_config) -> None:
     """hidden_weight matches the student's hidden states to the teacher's layer by layer: it needs
-    the same number and width of layers (not a depth-pruned student)."""
-    if not cfg.hidden_weight:
+    the same number and width of layers (not a depth-pruned student). cka_weight pairs the layers
+    by index too, but CKA compares any widths: it needs the same number of layers, and
+    `cka_layers` within them."""
+    if not (cfg.hidden_weight or cfg.cka_weight):
         return
     shape = [(c.num_hidden_layers, c.hidden_size) for c in (teacher_config, student_config)]
-    if shape[0] != shape[1]:
+    if cfg.hidden_weight and shape[0] != shape[1]:
         raise RecoverLMError(f"hidden_weight needs the teacher's layer shapes: the teacher has {shape[0][0]} layers of "
                              f"width {shape[0][1]}, the student {shape[1][0]} of width {shape[1][1]}")
+    if cfg.cka_weight:
+        if shape[0][0] != shape[1][0]:
+            raise RecoverLMError(f"cka_weight pairs the student's blocks with the teacher's by index: it needs the "
+                                 f"teacher's number of layers; the teacher has {shape[0][0]}, the student {shape[1][0]}")
+        check_cka_layers(cfg.cka_layers, shape[0][0])
 
 
-def prepare(student, cfg: RecoverConfig, constraint: Constraint, teacher, log=print, shared: bool = False):
+def check_cka_layers(layers: list[int] | None, depth: int) -> None:
+    """recover.cka_layers are block indices: each must be below the models' number of blocks."""
+    bad = [i for i in layers or [] if not 0 <= i < depth]
+    if bad:
+        raise RecoverLMError(f"recover.cka_layers {bad} out of range: the models have {depth} blocks "
+                             f"(indices 0 to {depth - 1})")
+
+
+def prepare(student, cfg: RecoverConfig, constraint: Constraint, teacher, log=print, shared: bool = False,
+            blocks: list[int] | None = None):
     """The trainable student: the Constraint attached, a LoRA adapter when asked (under a
     constraint that does not merge, the base stays frozen as it is), latents seeded. `shared`:
     the base holds the teacher's weights, so the Constraint may act in the forward only: masks
-    through the masked adapter, grids attached (recover.shared_teacher)."""
+    through the masked adapter, grids attached (recover.shared_teacher). `blocks`: only those
+    decoder blocks train (recover.train_blocks; None: the whole model)."""
     if cfg.lora:
         masks_in_forward = bool(constraint.lora_masks())
         if (not masks_in_forward) if shared else constraint.lora_merges:
             constraint.attach(student)
-        student = wrap_lora(student, cfg.lora, constraint)
+        student = wrap_lora(student, cfg.lora, constraint, blocks)
     else:
         constraint.attach(student)
         if cfg.grid_latents == "teacher":
             seeded = constraint.seed_latents(student, teacher)
             log(f"grid latents: {seeded['moved']:.1%} of the quantized weights moved towards the teacher's, "
                 f"{seeded['mean_offset_in_steps']:.3f} grid steps on average")
+        if blocks is not None:
+            freeze_outside(student, blocks)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable()
+        if blocks is not None:  # frozen embeddings: reentrant checkpointing would pass no gradient into the blocks
+            student.enable_input_require_grads()
     student.train()
     return student
+
+
+def freeze_outside(model, blocks: list[int]) -> None:
+    """Only the parameters inside decoder blocks `blocks` keep training: the other blocks, the
+    embeddings, the final norm and the LM head (tied or not) are frozen."""
+    _, layers = decoder_layers(model)
+    keep = {id(p) for i in blocks for p in layers[i].parameters()}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Trained and total parameters (each tensor once, tied ones included), for compute comparisons."""
+    params = list(model.parameters())
+    return {"trained_parameters": sum(p.numel() for p in params if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in params)}
 
 
 def base_of(model, cfg: RecoverConfig):

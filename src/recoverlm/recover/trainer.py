@@ -29,13 +29,15 @@ from ..data import collate
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
+from ..lm.blocks import run_blocks
 from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
-from . import distributed, shared_teacher, tracking
+from . import block_choice, distributed, shared_teacher, tracking
 from . import student as student_part
 from .checkpoint import (
     load_best,
     load_checkpoint,
+    load_extra,
     save_best,
     save_checkpoint,
     trainable_state,
@@ -59,6 +61,7 @@ class Recovery:
             torch.set_num_threads(cfg.threads)
         self.acc = distributed.make_accelerator(cfg, resume, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
+        self.notes: dict = {}  # what optional parts of training report, kept in recovery.json
         self._load_models(teacher_ref, student_ref)
         with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
             self.train_set = training_set(cfg, data_cfg, self.teacher_path, self.student_path, self.tokenizer,
@@ -87,10 +90,47 @@ class Recovery:
         student_part.apply_options(self.cfg, self.constraint, self.student_path)
         self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(self.acc.device)
         self.teacher.requires_grad_(False)
-        if self.cfg.hidden_weight:
+        if self.cfg.hidden_weight or self.cfg.cka_weight:
             from transformers import AutoConfig
 
             student_part.check_hidden_targets(self.cfg, self.teacher.config, AutoConfig.from_pretrained(self.student_path))
+        if self.cfg.train_blocks != "all":
+            from transformers import AutoConfig
+
+            block_choice.check_models(self.cfg.train_blocks, self.teacher.config.num_hidden_layers,
+                                      AutoConfig.from_pretrained(self.student_path).num_hidden_layers)
+
+    def _choose_blocks(self, student) -> list[int] | None:
+        """recover.train_blocks resolved on the damaged student, before any adapter exists: the
+        blocks that train (None: all), logged and kept in recovery.json."""
+        choice, n_blocks = self.cfg.train_blocks, len(run_blocks(student))
+        cka = self._damage_cka(student) if block_choice.needs_cka(choice) else None
+        blocks, scores = block_choice.choose_blocks(choice, cka, n_blocks, self.cfg.seed)
+        self.notes["train_blocks"] = {"choice": block_choice.choice_record(choice), "blocks": blocks, "of": n_blocks}
+        if scores is not None:
+            self.notes["train_blocks"].update(score=choice.score, scores=scores, cka=cka)
+        if choice == "all":
+            return None
+        self.log(block_choice.describe(choice, blocks, scores, n_blocks, self.cfg.seed))
+        return blocks
+
+    def _damage_cka(self, student) -> list[float]:
+        """The damaged student's per-layer CKA against the teacher on the validation prompts."""
+        from ..analysis.layer_cka import trajectory
+
+        if self.shared:  # one copy (a grid; masks do not share under train_blocks): attached, the grid computes
+            self.constraint.attach(student)  # the student, lifted the teacher (prepare's attach is then a no-op)
+            teacher = shared_teacher.LiftedView(student)
+        else:
+            teacher = self.teacher
+            if not self.sharded:  # acc.prepare would put it there anyway
+                student.to(self.acc.device)
+        cka = trajectory(teacher, student, self.validation, self.pad_id)
+        if self.acc.num_processes > 1:  # every rank trains the same blocks, whatever float noise says
+            from accelerate.utils import broadcast_object_list
+
+            cka = broadcast_object_list([cka])[0]
+        return cka
 
     def _prepare_student(self) -> None:
         cfg = self.cfg
@@ -106,8 +146,11 @@ class Recovery:
                 self.log(f"two copies of the weights (teacher and student): {reason}")
             student = models.load_model(self.student_path, dtype=torch.float32)
         task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.acc.device)
+        blocks = self._choose_blocks(student)
         torch.manual_seed(cfg.seed)  # the adapter's initialisation, whatever loading drew before
-        student = student_part.prepare(student, cfg, self.constraint, self.teacher, self.log, shared=self.shared)
+        student = student_part.prepare(student, cfg, self.constraint, self.teacher, self.log, shared=self.shared,
+                                       blocks=blocks)
+        self.notes["train_blocks"].update(student_part.parameter_counts(student))
         if self.shared:
             self.teacher = shared_teacher.TeacherView(student)
         self.teachers = Teachers(self.teacher, task_teacher, Teachers.ema_of(student, cfg, self.acc.device),
@@ -115,6 +158,21 @@ class Recovery:
         torch.manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW(param_groups(student, cfg), lr=cfg.lr, betas=(0.9, 0.95))
         self.student, self.optimizer = self.acc.prepare(student, optimizer)
+        self.masks = self._mask_updater()
+        self.best_masks = None
+
+    def _mask_updater(self):
+        """recover.mask_update: the scores and schedule that re-choose a sparse student's mask."""
+        if self.cfg.mask_update is None:
+            return None
+        if self.sharded or self.deepspeed:
+            raise RecoverLMError("mask_update needs each process to hold whole weights and their gradients; "
+                                 "it is not supported under FSDP or DeepSpeed (DDP works)")
+        from .mask_update import MaskUpdater
+
+        reduce = (lambda t: self.acc.reduce(t, reduction="sum")) if self.acc.num_processes > 1 else None
+        return MaskUpdater(self.constraint, self.acc.unwrap_model(self.student), self.teacher, self.cfg.mask_update,
+                           self.cfg.total_steps, reduce)
 
     # -- one step --------------------------------------------------------------------------------
     def micro_batches(self, step: int, seq_indices: list[int], on_policy: bool) -> list[MicroBatch]:
@@ -157,15 +215,19 @@ class Recovery:
             loss_value += float(loss.detach()) / self.acc.num_processes
             for name, value in parts.items():
                 part_values[name] = part_values.get(name, 0.0) + value * mb.n_tokens / max(total, 1)
+        if self.masks is not None:
+            self.masks.observe_grads()
         if not self.deepspeed:
             self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         model = self.acc.unwrap_model(self.student)
+        swapped = self.masks.maybe_update(step, self.optimizer) if self.masks is not None else None
         if not self.shared:  # shared: the base is the teacher's, frozen; the constraint acts in the forward
             self.constraint.enforce(student_part.base_of(model, self.cfg))
         self.teachers.update_ema(model)
-        return {"loss": loss_value, **part_values, "tokens": total}
+        return {"loss": loss_value, **part_values, "tokens": total,
+                **({"mask_swapped": swapped["swapped"]} if swapped else {})}
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
@@ -189,6 +251,7 @@ class Recovery:
             self.best = row
             if self.cfg.select_best:
                 self.best_state = self._trainable_state()
+                self.best_masks = self.masks.snapshot() if self.masks is not None else None
         return row
 
     def _resume(self) -> None:
@@ -199,15 +262,24 @@ class Recovery:
         self.start_step, self.best, self.history = state["step"], state["best"], state["history"]
         self.tokens = state.get("tokens", 0)
         self.best_state = load_best(self.work)
+        if self.masks is not None and load_extra(self.work, "mask_update") is not None:
+            self.masks.load_state(load_extra(self.work, "mask_update"))
+            self.best_masks = load_extra(self.work, "best_masks")
         self.log(f"resuming from step {self.start_step}")
 
     def _checkpoint(self, step: int) -> None:
         if not self.acc.is_main_process:
             return
         save_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, step,
-                        {"best": self.best, "history": self.history, "tokens": self.tokens}, self.teachers.ema)
+                        {"best": self.best, "history": self.history, "tokens": self.tokens}, self.teachers.ema,
+                        self._checkpoint_extra())
         if self.best_state is not None:
             save_best(self.work, self.best_state)
+
+    def _checkpoint_extra(self) -> dict:
+        if self.masks is None:
+            return {}
+        return {"mask_update": self.masks.state(), **({"best_masks": self.best_masks} if self.best_masks else {})}
 
     # -- the schedule ----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -250,7 +322,7 @@ class Recovery:
                            (self.tokens - resumed_at) / (time.perf_counter() - started))
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
                 row = self.evaluate(step, {f"train_{k}": sum(s[k] for s in window) / len(window)
-                                           for k in ("loss", "divergence", "hidden") if k in window[0]})
+                                           for k in ("loss", "divergence", "hidden", "cka") if k in window[0]})
                 window = []
                 bar.write(f"step {step} ({row['stage']}): validation KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
                           f"top-1 agreement {row['top1_agreement']:.3f}")
@@ -277,6 +349,12 @@ class Recovery:
             model = self.acc.unwrap_model(self.student)
             if self.best_state is not None:
                 model.load_state_dict(self.best_state, strict=False)
+                if self.best_masks is not None:  # the weights of the best step obey that step's masks
+                    self.masks.restore(self.best_masks)
+            if self.masks is not None:
+                self.notes["mask_update"] = summary = self.masks.summary()
+                self.log(f"mask update: {summary['updates']} updates; {summary['changed']:.2%} of the degraded "
+                         "model's kept weights were swapped for pruned ones, at the same sparsity and pattern")
             return model
         state = self.best_state if self.best_state is not None else self._trainable_state()
         return student_part.rebuilt(self.student_path, self.constraint, state) if self.acc.is_main_process else None
@@ -290,7 +368,8 @@ class Recovery:
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
                   "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
                   "teacher_generation_dtype": environment.generation_dtype(self.data_cfg.teacher_generation_dtype),
-                  "world_size": self.acc.num_processes, "distributed": self.acc.distributed_type.value, **extra}
+                  "world_size": self.acc.num_processes, "distributed": self.acc.distributed_type.value,
+                  **self.notes, **extra}
         if not self.acc.is_main_process:
             return record
         student_part.write_recovered(self.out, model, self.cfg, self.constraint, self.tokenizer, record, self.history)

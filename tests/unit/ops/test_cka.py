@@ -12,6 +12,8 @@ from recoverlm.ops.cka import (
     linear_cka,
     minibatch_cka,
     rbf_cka,
+    soft_linear_cka,
+    typical_rows,
     unbiased_hsic,
 )
 
@@ -161,3 +163,59 @@ def test_errors():
     acc.update(x[:3], y[:3])
     with pytest.raises(ValueError):
         acc.debiased_value()
+
+
+def test_soft_linear_cka_equals_linear_cka_with_outliers_and_widths():
+    """The differentiable form is the same number as linear_cka, huge outlier columns included."""
+    for seed, (dx, dy) in enumerate([(6, 5), (5, 9), (12, 3)]):
+        x, y = _pair(n=80, dx=dx, dy=dy, seed=seed, offset=2.0)
+        x[:, 0] *= 3e4  # massive-activation-like columns, in one model or both
+        y[:, -1] = 2e4 + 50.0 * y[:, -1]
+        got = soft_linear_cka(x, y)
+        assert got.dtype == torch.float64 and got.dim() == 0
+        assert float(got) == pytest.approx(linear_cka(x, y), abs=1e-10)
+    x32, y32 = (t.float() for t in _pair())
+    assert float(soft_linear_cka(x32, y32)) == pytest.approx(linear_cka(x32, y32), abs=1e-10)
+
+
+def test_soft_linear_cka_gradcheck_and_invariances():
+    x, y = _pair(n=12, dx=4, dy=3)
+    assert torch.autograd.gradcheck(soft_linear_cka, (x.clone().requires_grad_(), y.clone().requires_grad_()))
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    base = float(soft_linear_cka(x, y))
+    assert float(soft_linear_cka(3.7 * x @ q, y)) == pytest.approx(base, abs=1e-12)
+    assert float(soft_linear_cka(x, 0.01 * y + 5.0)) == pytest.approx(base, abs=1e-12)
+    assert float(soft_linear_cka(x, x)) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        soft_linear_cka(x, y[:5])
+
+
+def test_soft_linear_cka_gradient_raises_cka():
+    """A small step along the gradient raises CKA: what the training term relies on."""
+    x, y = _pair(n=40, dx=5, dy=5, seed=3)
+    y = torch.randn_like(y).requires_grad_()
+    before = soft_linear_cka(x, y)
+    before.backward()
+    with torch.no_grad():
+        after = soft_linear_cka(x, y + 1e-2 * y.grad / y.grad.norm())
+    assert float(after) > float(before.detach())
+
+
+def test_typical_rows_equals_typical_token_mask():
+    from recoverlm.analysis.layer_cka import typical_token_mask
+
+    g = torch.Generator().manual_seed(0)
+    h = [torch.randn(3, 10, 8, generator=g) for _ in range(3)]  # (B, T, d) per layer
+    h[0][0, 0] += 400.0  # a sink at layer 0 only, one at the last layer only, one on padding
+    h[2][1, 4] -= 300.0
+    h[1][2, 9] += 1e5
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[2, 7:] = 0
+    expected = typical_token_mask(tuple(h), mask, ratio=20.0)
+    real = mask.bool()
+    rows = typical_rows(torch.stack([t[real] for t in h]), 20.0)
+    assert rows.tolist() == expected[real].tolist() and not expected[~real].any()
+    assert not rows[0] and rows.sum() == real.sum() - 2
+    assert typical_rows((t[real] for t in h), 20.0).tolist() == rows.tolist()  # any iterable of layers
+    with pytest.raises(ValueError, match="ratio must be > 1"):
+        typical_rows(torch.stack(h).flatten(1, 2), 1.0)
