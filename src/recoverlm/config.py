@@ -50,7 +50,9 @@ class DataConfig(_Strict):
     replay_data: Optional[Path] = None  # sft-replay with replay_source=data: JSONL of prompt/response pairs
     # auto: bfloat16 where the hardware runs it natively, float32 where bf16 is emulated (slower)
     teacher_generation_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    generation_batch_size: int = Field(16, ge=1)
+    # Rows per generation batch: a decode step reads every weight whatever the rows, so more rows
+    # are nearly free tokens (docs/benchmarks.md, "Generation and precision": 1.8x from 16 to 64).
+    generation_batch_size: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _compatible(self) -> "DataConfig":
@@ -196,7 +198,9 @@ class RecoverConfig(_Strict):
     select_best: bool = True  # export the best checkpoint by select_metric on held-out prompts
     cka_every_eval: bool = True  # record the per-layer CKA trajectory at each evaluation
     save_every: int = Field(0, ge=0)  # training checkpoints for --resume; 0 = never
-    bf16: bool = False
+    # bf16 autocast for training and on-policy sampling; auto: where it beats fp32 (a GPU with bf16,
+    # a CPU with AMX: environment.bf16_faster), fp32 elsewhere. Recorded in recovery.json.
+    bf16: Union[bool, Literal["auto"]] = "auto"
     gradient_checkpointing: bool = False
     seed: int = 0
     threads: Optional[int] = None

@@ -63,11 +63,27 @@ def native_bf16(device: torch.device | None = None) -> bool:
     return False
 
 
+def bf16_faster(device: torch.device | None = None) -> bool:
+    """Whether bf16 is expected to beat fp32 here: on a GPU that supports it, or a CPU with AMX
+    tiles. AVX512-BF16 alone is native but not faster: on a 2-core Xeon with it, generation in bf16
+    ran at 0.80-0.92x of fp32 (docs/benchmarks.md, "Generation and precision"), so "auto" keeps such CPUs, and ARM ones
+    (unmeasured), in fp32."""
+    device = device or models.compute_device()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and "amx_bf16" in _cpu_flags()
+
+
+def training_bf16(setting: bool | str, device: torch.device | None = None) -> bool:
+    """Whether recovery trains under bf16 autocast: the setting, with "auto" resolved for this machine."""
+    return bf16_faster(device) if setting == "auto" else bool(setting)
+
+
 def generation_dtype(name: str, device: torch.device | None = None) -> str:
     """The dtype `teacher_generation_dtype` names, with "auto" resolved for this machine."""
     if name != "auto":
         return name
-    return "bfloat16" if native_bf16(device) else "float32"
+    return "bfloat16" if bf16_faster(device) else "float32"
 
 
 def device_label(device: torch.device | None = None) -> str:
@@ -85,4 +101,5 @@ def describe_environment() -> dict:
         "platform": platform.platform(),
         "device": device_label(device),
         "native_bf16": native_bf16(device),
+        "bf16_faster": bf16_faster(device),
     }

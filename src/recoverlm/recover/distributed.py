@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .. import models
+from .. import environment, models
 from ..config import RecoverConfig
 from ..errors import RecoverLMError
 
@@ -24,7 +24,7 @@ def make_accelerator(cfg: RecoverConfig, resume: bool, trackers: dict | None = N
     # accelerate sets DeepSpeed up only when not told `cpu`, and counts its processes only when
     # it knows the backend: on a CPU machine that is gloo.
     deepspeed_on_cpu = on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=on_cpu and not deepspeed_on_cpu,
+    acc = Accelerator(mixed_precision="bf16" if environment.training_bf16(cfg.bf16) else "no", cpu=on_cpu and not deepspeed_on_cpu,
                       kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
                       **(trackers or {}))
     if acc.distributed_type == DistributedType.FSDP:

@@ -62,6 +62,8 @@ class Recovery:
         self.acc = distributed.make_accelerator(cfg, resume, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
         self.notes: dict = {}  # what optional parts of training report, kept in recovery.json
+        if cfg.bf16 == "auto" and cfg.method != "none" and self.acc.is_main_process:
+            log(f"precision (recover.bf16 auto): training in {self.precision} on {environment.device_label()}")
         self._load_models(teacher_ref, student_ref)
         with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
             self.train_set = training_set(cfg, data_cfg, self.teacher_path, self.student_path, self.tokenizer,
@@ -173,6 +175,10 @@ class Recovery:
         reduce = (lambda t: self.acc.reduce(t, reduction="sum")) if self.acc.num_processes > 1 else None
         return MaskUpdater(self.constraint, self.acc.unwrap_model(self.student), self.teacher, self.cfg.mask_update,
                            self.cfg.total_steps, reduce)
+
+    @property
+    def precision(self) -> str:
+        return "bf16 autocast" if environment.training_bf16(self.cfg.bf16) else "float32"
 
     # -- one step --------------------------------------------------------------------------------
     def micro_batches(self, step: int, seq_indices: list[int], on_policy: bool) -> list[MicroBatch]:
@@ -368,6 +374,7 @@ class Recovery:
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
                   "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
                   "teacher_generation_dtype": environment.generation_dtype(self.data_cfg.teacher_generation_dtype),
+                  "training_precision": self.precision,
                   "world_size": self.acc.num_processes, "distributed": self.acc.distributed_type.value,
                   **self.notes, **extra}
         if not self.acc.is_main_process:

@@ -111,7 +111,7 @@ def environment_text(run_dir: Path, recovery: dict) -> str:
         versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
         lines += [f"- device: {env['device']}, bf16 {'native' if env['native_bf16'] else 'emulated'}; "
                   f"Python {env['python']} on {env['platform']}", f"- versions: {versions}"]
-    lines.append(f"- precision: student trained in float32; teacher responses generated in "
+    lines.append(f"- precision: student trained in {recovery.get('training_precision', 'float32')}; teacher responses generated in "
                  f"{recovery.get('teacher_generation_dtype', '?')}")
     stages = record.get("stages", {})
     if stages:

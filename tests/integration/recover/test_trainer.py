@@ -42,6 +42,7 @@ def test_runs_in_one_process_may_differ_in_precision(tmp_path, tiny_model, prune
     for i, bf16 in enumerate((True, False)):
         res = recover(tiny_model, pruned, tmp_path / f"r{i}", _cfg(bf16=bf16, select_best=False), data_cfg, progress=False)
         assert res["recover"]["bf16"] is bf16
+        assert res["training_precision"] == ("bf16 autocast" if bf16 else "float32")
 
 
 def test_ema_teacher_and_skip_first_tokens(tmp_path, tiny_model, pruned, data_cfg):
