@@ -78,6 +78,9 @@ class ResponseSet:
             total += len(r)
 
 
+SCORING_BATCH = 16  # sequences per teacher top-k scoring batch
+
+
 def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: int, max_new_tokens: int,
                        temperature: float = 0.0, top_p: float = 1.0, top_k_logits: int = 0,
                        use_chat_template: bool = True, overflow: str = "skip", generation_dtype: str = "auto",
@@ -109,8 +112,10 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
     rs = ResponseSet([prompts[i] for i in kept], prompt_ids, responses, {**settings, "n_overflow": n_over})
     if top_k_logits:
         scorer = teacher if teacher is not None else models.load_for_inference(path)
+        # Scoring holds [positions x vocabulary] logits per batch, so it keeps to the old batch of 16
+        # whatever the generation batch (at Gemma's 262k vocabulary, 64 rows would need ~13 GB).
         rs.topk_indices, rs.topk_logprobs = teacher_topk(scorer, prompt_ids, responses, top_k_logits,
-                                                         tokenizer.pad_token_id, batch_size)
+                                                         tokenizer.pad_token_id, min(batch_size, SCORING_BATCH))
         rs._index()
     rs.save(cache)
     return rs
