@@ -184,6 +184,11 @@ class RecoverConfig(_Strict):
     # Response positions per chunk through the LM head (0: all at once). Chunked, no
     # [positions x vocabulary] logits tensor exists for the whole micro-batch (ops.chunked).
     logit_chunk: int = Field(0, ge=0)
+    # Where the frozen teacher computes (null: the training device; e.g. cuda:1, or cpu), and whether
+    # it waits in CPU memory while steps do not run it (the cached top-k stage), moving in for the
+    # steps and evaluations that do (recover.placement).
+    teacher_device: Optional[str] = None
+    teacher_offload: bool = False
     # LoRA over a student that is exactly the teacher's weights under its Constraint: hold those
     # weights once, the teacher being the base with the adapter off (recover.shared_teacher).
     share_teacher: Literal["auto", "off"] = "auto"

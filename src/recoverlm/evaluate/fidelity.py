@@ -57,7 +57,7 @@ def fidelity(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseSe
             n_tokens += targets.numel()
             for name, student in students.items():
                 s_logits = t_logits if student is teacher else completion_logits(student, batch).float()
-                for metric, v in token_metrics(s_logits, t_logits, targets).items():
+                for metric, v in token_metrics(s_logits, t_logits.to(s_logits.device), targets).items():
                     v = v.cpu().double()
                     sums[name][metric] += float(v.sum())
                     for i, x in zip(idx, torch.split(v, lengths)):

@@ -66,7 +66,8 @@ class MaskUpdater:
             new = swap(old, keep_score, self.grad_sum[name].abs(), fraction)
             grown, dropped = new & ~old, old & ~new
             p[dropped] = 0
-            p[grown] = find_param(self.teacher, name)[grown].to(p.dtype) if self.cfg.regrow == "teacher" else 0
+            p[grown] = (find_param(self.teacher, name).to(p.device, p.dtype)[grown] if self.cfg.regrow == "teacher"
+                        else 0)
             for moment in state.get(p, {}).values():
                 if torch.is_tensor(moment) and moment.shape == p.shape:
                     moment[grown | dropped] = 0

@@ -30,6 +30,8 @@ def why_not_shared(cfg: RecoverConfig, constraint, teacher: torch.nn.Module, stu
         return "full fine-tuning changes the weights the teacher would be computed from"
     if not isinstance(constraint, (SparsityConstraint, QuantGridConstraint, NF4Constraint)):
         return f"the student's constraint is {constraint.kind}"
+    if cfg.teacher_device is not None or cfg.teacher_offload:
+        return "recover.teacher_device / teacher_offload place the teacher apart from the student"
     if cfg.teacher_mode != "base" or task_prompts is not None:
         return "another teacher (EMA or the fine-tuned model) is used as well"
     if formats.scheme_of(student_path) is not None:

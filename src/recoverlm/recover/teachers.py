@@ -17,9 +17,11 @@ from .timing import PhaseTimer, phase
 class Teachers:
     """The teachers of one run and the one forward per teacher and micro-batch they cost."""
 
-    def __init__(self, teacher, task_teacher=None, ema=None, ema_rate: float = 0.99, timer: PhaseTimer | None = None):
+    def __init__(self, teacher, task_teacher=None, ema=None, ema_rate: float = 0.99, timer: PhaseTimer | None = None,
+                 out_device: torch.device | None = None):
         self.teacher, self.task_teacher, self.ema, self.ema_rate, self.timer = teacher, task_teacher, ema, ema_rate, timer
         self.head = None  # the LM head of the rows `outputs` last returned as head inputs
+        self.out_device = out_device  # the student's: a teacher on its own device hands its outputs over
 
     @staticmethod
     def task_teacher(cfg, data_cfg, student_path, device):
@@ -46,11 +48,20 @@ class Teachers:
         self.head = None
         with phase(self.timer, "teacher"):
             if set(mb.sources) == {0} or self.task_teacher is None:
-                if head_inputs and logits:
+                if head_inputs and logits and self._beside(main):
                     self.head = head_of(main)
                     return completion_head_inputs(main, mb.batch, hidden)
-                return completion_outputs(main, mb.batch, logits, hidden)
-            return self._by_source({0: main, 1: self.task_teacher}, mb, pad_id, logits, hidden)
+                return self._handed_over(completion_outputs(main, mb.batch, logits, hidden))
+            return self._handed_over(self._by_source({0: main, 1: self.task_teacher}, mb, pad_id, logits, hidden))
+
+    def _beside(self, model) -> bool:
+        """Whether `model` computes on the student's device (its head may then make logits chunk by chunk)."""
+        return self.out_device is None or next(model.parameters()).device == self.out_device
+
+    def _handed_over(self, parts: tuple) -> tuple:
+        if self.out_device is None:
+            return parts
+        return tuple(None if p is None else p.to(self.out_device) for p in parts)
 
     @torch.no_grad()
     def logits_of(self, rows: torch.Tensor) -> torch.Tensor:

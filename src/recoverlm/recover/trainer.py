@@ -32,7 +32,7 @@ from ..io import check_output_dir
 from ..lm.blocks import run_blocks
 from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
-from . import block_choice, distributed, shared_teacher, tracking
+from . import block_choice, distributed, placement, shared_teacher, tracking
 from . import student as student_part
 from .checkpoint import (
     load_best,
@@ -90,7 +90,8 @@ class Recovery:
         self.pad_id = self.tokenizer.pad_token_id
         self.constraint = student_part.constraint_of(self.student_path, self.cfg, self.log)
         student_part.apply_options(self.cfg, self.constraint, self.student_path)
-        self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(self.acc.device)
+        self.teacher_home = placement.teacher_device(self.cfg.teacher_device, self.acc.device, self.acc.num_processes)
+        self.teacher = models.load_model(self.teacher_path, dtype=torch.float32).to(self.teacher_home)
         self.teacher.requires_grad_(False)
         if self.cfg.hidden_weight or self.cfg.cka_weight:
             from transformers import AutoConfig
@@ -147,7 +148,7 @@ class Recovery:
             if cfg.lora and cfg.share_teacher == "auto":
                 self.log(f"two copies of the weights (teacher and student): {reason}")
             student = models.load_model(self.student_path, dtype=torch.float32)
-        task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.acc.device)
+        task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.teacher_home)
         blocks = self._choose_blocks(student)
         torch.manual_seed(cfg.seed)  # the adapter's initialisation, whatever loading drew before
         student = student_part.prepare(student, cfg, self.constraint, self.teacher, self.log, shared=self.shared,
@@ -156,7 +157,9 @@ class Recovery:
         if self.shared:
             self.teacher = shared_teacher.TeacherView(student)
         self.teachers = Teachers(self.teacher, task_teacher, Teachers.ema_of(student, cfg, self.acc.device),
-                                 cfg.ema_rate, self.timer)
+                                 cfg.ema_rate, self.timer, out_device=self.acc.device)
+        self.placement = placement.TeacherPlacement([self.teacher, task_teacher], self.teacher_home,
+                                                    cfg.teacher_offload and not self.shared, self.log)
         torch.manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW(param_groups(student, cfg), lr=cfg.lr, betas=(0.9, 0.95))
         self.student, self.optimizer = self.acc.prepare(student, optimizer)
@@ -204,6 +207,8 @@ class Recovery:
         """One optimizer step. Each micro-batch's loss is divided by the completion tokens of the
         whole global batch (all micro-batches, all ranks), and multiplied by the world size because
         DDP averages gradients: the gradient equals that of one big batch."""
+        live = self.cfg.method == "distill" and (on_policy or self.cfg.hidden_weight or self.cfg.cka_weight)
+        self.placement.need(bool(live))  # the cached top-k stage never runs the teacher
         micro = self.micro_batches(step, seq_indices, on_policy)
         total = distributed.global_count(self.acc, sum(mb.n_tokens for mb in micro))
         for group in self.optimizer.param_groups:
@@ -238,6 +243,7 @@ class Recovery:
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
         model = self.acc.unwrap_model(self.student)
+        self.placement.need(True)
         with student_part.cached_weights(self.sharded or self.shared):  # shared: one cache would serve both
             res = fidelity(self.teacher, {"student": model}, self.validation, self.pad_id, progress=False)["student"]
             row = {"step": step, "stage": stage(step, self.cfg), **(train or {}),
