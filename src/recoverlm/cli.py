@@ -176,8 +176,9 @@ def recover(
         {"prompts": prompts, "teacher_prompts": teacher_prompts})
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     summary = run_recover(teacher, student, out, rec_cfg, data_cfg, resume=resume)
-    last = summary["history"][-1]
-    typer.echo(f"recovered model written to {out} (validation teacher KL {last['kl']:.4f} at step {last['step']})")
+    if summary.get("history"):  # under `accelerate launch`, only the main process writes and reports
+        last = summary["history"][-1]
+        typer.echo(f"recovered model written to {out} (validation teacher KL {last['kl']:.4f} at step {last['step']})")
 
 
 @app.command()

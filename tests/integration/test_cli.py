@@ -205,3 +205,14 @@ def test_evaluate_task_suites_without_a_teacher(tmp_path, tiny_model):
     assert set(report["tasks"]["results"]) == {"model"} and report["tasks"]["results"]["model"]["knowledge"]["n"] == 3
     refused = runner.invoke(app, ["evaluate", "--model", str(tiny_model), "--out", str(tmp_path / "f.json")])
     assert refused.exit_code == 2 and "--teacher" in refused.output and not (tmp_path / "f.json").exists()
+
+
+def test_recover_on_a_process_that_does_not_write_exits_cleanly(tmp_path, tiny_model, monkeypatch):
+    """Under `accelerate launch` every rank runs the command; only the main one gets the history."""
+    import recoverlm.recover.trainer as trainer
+
+    monkeypatch.setattr(trainer, "recover", lambda *a, **k: {"world_size": 2})
+    result = runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(tiny_model),
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "recovered model written" not in result.output
