@@ -40,7 +40,7 @@ class MaskUpdater:
         def hook(module, args):
             if torch.is_grad_enabled() and args:  # training forwards only, not sampling or evaluation
                 x = args[0].detach()
-                self.act_sq[name] += x.reshape(-1, x.shape[-1]).double().square().sum(0)
+                self.act_sq[name] += x.reshape(-1, x.shape[-1]).float().square().sum(0).double()
         return hook
 
     @torch.no_grad()
