@@ -22,3 +22,17 @@ def verified(folder):
     """The saved Constraint's verify of the saved model (raises if the model broke it)."""
     model = load_model(folder)
     return load_constraint(folder).verify(model)
+
+
+def crash_at(monkeypatch, step: int) -> None:
+    """Make recover's step `step` raise KeyboardInterrupt (a crash), until monkeypatch.undo()."""
+    from recoverlm.recover import trainer as trainer_mod
+
+    real = trainer_mod.Recovery.train_step
+
+    def crash(self, at, *a):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(self, at, *a)
+
+    monkeypatch.setattr(trainer_mod.Recovery, "train_step", crash)

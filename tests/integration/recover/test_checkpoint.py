@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers.recovery import short_config as _cfg, weights as _weights
+from helpers.recovery import crash_at, short_config as _cfg, weights as _weights
 
 from recoverlm.recover import trainer as trainer_mod
 from recoverlm.recover.trainer import recover
@@ -13,19 +13,12 @@ def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, da
     degraded = request.getfixturevalue(student)
     cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False, grid_scales=grid_scales)
     straight = recover(tiny_model, degraded, tmp_path / "straight", cfg, data_cfg, progress=False)
-    real = trainer_mod.Recovery.train_step
-
-    def crash(self, step, *a):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(self, step, *a)
-
-    monkeypatch.setattr(trainer_mod.Recovery, "train_step", crash)
+    crash_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         recover(tiny_model, degraded, tmp_path / "resumed", cfg, data_cfg, progress=False)
     assert not (tmp_path / "resumed").exists()
     assert (tmp_path / "resumed.work" / "checkpoint" / "state.json").exists()
-    monkeypatch.setattr(trainer_mod.Recovery, "train_step", real)
+    monkeypatch.undo()
     resumed = recover(tiny_model, degraded, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
     assert resumed["tokens"] == straight["tokens"]  # the tokens trained before the interruption count too
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")

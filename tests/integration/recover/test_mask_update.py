@@ -3,7 +3,7 @@ exactly those of the degraded model, in the exported folder and after a resume."
 
 import pytest
 import torch
-from helpers.recovery import short_config, verified, weights
+from helpers.recovery import crash_at, short_config, verified, weights
 
 from recoverlm.config import MaskUpdateConfig
 from recoverlm.constraints import load_constraint
@@ -11,7 +11,6 @@ from recoverlm.degrade import degrade
 from recoverlm.errors import RecoverLMError
 from recoverlm.io import read_json
 from recoverlm.ops.mask_swap import nm_pattern
-from recoverlm.recover import trainer as trainer_mod
 from recoverlm.recover.trainer import recover
 from recoverlm.runs import RECOVERY_FILE, side_file
 
@@ -84,17 +83,10 @@ def test_regrown_weights_start_at_the_teachers_value(tmp_path, tiny_model, prune
 def test_resume_continues_exactly_with_the_mask_it_had(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
     cfg = _cfg(save_every=2, select_best=False)
     recover(tiny_model, pruned, tmp_path / "straight", cfg, data_cfg, progress=False)
-    real = trainer_mod.Recovery.train_step
-
-    def crash(self, step, *a):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(self, step, *a)
-
-    monkeypatch.setattr(trainer_mod.Recovery, "train_step", crash)
+    crash_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False)
-    monkeypatch.setattr(trainer_mod.Recovery, "train_step", real)
+    monkeypatch.undo()
     recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
