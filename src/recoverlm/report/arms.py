@@ -69,7 +69,7 @@ def targeted_section(records: list[dict]) -> str | None:
     degs = {(r["model"], r["degradation"]) for r in chosen}
     rows_of = _by([r for r in records if (r["model"], r["degradation"]) in degs and r["method"] != "none"
                    and "train_blocks" in r.get("recovery", {})], lambda r: (r["model"], r["degradation"], r["method"]))
-    lines = ["| model | degradation | method | blocks trained | seeds | trained parameters | wall time (s) | "
+    lines = ["| model | degradation | method | blocks trained | seeds | trained parameters | training time (s) | "
              "teacher-KL ratio | ratio per trained 10M parameters |", "|---|---|---|---|---|---|---|---|---|"]
     for (model, deg, method), rows in sorted(rows_of.items()):
         tb = [r["recovery"]["train_blocks"] for r in rows]
@@ -79,7 +79,7 @@ def targeted_section(records: list[dict]) -> str | None:
         ratio = _mean(r["ratio"] for r in rows)
         per = f"{ratio / (params / 1e7):.3f}" if ratio is not None and params else "—"
         lines.append(f"| {model} | {deg} | `{method}` | {shown} | {len(rows)} | "
-                     f"{'—' if params is None else f'{params / 1e6:.1f}M'} | {_cell([r.get('seconds') for r in rows], 0)} | "
+                     f"{'—' if params is None else f'{params / 1e6:.1f}M'} | {_cell([r.get('stages', {}).get('recover') for r in rows], 0)} | "
                      f"{_cell([r['ratio'] for r in rows])} | {per} |")
     return "\n".join(lines + ["", *_chance_sentences(chosen)])
 

@@ -19,6 +19,7 @@ from ..runs import (
     DEGRADATION_FILE,
     METRICS_FILE,
     RECOVERY_FILE,
+    RUN_FILE,
     read_history,
     side_file,
 )
@@ -49,6 +50,8 @@ def collect(out: Path, names: set[str] | None = None) -> list[dict]:
         rec["history"] = read_history(history) if history.exists() else []
         degradation = side_file(folder / "degraded", DEGRADATION_FILE)
         rec["degrade"] = read_json(degradation) if degradation.exists() else {}
+        run = read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
+        rec["stages"] = run.get("stages", {})
         rec["config"] = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
         cka = read_json(folder / "cka.json").get("cka", {}) if (folder / "cka.json").exists() else {}
         rec["cka"] = {who: statistics.mean(v["linear"]) for who, v in cka.items() if v.get("linear")}

@@ -56,7 +56,7 @@ def test_mean_ci_is_a_t_interval():
 
 def _targeted(seed, method, choice, blocks, ratio, degradation="wanda-50"):
     cell = _cell(seed, method, 0.0, 0.8, ratio, 0.6, degradation=degradation)
-    cell["seconds"] = 100.0 + seed
+    cell["stages"] = {"recover": 100.0 + seed}
     cell["recovery"] = {"train_blocks": {"choice": choice, "blocks": blocks, "of": 30,
                                          "trained_parameters": 3_000_000 * len(blocks), "total_parameters": 135e6}}
     return cell
