@@ -62,6 +62,10 @@ def configure_deepspeed(acc, cfg: RecoverConfig, resume: bool) -> None:
         raise RecoverLMError(f"under DeepSpeed, batch_size ({cfg.batch_size}) must be a multiple of processes x "
                              f"grad_accum ({acc.num_processes} x {cfg.grad_accum})")
     ds_config = acc.state.deepspeed_plugin.deepspeed_config
+    if ds_config.get("zero_optimization", {}).get("stage") == 3:
+        raise RecoverLMError("DeepSpeed ZeRO-3 is not supported: it partitions every model as transformers loads it, "
+                             "the frozen teacher too, and the Constraint acts on whole weights; use ZeRO-2 "
+                             "(configs/accelerate/deepspeed_zero2_gpu.yaml) or FSDP")
     ds_config["gradient_clipping"] = cfg.max_grad_norm
     # The engine's own accounting sees one micro-batch per step: `backward` marks the boundaries.
     micro = cfg.batch_size // (acc.num_processes * cfg.grad_accum)

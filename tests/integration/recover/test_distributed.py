@@ -64,3 +64,20 @@ def test_two_process_deepspeed_zero2_matches_single_process(tmp_path, tiny_model
     assert 0 < _max_difference(single, tmp_path / "pruned")
     record = json.loads((zero2 / "recoverlm" / "recovery.json").read_text())
     assert record["world_size"] == 2 and record["distributed"] == "DEEPSPEED"
+
+
+@needs_launcher
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+def test_deepspeed_zero3_is_refused_in_one_line(tmp_path, tiny_model, prompt_file):
+    """ZeRO-3 partitions both models as they load: refused before any model is read."""
+    zero2 = Path(__file__).parents[3] / "configs" / "accelerate" / "deepspeed_zero2_cpu.yaml"
+    config = tmp_path / "zero3.yaml"
+    config.write_text(zero2.read_text().replace("zero_stage: 2", "zero_stage: 3"))
+    student = tmp_path / "pruned"
+    degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, student)
+    proc = subprocess.run([str(LAUNCHER), "launch", "--config_file", str(config), "--main_process_port", "29535",
+                           str(SCRIPT), str(tiny_model), str(student), str(prompt_file), str(tmp_path / "out")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "DeepSpeed ZeRO-3 is not supported" in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists()
