@@ -216,14 +216,19 @@ def run_group(names: list[str], args, teacher: str, student: str) -> dict[str, d
 
 
 def cka_arms(teacher: str, sizes: list[int]) -> list[dict]:
-    """Seconds per layer pair and the difference from float64, streaming accumulator against ckatorch."""
+    """Seconds per layer pair and the difference from float64, streaming accumulator against ckatorch
+    (linear CKA) and pytorch-cka (debiased CKA, from Gram matrices) where it is installed."""
+    import importlib.util
+
     import torch
     from ckatorch.core import cka_base
 
     from recoverlm import models
     from recoverlm.data import load_prompts
     from recoverlm.lm.capture import hidden_states
-    from recoverlm.ops.cka import LinearCKAAccumulator, linear_cka
+    from recoverlm.ops.cka import LinearCKAAccumulator, debiased_linear_cka, linear_cka
+
+    has_pytorch_cka = importlib.util.find_spec("cka") is not None and importlib.util.find_spec("cka.cka") is not None
 
     model = models.load_for_inference(teacher)
     tokenizer = models.load_tokenizer(teacher)
@@ -247,7 +252,24 @@ def cka_arms(teacher: str, sizes: list[int]) -> list[dict]:
         t_theirs = time.perf_counter() - start
         rows.append({"n": n, "d": a.shape[1], "recoverlm_s": t_ours, "ckatorch_s": t_theirs, "recoverlm_diff": abs(ours - reference),
                      "ckatorch_diff": abs(theirs - reference), "ckatorch_gram_gib": n * n * 4 / 2**30})
+        if has_pytorch_cka:
+            from cka.cka import cka_from_features
+
+            debiased_reference = float(debiased_linear_cka(a.double(), b.double()))
+            start = time.perf_counter()
+            value = float(cka_from_features(a, b).flatten()[0])
+            rows[-1].update(pytorch_cka_s=time.perf_counter() - start, pytorch_cka_diff=abs(value - debiased_reference),
+                            recoverlm_debiased_diff=abs(acc.debiased_value() - debiased_reference))
     return rows
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
 
 
 def render(result: dict) -> str:
@@ -264,14 +286,24 @@ def render(result: dict) -> str:
         s = r["seconds"]
         lines.append(f"| {name} | {statistics.median(s):.2f} [{min(s):.2f}, {max(s):.2f}] | "
                      f"{statistics.median(s) / base:.2f}x | {r['peak_gib']:.1f} |")
+    when = f" (measured {result['cka_date']})" if result.get("cka_date") else ""
     lines += ["", f"Linear CKA of one layer pair (d = {result['cka'][0]['d']}) on the teacher's hidden states, against a "
-              "float64 reference:",
+              f"float64 reference{when}:",
               "", "| tokens | recoverlm streaming (s) | ckatorch (s) | speed-up | recoverlm diff | ckatorch diff | "
               "ckatorch Gram matrices |", "|---|---|---|---|---|---|---|"]
     for r in result["cka"]:
         lines.append(f"| {r['n']:,} | {r['recoverlm_s']:.3f} | {r['ckatorch_s']:.3f} | "
                      f"{r['ckatorch_s'] / r['recoverlm_s']:.1f}x | {r['recoverlm_diff']:.1e} | {r['ckatorch_diff']:.1e} | "
                      f"2 x {r['ckatorch_gram_gib']:.2f} GiB |")
+    if all("pytorch_cka_s" in r for r in result["cka"]):
+        lines += ["", f"Debiased CKA (Song et al.'s unbiased HSIC) against pytorch-cka {result.get('pytorch-cka', '')} "
+                  "(`cka_from_features`, Gram matrices) and a float64 reference; recoverlm's value comes from the same "
+                  "streaming pass as the linear one:", "",
+                  "| tokens | recoverlm streaming (s) | pytorch-cka (s) | speed-up | recoverlm diff | pytorch-cka diff |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['n']:,} | {r['recoverlm_s']:.3f} | {r['pytorch_cka_s']:.3f} | "
+                  f"{r['pytorch_cka_s'] / r['recoverlm_s']:.1f}x | {r['recoverlm_debiased_diff']:.1e} | "
+                  f"{r['pytorch_cka_diff']:.1e} |" for r in result["cka"]]
     return "\n".join(lines) + "\n"
 
 
@@ -285,6 +317,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="the tiny test model, one repetition, no doc")
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student")
+    ap.add_argument("--cka-only", action="store_true",
+                    help="rerun only the CKA arms, keeping the training arms of bench/results/peers.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -301,6 +335,14 @@ def main() -> None:
     if args.smoke:
         args.reps = 1
     teacher = str(models.resolve_model(args.teacher))
+    if args.cka_only:
+        result = {**json.loads(RESULTS.read_text()), "cka": cka_arms(teacher, [1024, 4096, 16384]),
+                  "cka_date": time.strftime("%Y-%m-%d"),
+                  **{p: _version(p) for p in ("ckatorch", "pytorch-cka")}}
+        write_json_atomic(RESULTS, result)
+        update_section("peers", render(result))
+        print(render(result))
+        return
     student = Path(args.student) if args.student else args.work / "student"
     if not models.is_model_dir(student):
         degrade(teacher, "prune.magnitude", {"sparsity": 0.5}, student)
@@ -316,7 +358,7 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d"), "device": describe_environment()["device"], "model": args.teacher,
               "batch": args.batch, "max_new": args.max_new, "reps": args.reps, "train": train,
               "cka": cka_arms(teacher, [256, 512] if args.smoke else [1024, 4096, 16384]),
-              **{p: md.version(p) for p in ("torch", "transformers", "trl", "ckatorch")}}
+              **{p: md.version(p) for p in ("torch", "transformers", "trl", "ckatorch")}, "pytorch-cka": _version("pytorch-cka")}
     if args.smoke:
         print(render(result))
         return
