@@ -344,6 +344,8 @@ def study(
     only: Optional[str] = typer.Option(None, help="Run only the cells whose name matches this pattern, e.g. '*/nf4/*'."),
     render: bool = typer.Option(False, help="Only rewrite the results document from the finished cells."),
     doc: Optional[Path] = typer.Option(None, help="Results document (default: the config's doc, else docs/results.md)."),
+    readme: Path = typer.Option(Path("README.md"), help="Quote the headline table here, where the file marks a place "
+                                "for this document (<!-- results:NAME --> ... <!-- /results:NAME -->)."),
 ) -> None:
     """A grid of runs (models x degradations x methods x seeds) and its results document."""
     from .report.study import write_results
@@ -353,7 +355,7 @@ def study(
     target = doc or spec.doc or Path("docs/results.md")
     if not render:
         run_study(spec, out, jobs=jobs, only=only)  # validates every cell before any runs
-    write_results(out, target, list(spec.methods), list(spec.degradations), {c.name for c in cells(spec)})
+    write_results(out, target, list(spec.methods), list(spec.degradations), {c.name for c in cells(spec)}, readme)
     typer.echo(f"results written to {target}")
 
 

@@ -58,6 +58,15 @@ def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_fil
     doc.unlink()
     rendered = runner.invoke(app, args + ["--render"])
     assert rendered.exit_code == 0 and doc.read_text() == text
+    assert "## Does alignment cause recovery?" in text
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results:results -->\nold\n<!-- /results:results -->\n\nend\n")
+    quoted = runner.invoke(app, args + ["--render", "--readme", str(readme)])
+    assert quoted.exit_code == 0, quoted.output
+    body = readme.read_text()
+    assert "old" not in body and body.endswith("<!-- /results:results -->\n\nend\n")
+    assert "From [results.md](results.md), generated from 2 finished cells" in body and "| mag |" in body
 
 
 def test_a_bad_cell_is_refused_before_anything_runs(tmp_path, tiny_model, prompt_file):

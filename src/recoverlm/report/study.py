@@ -87,14 +87,15 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v + 0.0:.3f}".replace("-0.000", "0.000")
 
 
-def headline(records: list[dict], methods: list[str] | None = None, degradations: list[str] | None = None) -> str:
+def headline(records: list[dict], methods: list[str] | None = None, degradations: list[str] | None = None,
+             titled: bool = True) -> str:
     """Per model: degradations as rows, methods as columns; each cell the held-out teacher-KL
     recovery ratio (mean ± std over seeds) and the recovered model's knowledge accuracy."""
     parts = []
     for model in _order((_model(r) for r in records), None):
         mine = [r for r in records if _model(r) == model]
         cols = _order((r["method"] for r in mine), methods)
-        lines = [f"### {model}", "",
+        lines = ([f"### {model}", ""] if titled else []) + [
                  "| degradation | degraded KL | knowledge: teacher / degraded | " + " | ".join(cols) + " |",
                  "|---|---|---|" + "---|" * len(cols)]
         for deg in _order((r["degradation"] for r in mine), degradations):
@@ -309,7 +310,27 @@ def results_markdown(out: Path, doc: Path, methods: list[str] | None = None,
 
 
 def write_results(out: Path, doc: Path, methods: list[str] | None = None, degradations: list[str] | None = None,
-                  names: set[str] | None = None) -> str:
+                  names: set[str] | None = None, readme: Path | None = None) -> str:
+    """The results document; and its headline table quoted into `readme` where that file marks a
+    place for it (<!-- results:STEM --> ... <!-- /results:STEM -->, STEM the document's name)."""
     text = results_markdown(Path(out), Path(doc), methods, degradations, names)
     write_text_atomic(Path(doc), text)
+    if readme is not None and Path(readme).is_file():
+        quote_headline(Path(readme), Path(doc), collect(Path(out), names), methods, degradations)
     return text
+
+
+def quote_headline(readme: Path, doc: Path, records: list[dict], methods: list[str] | None = None,
+                   degradations: list[str] | None = None) -> bool:
+    """Replace the marked block of `readme` with the headline table; False where it has no marks."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = f"<!-- results:{doc.stem} -->", f"<!-- /results:{doc.stem} -->"
+    if start not in text or end not in text:
+        return False
+    table = headline(records, methods, degradations, titled=False) if records else "No cell has finished yet."
+    link = os.path.relpath(doc, readme.parent).replace(os.sep, "/")
+    body = (f"{start}\nFrom [{link}]({link}), generated from {len(records)} finished cells: held-out teacher-KL "
+            f"recovery ratio · knowledge accuracy.\n\n{table}\n{end}")
+    head, rest = text.split(start, 1)
+    write_text_atomic(readme, head + body + rest.split(end, 1)[1])
+    return True
