@@ -365,8 +365,9 @@ class Recovery:
                     self.masks.restore(self.best_masks)
             if self.masks is not None:
                 self.notes["mask_update"] = summary = self.masks.summary()
-                self.log(f"mask update: {summary['updates']} updates; {summary['changed']:.2%} of the degraded "
-                         "model's kept weights were swapped for pruned ones, at the same sparsity and pattern")
+                self.log(f"mask update: {summary['updates']} updates swapped {summary['swapped']} weights in training; "
+                         f"the exported checkpoint (step {self.best['step'] if self.best else 0}) has swapped "
+                         f"{summary['changed']:.2%} of the degraded model's kept weights, at the same sparsity and pattern")
             return model
         state = self.best_state if self.best_state is not None else self._trainable_state()
         return student_part.rebuilt(self.student_path, self.constraint, state) if self.acc.is_main_process else None
