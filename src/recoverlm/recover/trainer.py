@@ -62,8 +62,6 @@ class Recovery:
         self.acc = distributed.make_accelerator(cfg, resume, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
         self.notes: dict = {}  # what optional parts of training report, kept in recovery.json
-        if cfg.bf16 == "auto" and cfg.method != "none" and self.acc.is_main_process:
-            log(f"precision (recover.bf16 auto): training in {self.precision} on {environment.device_label()}")
         self._load_models(teacher_ref, student_ref)
         with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
             self.train_set = training_set(cfg, data_cfg, self.teacher_path, self.student_path, self.tokenizer,
@@ -300,6 +298,8 @@ class Recovery:
         plan, on_policy = batch_order(len(self.train_set), cfg.batch_size, steps, cfg.seed), on_policy_steps(cfg, steps)
         tracking.start(self.acc, cfg.log_with, self.out.name,
                        {"recover": cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json")})
+        if cfg.bf16 == "auto" and steps and self.acc.is_main_process:  # said once, after the inputs are checked
+            self.log(f"precision (recover.bf16 auto): training in {self.precision} on {environment.device_label()}")
         if self.start_step == 0 and not self.history:
             self.evaluate(0, None)
         bar = tqdm(total=steps, initial=self.start_step, desc="recover", unit="step",
