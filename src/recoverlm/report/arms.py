@@ -23,8 +23,14 @@ def _cell(values, digits: int = 3) -> str:
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return _plain(values[0], digits)
+    return f"{_plain(statistics.mean(values), digits)} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _plain(v: float, digits: int) -> str:
+    """v rounded, without the sign of a negative zero."""
+    text = f"{v:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def _by(records: list[dict], key) -> dict:
@@ -48,15 +54,17 @@ def mask_section(records: list[dict]) -> str | None:
     if not moved:
         return None
     sparse = {(r["model"], r["degradation"]) for r in moved}
-    lines = ["| model | degradation | method | mask | seeds | teacher-KL ratio | knowledge | kept weights swapped |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | degradation | method | mask | seeds | teacher-KL ratio | knowledge | updates | weights swapped "
+             "in training | kept weights swapped in the export |", "|---|---|---|---|---|---|---|---|---|---|"]
     trained = [r for r in records if (r["model"], r["degradation"]) in sparse and r["method"] != "none"]
     for (model, deg, method), rows in sorted(_by(trained, lambda r: (r["model"], r["degradation"], r["method"])).items()):
         updates = [r["recovery"].get("mask_update") for r in rows]
         kind = "re-chosen" if any(updates) else "fixed"
-        changed = _cell([u["changed"] for u in updates if u]) if any(updates) else "0"
+        moved = [u for u in updates if u]
+        changed = _cell([u["changed"] for u in moved]) if moved else "0"
+        counts = (_cell([u["updates"] for u in moved], 0), _cell([u["swapped"] for u in moved], 0)) if moved else ("0", "0")
         lines.append(f"| {model} | {deg} | `{method}` | {kind} | {len(rows)} | {_cell([r['ratio'] for r in rows])} | "
-                     f"{_cell([_knowledge(r) for r in rows])} | {changed} |")
+                     f"{_cell([_knowledge(r) for r in rows])} | {counts[0]} | {counts[1]} | {changed} |")
     return "\n".join(lines)
 
 

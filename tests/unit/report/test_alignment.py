@@ -82,8 +82,8 @@ def test_the_mask_section_sets_the_re_chosen_masks_beside_the_fixed_one():
     fixed = _cell(0, "two-stage", 0.0, 0.8, 0.53, 0.60)
     fixed["recovery"] = {}
     moved = _cell(0, "two-stage+mask-update", 0.0, 0.8, 0.60, 0.62)
-    moved["recovery"] = {"mask_update": {"changed": 0.12, "updates": 10}}
+    moved["recovery"] = {"mask_update": {"changed": 0.12, "updates": 10, "swapped": 5000}}
     text = mask_section([fixed, moved])
-    assert "| m | wanda-50 | `two-stage` | fixed | 1 | 0.530 | 0.600 | 0 |" in text
-    assert "| m | wanda-50 | `two-stage+mask-update` | re-chosen | 1 | 0.600 | 0.620 | 0.120 |" in text
+    assert "| m | wanda-50 | `two-stage` | fixed | 1 | 0.530 | 0.600 | 0 | 0 | 0 |" in text
+    assert "| m | wanda-50 | `two-stage+mask-update` | re-chosen | 1 | 0.600 | 0.620 | 10 | 5000 | 0.120 |" in text
     assert mask_section([fixed]) is None
