@@ -119,8 +119,9 @@ def main() -> None:
             for name, file in configs.items()]
     res = {"date": time.strftime("%Y-%m-%d"), "device": describe_environment()["device"], "shape": shape,
            "steps": args.steps, "batch": batch, "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=1))
+    results = RESULTS.with_name("distributed-toy.json") if args.toy else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(res, indent=1))
     if not args.no_doc:
         print(update_section("distributed", render(res)))
 
