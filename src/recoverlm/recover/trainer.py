@@ -231,12 +231,12 @@ class Recovery:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         model = self.acc.unwrap_model(self.student)
-        swapped = self.masks.maybe_update(step, self.optimizer) if self.masks is not None else None
+        if self.masks is not None:
+            self.masks.maybe_update(step, self.optimizer)
         if not self.shared:  # shared: the base is the teacher's, frozen; the constraint acts in the forward
             self.constraint.enforce(student_part.base_of(model, self.cfg))
         self.teachers.update_ema(model)
-        return {"loss": loss_value, **part_values, "tokens": total,
-                **({"mask_swapped": swapped["swapped"]} if swapped else {})}
+        return {"loss": loss_value, **part_values, "tokens": total}
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
@@ -272,8 +272,9 @@ class Recovery:
         self.start_step, self.best, self.history = state["step"], state["best"], state["history"]
         self.tokens = state.get("tokens", 0)
         self.best_state = load_best(self.work)
-        if self.masks is not None and load_extra(self.work, "mask_update") is not None:
-            self.masks.load_state(load_extra(self.work, "mask_update"))
+        saved_masks = load_extra(self.work, "mask_update") if self.masks is not None else None
+        if saved_masks is not None:
+            self.masks.load_state(saved_masks)
             self.best_masks = load_extra(self.work, "best_masks")
         self.log(f"resuming from step {self.start_step}")
 
