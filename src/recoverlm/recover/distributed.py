@@ -30,8 +30,7 @@ def make_accelerator(cfg: RecoverConfig, resume: bool, trackers: dict | None = N
     if acc.distributed_type == DistributedType.FSDP:
         # FSDP shards the student's parameters (DTensors): what needs whole local tensors is refused.
         for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
-                          (cfg.logit_chunk, "logit_chunk (the LM head is sharded outside the forward)"),
-                          (cfg.save_every or resume, "save_every / --resume")):
+                          (cfg.logit_chunk, "logit_chunk (the LM head is sharded outside the forward)")):
             if bad:
                 raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
     if acc.distributed_type == DistributedType.DEEPSPEED:

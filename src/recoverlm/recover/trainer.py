@@ -38,9 +38,11 @@ from .checkpoint import (
     load_best,
     load_checkpoint,
     load_extra,
+    rng_states,
     save_best,
     save_checkpoint,
     trainable_state,
+    training_state,
 )
 from .objective import MicroBatch, loss_mask, loss_sum
 from .schedule import batch_order, lr_at, on_policy_steps, param_groups, stage
@@ -265,7 +267,8 @@ class Recovery:
         return row
 
     def _resume(self) -> None:
-        state = load_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, self.teachers.ema)
+        state = load_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, self.teachers.ema,
+                                sharded=self.sharded, rank=self.acc.process_index)
         if state is None:
             self.log(f"no checkpoint in {self.work}; starting from step 0")
             return
@@ -279,9 +282,12 @@ class Recovery:
         self.log(f"resuming from step {self.start_step}")
 
     def _checkpoint(self, step: int) -> None:
+        """Every rank takes part (FSDP gathers the shards, every rank's RNG is kept); the main process writes."""
+        weights, optimizer_state = training_state(self.acc.unwrap_model(self.student), self.optimizer, self.sharded)
+        rngs = rng_states()
         if not self.acc.is_main_process:
             return
-        save_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, step,
+        save_checkpoint(self.work, weights, optimizer_state, rngs, step,
                         {"best": self.best, "history": self.history, "tokens": self.tokens}, self.teachers.ema,
                         self._checkpoint_extra())
         if self.best_state is not None:

@@ -1,4 +1,4 @@
-"""Two gloo processes under `accelerate launch` (DDP, DeepSpeed ZeRO-2) give the same model as one process."""
+"""Two gloo processes under `accelerate launch` (DDP, FSDP2, DeepSpeed ZeRO-2) give the same model as one process."""
 
 import importlib.util
 import json
@@ -81,3 +81,46 @@ def test_deepspeed_zero3_is_refused_in_one_line(tmp_path, tiny_model, prompt_fil
     assert proc.returncode != 0
     assert "DeepSpeed ZeRO-3 is not supported" in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+FSDP_CPU = {"ACCELERATE_USE_CPU": "1", "RECOVERLM_TEST_FSDP_CPU": "1"}
+TWO_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                 "--dynamo_backend", "no"]
+
+
+@needs_launcher
+def test_two_process_fsdp2_matches_single_process(tmp_path, tiny_model, prompt_file):
+    """accelerate's own FSDP2 preparation (its wrapping, the tied embedding and head in one unit,
+    the optimizer remapped to the shards), with grad_accum 2; the export is gathered whole."""
+    single, fsdp = _single_and_launched(tmp_path, tiny_model, prompt_file, [*TWO_PROCESSES, "--main_process_port", "29536"],
+                                        extra=["2", "1.0"], env=FSDP_CPU)
+    assert _max_difference(single, fsdp) < 1e-5
+    assert 0 < _max_difference(single, tmp_path / "pruned")
+    record = json.loads((fsdp / "recoverlm" / "recovery.json").read_text())
+    assert record["world_size"] == 2 and record["distributed"] == "FSDP"
+
+
+def _launch(args: list[str], env: dict, port: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LAUNCHER), "launch", *TWO_PROCESSES, "--main_process_port", port, str(SCRIPT), *args],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **FSDP_CPU, **env}, capture_output=True,
+                          text=True, timeout=600)
+
+
+@needs_launcher
+def test_fsdp2_resume_continues_exactly(tmp_path, tiny_model, prompt_file):
+    """Checkpoints gathered from the shards, every rank's RNG kept: crashed in the on-policy stage
+    and resumed, the run ends where a straight one does."""
+    student = tmp_path / "pruned"
+    degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, student)
+    args = [str(tiny_model), str(student), str(prompt_file)]
+    env = {"RECOVERLM_TEST_SAVE_EVERY": "2"}
+    straight = _launch([*args, str(tmp_path / "straight"), "1", "1.0", "2"], env, "29537")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    crashed = _launch([*args, str(tmp_path / "resumed"), "1", "1.0", "2"], {**env, "RECOVERLM_TEST_CRASH_AT": "3"}, "29538")
+    assert crashed.returncode != 0 and not (tmp_path / "resumed").exists()
+    state = json.loads((tmp_path / "resumed.work" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and state["world_size"] == 2
+    resumed = _launch([*args, str(tmp_path / "resumed"), "1", "1.0", "2"], {**env, "RECOVERLM_TEST_RESUME": "1"}, "29539")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stdout + resumed.stderr
+    assert _max_difference(tmp_path / "straight", tmp_path / "resumed") < 1e-6
