@@ -31,8 +31,10 @@ WORK = ROOT / "runs" / "bench-distributed"
 # hidden, layers, heads, kv heads, MLP (the published Qwen2.5 configs); toy: small enough for 2 CPU cores.
 SHAPES = {"toy": (64, 2, 4, 2, 128), "qwen2.5-0.5b": (896, 24, 14, 2, 4864), "qwen2.5-1.5b": (1536, 28, 12, 2, 8960),
           "qwen2.5-3b": (2048, 36, 16, 2, 11008)}
-CPU_CONFIGS = {"ddp (2 processes)": "ddp_cpu.yaml", "deepspeed zero-2 (2 processes)": "deepspeed_zero2_cpu.yaml"}
-GPU_CONFIGS = {"ddp": "ddp_gpu.yaml", "fsdp2": "fsdp_gpu.yaml", "deepspeed zero-2": "deepspeed_zero2_gpu.yaml"}
+CPU_CONFIGS = {"ddp (2 processes)": "ddp_cpu.yaml", "deepspeed zero-2 (2 processes)": "deepspeed_zero2_cpu.yaml",
+               "deepspeed zero-3 (2 processes)": "deepspeed_zero3_cpu.yaml"}
+GPU_CONFIGS = {"ddp": "ddp_gpu.yaml", "fsdp2": "fsdp_gpu.yaml", "deepspeed zero-2": "deepspeed_zero2_gpu.yaml",
+               "deepspeed zero-3": "deepspeed_zero3_gpu.yaml"}
 
 
 def build(shape: str, out: Path) -> Path:

@@ -85,6 +85,11 @@ class Constraint:
     def enforce(self, model) -> None:
         """Restore the constraint after an optimizer step."""
 
+    def guard_gradients(self, model) -> None:
+        """Keep the constraint through the gradients instead of `enforce`, for training where no
+        process holds a whole weight after a step (DeepSpeed ZeRO-3). Nothing to do for a
+        constraint that the forward pass computes (a grid's parametrization)."""
+
     def finalize(self, model) -> None:
         """Bake the constraint into plain weights before export."""
 

@@ -42,6 +42,14 @@ class SparsityConstraint(Constraint):
     def attach(self, model) -> None:
         self.enforce(model)
 
+    def guard_gradients(self, model) -> None:
+        """Pruned weights get a zero gradient. Starting at zero, AdamW never moves them: its
+        moments stay zero, so its update is zero, and its decay only scales."""
+        for name, mask in self.masks.items():
+            weight = find_param(model, name)
+            keep = mask.to(weight.device, weight.dtype)
+            weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
+
     @torch.no_grad()
     def verify(self, model) -> dict:
         per_matrix = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -39,9 +40,30 @@ def make_accelerator(cfg: RecoverConfig, resume: bool, trackers: dict | None = N
 
 
 def is_sharded(acc) -> bool:
+    """Whether no process holds the student's whole weights: FSDP, or DeepSpeed ZeRO-3."""
     from accelerate.utils import DistributedType
 
-    return acc.distributed_type == DistributedType.FSDP
+    return acc.distributed_type == DistributedType.FSDP or zero_stage(acc) == 3
+
+
+def zero_stage(acc) -> int | None:
+    return acc.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if uses_deepspeed(acc) else None
+
+
+@contextlib.contextmanager
+def whole_weights_while_loading(acc):
+    """Under ZeRO-3 transformers would partition every model it loads (the frozen teacher too).
+    Within the block models load whole; ZeRO-3 partitions the student alone when it is prepared."""
+    if zero_stage(acc) != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        acc.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
 def uses_deepspeed(acc) -> bool:
@@ -62,9 +84,12 @@ def configure_deepspeed(acc, cfg: RecoverConfig, resume: bool) -> None:
                              f"grad_accum ({acc.num_processes} x {cfg.grad_accum})")
     ds_config = acc.state.deepspeed_plugin.deepspeed_config
     if ds_config.get("zero_optimization", {}).get("stage") == 3:
-        raise RecoverLMError("DeepSpeed ZeRO-3 is not supported: it partitions every model as transformers loads it, "
-                             "the frozen teacher too, and the Constraint acts on whole weights; use ZeRO-2 "
-                             "(configs/accelerate/deepspeed_zero2_gpu.yaml) or FSDP")
+        for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
+                          (cfg.logit_chunk, "logit_chunk"), (cfg.mask_update, "mask_update")):
+            if bad:
+                raise RecoverLMError(f"{what} is not supported under DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
+        # the export gathers the student whole (in its training dtype: fp32 unless bf16)
+        ds_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     ds_config["gradient_clipping"] = cfg.max_grad_norm
     # The engine's own accounting sees one micro-batch per step: `backward` marks the boundaries.
     micro = cfg.batch_size // (acc.num_processes * cfg.grad_accum)

@@ -63,12 +63,14 @@ class Recovery:
             torch.set_num_threads(cfg.threads)
         self.acc = distributed.make_accelerator(cfg, resume, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
+        self.partitioned = distributed.zero_stage(self.acc) == 3  # ZeRO-3: weights exist whole only in a forward
         self.notes: dict = {}  # what optional parts of training report, kept in recovery.json
-        self._load_models(teacher_ref, student_ref)
-        with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
-            self.train_set = training_set(cfg, data_cfg, self.teacher_path, self.student_path, self.tokenizer,
-                                          self.teacher, log)
-            self.validation = validation_set(self.teacher_path, data_cfg, log=log)
+        with distributed.whole_weights_while_loading(self.acc):
+            self._load_models(teacher_ref, student_ref)
+            with self.acc.main_process_first():  # rank 0 generates and caches, the others load the cache
+                self.train_set = training_set(cfg, data_cfg, self.teacher_path, self.student_path, self.tokenizer,
+                                              self.teacher, log)
+                self.validation = validation_set(self.teacher_path, data_cfg, log=log)
         if not len(self.train_set):  # outside main_process_first: every rank raises, none waits at its barrier
             raise RecoverLMError("the training set is empty")
         self._prepare_student()
@@ -147,8 +149,10 @@ class Recovery:
         else:
             if cfg.lora and cfg.share_teacher == "auto":
                 self.log(f"two copies of the weights (teacher and student): {reason}")
-            student = models.load_model(self.student_path, dtype=torch.float32)
-        task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.teacher_home)
+            with distributed.whole_weights_while_loading(self.acc):
+                student = models.load_model(self.student_path, dtype=torch.float32)
+        with distributed.whole_weights_while_loading(self.acc):
+            task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.teacher_home)
         blocks = self._choose_blocks(student)
         torch.manual_seed(cfg.seed)  # the adapter's initialisation, whatever loading drew before
         student = student_part.prepare(student, cfg, self.constraint, self.teacher, self.log, shared=self.shared,
@@ -160,6 +164,8 @@ class Recovery:
                                  cfg.ema_rate, self.timer, out_device=self.acc.device)
         self.placement = placement.TeacherPlacement([self.teacher, task_teacher], self.teacher_home,
                                                     cfg.teacher_offload and not self.shared, self.log)
+        if self.partitioned:  # no rank holds a whole weight after a step: the gradients keep the constraint
+            self.constraint.guard_gradients(student_part.base_of(student, cfg))
         torch.manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW(param_groups(student, cfg), lr=cfg.lr, betas=(0.9, 0.95))
         self.student, self.optimizer = self.acc.prepare(student, optimizer)
@@ -235,8 +241,8 @@ class Recovery:
         model = self.acc.unwrap_model(self.student)
         if self.masks is not None:
             self.masks.maybe_update(step, self.optimizer)
-        if not self.shared:  # shared: the base is the teacher's, frozen; the constraint acts in the forward
-            self.constraint.enforce(student_part.base_of(model, self.cfg))
+        if not self.shared and not self.partitioned:  # shared: the base is the teacher's, frozen; the
+            self.constraint.enforce(student_part.base_of(model, self.cfg))  # constraint acts in the forward
         self.teachers.update_ema(model)
         return {"loss": loss_value, **part_values, "tokens": total}
 
@@ -355,10 +361,10 @@ class Recovery:
 
     # -- export ----------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of what training changes. Under FSDP it is gathered whole on the main process
+        """A CPU copy of what training changes. Under FSDP and ZeRO-3 it is gathered whole on the main process
         (a collective: every rank calls it) and is empty elsewhere."""
-        if self.sharded:
-            return dict(self.acc.get_state_dict(self.student))
+        if self.sharded:  # ZeRO-3 answers None off the main process
+            return dict(self.acc.get_state_dict(self.student) or {})
         return {k: v.clone() for k, v in trainable_state(self.acc.unwrap_model(self.student)).items()}
 
     def _model_to_export(self):
@@ -377,7 +383,10 @@ class Recovery:
                          f"{summary['changed']:.2%} of the degraded model's kept weights, at the same sparsity and pattern")
             return model
         state = self.best_state if self.best_state is not None else self._trainable_state()
-        return student_part.rebuilt(self.student_path, self.constraint, state) if self.acc.is_main_process else None
+        if not self.acc.is_main_process:
+            return None
+        with distributed.whole_weights_while_loading(self.acc):
+            return student_part.rebuilt(self.student_path, self.constraint, state)
 
     def _export(self, **extra) -> dict:
         """Write the recovered model (best checkpoint, constraint verified) atomically."""
