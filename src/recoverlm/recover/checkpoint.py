@@ -5,7 +5,8 @@ Everything is safetensors or JSON except the optimizer state, which is loaded wi
 torch.load(weights_only=True): tensors and plain containers only, no pickled code. Under FSDP the
 weights and optimizer state are gathered whole onto the main process and written in the same
 files, so a checkpoint does not depend on how many processes wrote it; on resume the main
-process reads them and the shards are broadcast to every rank.
+process reads them and the shards are broadcast to every rank. Under DeepSpeed (ZeRO-2 and -3)
+the master weights and Adam's moments are gathered per parameter into the same safe files.
 """
 
 from __future__ import annotations
@@ -33,16 +34,84 @@ def _full_options(**kw):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 
-def training_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
-    """The trainable weights and the optimizer state, whole. Under FSDP a collective (every rank
-    calls it) whose result is complete on rank 0 only."""
-    if not sharded:
-        return trainable_state(model), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+LAYOUTS = ("plain", "fsdp", "deepspeed")  # how the trainer holds its weights and optimizer state
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
 
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    weights = {k: v.contiguous() for k, v in get_model_state_dict(model, options=_full_options()).items() if k in names}
-    return weights, get_optimizer_state_dict(model, _torch_optimizer(optimizer), options=_full_options())
+
+def training_state(model, optimizer, layout: str = "plain") -> tuple[dict, dict]:
+    """The trainable weights and the optimizer state, whole. Under FSDP and DeepSpeed a
+    collective (every rank calls it); under FSDP the result is complete on rank 0 only."""
+    if layout == "fsdp":
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        names = _trainable_names(model)
+        weights = {k: v.contiguous() for k, v in get_model_state_dict(model, options=_full_options()).items()
+                   if k in names}
+        return weights, get_optimizer_state_dict(model, _torch_optimizer(optimizer), options=_full_options())
+    if layout == "deepspeed":
+        return _deepspeed_state(model, optimizer)
+    return trainable_state(model), optimizer.state_dict()
+
+
+def _trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _deepspeed_state(model, optimizer) -> tuple[dict, dict]:
+    """ZeRO keeps fp32 master weights and Adam's moments in flat partitions across ranks;
+    DeepSpeed's own checkpoints are pickles. Gathered per parameter instead, they are written in
+    the same safe files as every other run: weights as safetensors, moments by parameter name."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    weights, moments = {}, {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            weights[name] = safe_get_full_fp32_param(p).detach().cpu().contiguous()
+            moments[name] = {key: safe_get_full_optimizer_state(p, key).detach().cpu() for key in ADAM_MOMENTS}
+    steps = [float(st["step"]) for st in _base_optimizer(optimizer).state.values() if "step" in st]
+    return weights, {"moments": moments, "step": max(steps, default=0.0)}
+
+
+def _base_optimizer(optimizer):
+    """The torch optimizer stepping ZeRO's flat partitions (accelerate's wrapper, then ZeRO's)."""
+    zero = _torch_optimizer(optimizer)
+    return getattr(zero, "optimizer", zero)
+
+
+def _load_deepspeed_state(model, optimizer, weights: dict, optimizer_state: dict) -> None:
+    import deepspeed
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    _materialize_zero_state(optimizer)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        value = weights[name].to(p.device)
+        safe_set_full_fp32_param(p, value)  # the master copy the optimizer steps
+        if hasattr(p, "ds_id"):  # ZeRO-3: the partition the forward gathers
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0), torch.no_grad():
+                p.data.copy_(value)
+        else:
+            with torch.no_grad():
+                p.data.copy_(value)
+        for key, moment in optimizer_state["moments"][name].items():
+            safe_set_full_optimizer_state(p, moment.to(p.device), key)
+    for st in _base_optimizer(optimizer).state.values():
+        if "step" in st:
+            st["step"] = torch.tensor(optimizer_state["step"]) if torch.is_tensor(st["step"]) else optimizer_state["step"]
+
+
+def _materialize_zero_state(optimizer) -> None:
+    """ZeRO creates Adam's state for its flat partitions at the first step (ZeRO-1/2 only then
+    link it to the parameters); a resumed run writes into it before any step, so it is created
+    here (zeros) and linked."""
+    zero, base = _torch_optimizer(optimizer), _base_optimizer(optimizer)
+    flats = getattr(zero, "single_partition_of_fp32_groups", None) or getattr(zero, "fp32_partitioned_groups_flat", None)
+    for flat in flats or []:
+        if not base.state.get(flat):
+            base.state[flat] = {"step": torch.tensor(0.0), **{key: torch.zeros_like(flat) for key in ADAM_MOMENTS}}
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):
+        zero._lazy_init_hp_params_optimizer_state()
 
 
 def _torch_optimizer(optimizer):
@@ -78,21 +147,23 @@ def save_checkpoint(work_dir: Path, weights: dict[str, torch.Tensor], optimizer_
     return Path(work_dir) / CHECKPOINT_DIR
 
 
-def load_checkpoint(work_dir: Path, model, optimizer, ema=None, sharded: bool = False, rank: int = 0) -> dict | None:
+def load_checkpoint(work_dir: Path, model, optimizer, ema=None, layout: str = "plain", rank: int = 0) -> dict | None:
     """Restores the checkpoint into this rank's model and optimizer; None when there is none.
     Under FSDP a collective: rank 0 reads the whole state and every rank receives its shards."""
     folder = Path(work_dir) / CHECKPOINT_DIR
     if not (folder / "state.json").exists():
         return None
-    reads = not sharded or rank == 0
+    reads = layout != "fsdp" or rank == 0
     weights = load_file(str(folder / "trainable.safetensors")) if reads else {}
     optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True) if reads else {}
-    if sharded:
+    if layout == "fsdp":
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         options = _full_options(broadcast_from_rank0=True, strict=False)
         set_model_state_dict(model, weights, options=options)
         set_optimizer_state_dict(model, _torch_optimizer(optimizer), optimizer_state, options=options)
+    elif layout == "deepspeed":
+        _load_deepspeed_state(model, optimizer, weights, optimizer_state)
     else:
         model.load_state_dict(weights, strict=False)
         optimizer.load_state_dict(optimizer_state)

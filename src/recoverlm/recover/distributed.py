@@ -12,7 +12,7 @@ from ..config import RecoverConfig
 from ..errors import RecoverLMError
 
 
-def make_accelerator(cfg: RecoverConfig, resume: bool, trackers: dict | None = None):
+def make_accelerator(cfg: RecoverConfig, trackers: dict | None = None):
     """The accelerator for this process, with the options its distributed mode cannot serve refused."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -35,7 +35,7 @@ def make_accelerator(cfg: RecoverConfig, resume: bool, trackers: dict | None = N
             if bad:
                 raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
     if acc.distributed_type == DistributedType.DEEPSPEED:
-        configure_deepspeed(acc, cfg, resume)
+        configure_deepspeed(acc, cfg)
     return acc
 
 
@@ -72,13 +72,10 @@ def uses_deepspeed(acc) -> bool:
     return acc.distributed_type == DistributedType.DEEPSPEED
 
 
-def configure_deepspeed(acc, cfg: RecoverConfig, resume: bool) -> None:
+def configure_deepspeed(acc, cfg: RecoverConfig) -> None:
     """ZeRO steps, clips and reduces inside its engine. The recover config stays the one place
     for those settings: its clipping threshold is handed to the engine, and every rank must run
     the same number of micro-batches, because ZeRO reduces gradients after each of them."""
-    if cfg.save_every or resume:
-        raise RecoverLMError("save_every / --resume is not supported under DeepSpeed; use DDP "
-                             "(configs/accelerate/ddp_gpu.yaml)")
     if cfg.batch_size % (acc.num_processes * cfg.grad_accum):
         raise RecoverLMError(f"under DeepSpeed, batch_size ({cfg.batch_size}) must be a multiple of processes x "
                              f"grad_accum ({acc.num_processes} x {cfg.grad_accum})")

@@ -61,9 +61,10 @@ class Recovery:
         cfg.check_data(data_cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.acc = distributed.make_accelerator(cfg, resume, tracking.accelerator_options(cfg.log_with, self.out))
+        self.acc = distributed.make_accelerator(cfg, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
         self.partitioned = distributed.zero_stage(self.acc) == 3  # ZeRO-3: weights exist whole only in a forward
+        self.layout = "deepspeed" if self.deepspeed else "fsdp" if self.sharded else "plain"  # of checkpoints
         self.notes: dict = {}  # what optional parts of training report, kept in recovery.json
         with distributed.whole_weights_while_loading(self.acc):
             self._load_models(teacher_ref, student_ref)
@@ -241,10 +242,17 @@ class Recovery:
         model = self.acc.unwrap_model(self.student)
         if self.masks is not None:
             self.masks.maybe_update(step, self.optimizer)
-        if not self.shared and not self.partitioned:  # shared: the base is the teacher's, frozen; the
-            self.constraint.enforce(student_part.base_of(model, self.cfg))  # constraint acts in the forward
+        self._keep_constraint(model)
         self.teachers.update_ema(model)
         return {"loss": loss_value, **part_values, "tokens": total}
+
+    def _keep_constraint(self, model) -> None:
+        """The Constraint back on the weights the forward uses. Not where the base is the
+        teacher's, frozen (shared: the constraint acts in the forward), nor under ZeRO-3 (the
+        gradients keep it). Under ZeRO-2 the master copy may drift where the mask is off; only
+        this copy is masked, which is all the kept weights ever see."""
+        if not self.shared and not self.partitioned:
+            self.constraint.enforce(student_part.base_of(model, self.cfg))
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self, step: int, train: dict | None) -> dict:
@@ -274,10 +282,11 @@ class Recovery:
 
     def _resume(self) -> None:
         state = load_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, self.teachers.ema,
-                                sharded=self.sharded, rank=self.acc.process_index)
+                                layout=self.layout, rank=self.acc.process_index)
         if state is None:
             self.log(f"no checkpoint in {self.work}; starting from step 0")
             return
+        self._keep_constraint(self.acc.unwrap_model(self.student))  # DeepSpeed restores its master copy
         self.start_step, self.best, self.history = state["step"], state["best"], state["history"]
         self.tokens = state.get("tokens", 0)
         self.best_state = load_best(self.work)
@@ -289,7 +298,7 @@ class Recovery:
 
     def _checkpoint(self, step: int) -> None:
         """Every rank takes part (FSDP gathers the shards, every rank's RNG is kept); the main process writes."""
-        weights, optimizer_state = training_state(self.acc.unwrap_model(self.student), self.optimizer, self.sharded)
+        weights, optimizer_state = training_state(self.acc.unwrap_model(self.student), self.optimizer, self.layout)
         rngs = rng_states()
         if not self.acc.is_main_process:
             return

@@ -102,27 +102,40 @@ def test_two_process_fsdp2_matches_single_process(tmp_path, tiny_model, prompt_f
     assert record["world_size"] == 2 and record["distributed"] == "FSDP"
 
 
-def _launch(args: list[str], env: dict, port: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LAUNCHER), "launch", *TWO_PROCESSES, "--main_process_port", port, str(SCRIPT), *args],
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **FSDP_CPU, **env}, capture_output=True,
+CONFIGS = Path(__file__).parents[3] / "configs" / "accelerate"
+BACKENDS = {"fsdp2": (TWO_PROCESSES, FSDP_CPU),
+            "zero2": (["--config_file", str(CONFIGS / "deepspeed_zero2_cpu.yaml")], {}),
+            "zero3": (["--config_file", str(CONFIGS / "deepspeed_zero3_cpu.yaml")], {})}
+
+
+def _launch(backend: str, args: list[str], env: dict, port: str) -> subprocess.CompletedProcess:
+    launch_args, backend_env = BACKENDS[backend]
+    return subprocess.run([str(LAUNCHER), "launch", *launch_args, "--main_process_port", port, str(SCRIPT), *args],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **backend_env, **env}, capture_output=True,
                           text=True, timeout=600)
 
 
 @needs_launcher
-def test_fsdp2_resume_continues_exactly(tmp_path, tiny_model, prompt_file):
-    """Checkpoints gathered from the shards, every rank's RNG kept: crashed in the on-policy stage
-    and resumed, the run ends where a straight one does."""
+@pytest.mark.parametrize("backend", ["fsdp2", "zero2", "zero3"])
+def test_sharded_resume_continues_exactly(tmp_path, tiny_model, prompt_file, backend):
+    """Checkpoints gathered from the shards (FSDP) or ZeRO's partitions into the same safe files,
+    every rank's RNG kept: crashed in the on-policy stage and resumed, the run ends where a
+    straight one does."""
+    if backend != "fsdp2" and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed not installed")
     student = tmp_path / "pruned"
     degrade(tiny_model, "prune.magnitude", {"sparsity": 0.5}, student)
     args = [str(tiny_model), str(student), str(prompt_file)]
-    env = {"RECOVERLM_TEST_SAVE_EVERY": "2"}
-    straight = _launch([*args, str(tmp_path / "straight"), "1", "1.0", "2"], env, "29537")
+    env, port = {"RECOVERLM_TEST_SAVE_EVERY": "2"}, {"fsdp2": 29537, "zero2": 29540, "zero3": 29543}[backend]
+    straight = _launch(backend, [*args, str(tmp_path / "straight"), "1", "1.0", "2"], env, str(port))
     assert straight.returncode == 0, straight.stderr[-3000:]
-    crashed = _launch([*args, str(tmp_path / "resumed"), "1", "1.0", "2"], {**env, "RECOVERLM_TEST_CRASH_AT": "3"}, "29538")
+    crashed = _launch(backend, [*args, str(tmp_path / "resumed"), "1", "1.0", "2"],
+                      {**env, "RECOVERLM_TEST_CRASH_AT": "3"}, str(port + 1))
     assert crashed.returncode != 0 and not (tmp_path / "resumed").exists()
     state = json.loads((tmp_path / "resumed.work" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2 and state["world_size"] == 2
-    resumed = _launch([*args, str(tmp_path / "resumed"), "1", "1.0", "2"], {**env, "RECOVERLM_TEST_RESUME": "1"}, "29539")
+    resumed = _launch(backend, [*args, str(tmp_path / "resumed"), "1", "1.0", "2"],
+                      {**env, "RECOVERLM_TEST_RESUME": "1"}, str(port + 2))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 2" in resumed.stdout + resumed.stderr
     assert _max_difference(tmp_path / "straight", tmp_path / "resumed") < 1e-6
