@@ -5,6 +5,10 @@ configs (no download). Each arm runs in its own process; CPU peak RSS is read fr
 
     python bench/memory.py                        # Qwen2.5-0.5B, 2 x (64 + 448) tokens, on CPU
     python bench/memory.py --model qwen2.5-1.5b --batch 1
+    python bench/memory.py --loss                 # the on-policy loss alone: plain against chunked
+    python bench/memory.py --lora --model qwen2.5-3b --batch 1 --response 960   # one copy against the student alone
+
+Every measurement is appended to bench/results/memory.jsonl; the section shows the latest of each.
 """
 
 from __future__ import annotations
@@ -82,8 +86,7 @@ def arm(model: str, on_policy: bool, chunk: int, batch: int, prompt: int, respon
     import torch
 
     from recoverlm.config import RecoverConfig
-    from recoverlm.data import collate
-    from recoverlm.recover.objective import MicroBatch, loss_mask, loss_sum
+    from recoverlm.recover.objective import loss_sum
     from recoverlm.recover.teachers import Teachers
 
     torch.set_num_threads(2)
@@ -92,17 +95,9 @@ def arm(model: str, on_policy: bool, chunk: int, batch: int, prompt: int, respon
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
     cfg = RecoverConfig(logit_chunk=chunk, onpolicy_steps=1 if on_policy else 0)
 
-    def micro(b: int, p: int, r: int) -> MicroBatch:
-        g = torch.Generator().manual_seed(2)
-        prompts = torch.randint(0, VOCAB, (b, p), generator=g).tolist()
-        responses = torch.randint(0, VOCAB, (b, r), generator=g).tolist()
-        lengths = [r] * b
-        return MicroBatch(collate(prompts, responses, 0), list(range(b)), lengths, [0] * b, on_policy,
-                          loss_mask(lengths, 0))
-
     def step(b: int, p: int, r: int) -> tuple[float, float]:
         """Peak RSS of the loss with its backward, and of the optimizer update, each in its own window."""
-        mb = micro(b, p, r)
+        mb = _micro(b, p, r, on_policy)
         _reset_peak()
         loss, _ = loss_sum(student, mb, cfg, Teachers(teacher), _TopK(b * r), pad_id=0)
         loss.backward()
@@ -117,10 +112,92 @@ def arm(model: str, on_policy: bool, chunk: int, batch: int, prompt: int, respon
     start = time.perf_counter()
     backward, update = step(batch, prompt, response)
     seconds = time.perf_counter() - start
-    return {"model": model, "step": "on-policy, live teacher" if on_policy else "off-policy, cached top-64",
+    return {"kind": "step", "model": model, "step": "on-policy, live teacher" if on_policy else "off-policy, cached top-64",
             "logit_chunk": chunk, "batch": f"{batch} x ({prompt} + {response})", "baseline_gib": round(before, 2),
             "peak_gib": round(max(backward, update), 2), "step_gib": round(backward - before, 2),
             "update_gib": round(update - before, 2), "seconds": round(seconds, 1)}
+
+
+def loss_arm(model: str, positions: int, chunk: int) -> dict:
+    """The on-policy loss alone (forward KL to a live teacher over the full vocabulary) on `positions`
+    final hidden rows, through the LM heads, with its backward: what `logit_chunk` changes."""
+    import torch
+
+    from recoverlm.ops.chunked import chunked_per_token, head_logits
+    from recoverlm.ops.divergences import divergence
+
+    torch.set_num_threads(2)
+    hidden = QWEN[model][0]
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(positions, hidden, generator=g).requires_grad_(True)
+    weight = (torch.randn(VOCAB, hidden, generator=g) * 0.02).requires_grad_(True)
+    t_rows, t_weight = torch.randn(positions, hidden, generator=g), torch.randn(VOCAB, hidden, generator=g) * 0.02
+
+    def loss_of(logits, span):
+        with torch.no_grad():
+            teacher = head_logits(t_rows[span], t_weight)
+        return divergence(logits, teacher, "forward_kl")
+
+    def run():
+        loss = chunked_per_token(rows, weight, loss_of, chunk).sum()
+        loss.backward()
+        rows.grad = weight.grad = None
+
+    run()  # warm-up: allocator and kernels
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _rss_gib()
+    _reset_peak()
+    start = time.perf_counter()
+    run()
+    return {"kind": "loss", "model": model, "positions": positions, "logit_chunk": chunk,
+            "loss_gib": round(_peak_gib() - before, 3), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def lora_arm(model: str, mode: str, batch: int, prompt: int, response: int, chunk: int = 512) -> dict:
+    """Peak memory of a whole LoRA (r 16) recovery step of a 50%-pruned random-init model, with
+    gradient checkpointing: the student alone (cross-entropy on its response), or on-policy
+    distillation from the one-copy teacher (the same weights, adapter off, masks lifted)."""
+    import torch
+
+    from recoverlm.config import LoraConfig, RecoverConfig
+    from recoverlm.degrade.prune import prune_magnitude
+    from recoverlm.recover import student as student_part
+    from recoverlm.recover.objective import loss_sum
+    from recoverlm.recover.shared_teacher import TeacherView
+    from recoverlm.recover.teachers import Teachers
+
+    torch.set_num_threads(2)
+    _reset_peak()
+    # pruning in place holds what sharing holds: one set of weights (their values do not matter here)
+    base, constraint = prune_magnitude(build(model), 0.5)
+    cfg = RecoverConfig(lora=LoraConfig(r=16, alpha=32), logit_chunk=chunk, gradient_checkpointing=True,
+                        onpolicy_steps=1, method="sft-replay" if mode == "student alone" else "distill")
+    student = student_part.prepare(base, cfg, constraint, None, log=lambda _: None, shared=True)
+    teachers = Teachers(TeacherView(student)) if mode != "student alone" else None
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    weights = _rss_gib()
+    mb = _micro(batch, prompt, response, on_policy=True)
+    start = time.perf_counter()
+    loss, _ = loss_sum(student, mb, cfg, teachers, None, pad_id=0)
+    loss.backward()
+    opt.step()
+    return {"kind": "lora", "model": model, "mode": mode, "batch": f"{batch} x ({prompt} + {response})",
+            "logit_chunk": chunk, "weights_gib": round(weights, 2), "peak_gib": round(_peak_gib(), 2),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _micro(b: int, p: int, r: int, on_policy: bool):
+    import torch
+
+    from recoverlm.data import collate
+    from recoverlm.recover.objective import MicroBatch, loss_mask
+
+    g = torch.Generator().manual_seed(2)
+    prompts = torch.randint(0, VOCAB, (b, p), generator=g).tolist()
+    responses = torch.randint(0, VOCAB, (b, r), generator=g).tolist()
+    lengths = [r] * b
+    return MicroBatch(collate(prompts, responses, 0), list(range(b)), lengths, [0] * b, on_policy, loss_mask(lengths, 0))
 
 
 def copies_arm(share: str, work: Path) -> dict:
@@ -149,9 +226,65 @@ def copies_arm(share: str, work: Path) -> dict:
             storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the allocator keeps of freed memory is not the run's
-    return {"share_teacher": share, "one_copy": isinstance(run.teacher, TeacherView),
+    return {"kind": "copies", "share_teacher": share, "one_copy": isinstance(run.teacher, TeacherView),
             "weights_gib": round(sum(storages.values()) / 2**30, 3), "rss_gib": round(_rss_gib(), 2),
             "peak_gib": round(_peak_gib(), 2)}
+
+
+def _kind(row: dict) -> str:
+    return row.get("kind") or ("copies" if "share_teacher" in row else "step")
+
+
+KEYS = {"step": ("model", "step", "batch", "logit_chunk"), "loss": ("model", "positions", "logit_chunk"),
+        "lora": ("model", "mode", "batch", "logit_chunk"), "copies": ("share_teacher",)}
+
+
+def latest(rows: list[dict]) -> dict[str, list[dict]]:
+    """The last measurement of each arm, by kind, in the order arms were first measured."""
+    by_key: dict = {}
+    for row in rows:
+        kind = _kind(row)
+        by_key[(kind, *(row.get(k) for k in KEYS[kind]))] = {**row, "kind": kind}
+    out: dict[str, list[dict]] = {k: [] for k in KEYS}
+    for row in by_key.values():
+        out[row["kind"]].append(row)
+    return out
+
+
+def render_loss(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["", f"The on-policy loss alone (`bench/memory.py --loss`, {rows[0]['date']}): forward KL to a live teacher "
+             f"over all {VOCAB:,} tokens on N final hidden rows, both LM heads, with its backward. Memory it adds to "
+             "what its inputs hold; the target is at least 4x less with chunks, at a step time within 10%:", "",
+             "| model (hidden) | positions | logit_chunk | loss + backward adds (GiB) | seconds | against plain: memory, time |",
+             "|---|---|---|---|---|---|"]
+    plain = {(r["model"], r["positions"]): r for r in rows if not r["logit_chunk"]}
+    for r in rows:
+        ref = plain.get((r["model"], r["positions"]))
+        vs = (f"{ref['loss_gib'] / max(r['loss_gib'], 1e-3):.1f}x less, {r['seconds'] / ref['seconds']:.2f}x"
+              if ref and r["logit_chunk"] else "")
+        lines.append(f"| {r['model']} ({QWEN[r['model']][0]}) | {r['positions']:,} | {r['logit_chunk'] or 'off'} | "
+                     f"{r['loss_gib']:.2f} | {r['seconds']:.1f} | {vs} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_lora(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["", f"A whole LoRA (r 16) step, 50%-pruned random-init model, gradient checkpointing, logits in chunks "
+             f"(`bench/memory.py --lora`, {rows[0]['date']}): the student alone (cross-entropy) against on-policy "
+             "distillation from the one-copy teacher. Peak resident memory of the process; the target is at most "
+             "1.15x the student alone:", "",
+             "| model | batch | step | weights (GiB) | peak (GiB) | against the student alone | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    alone = {(r["model"], r["batch"]): r for r in rows if r["mode"] == "student alone"}
+    for r in rows:
+        ref = alone.get((r["model"], r["batch"]))
+        vs = f"{r['peak_gib'] / ref['peak_gib']:.2f}x" if ref and r is not ref else ""
+        lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['weights_gib']:.2f} | {r['peak_gib']:.2f} | "
+                     f"{vs} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_copies(rows: list[dict]) -> str:
@@ -181,12 +314,24 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _measure(args: list[str], failed: dict) -> dict:
+    """One arm in its own process; a kill by the kernel (out of memory) is the measurement."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode:
+        return {**failed, "failed": f"exit {done.returncode}" + (" (killed: out of memory)" if done.returncode == -9 else "")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-0.5b", choices=sorted(QWEN))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--response", type=int, default=448)
+    ap.add_argument("--loss", action="store_true", help="the on-policy loss alone, plain against chunked")
+    ap.add_argument("--positions", default="1024,2048,4096", help="with --loss: hidden rows, comma-separated")
+    ap.add_argument("--lora", action="store_true", help="a whole LoRA step: one-copy teacher against the student alone")
+    ap.add_argument("--render", action="store_true", help="rewrite the section from bench/results/memory.jsonl only")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--copies", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -194,32 +339,44 @@ def main() -> None:
         print(json.dumps(copies_arm(args.copies, ROOT / "runs" / "bench-memory")))
         return
     if args.arm:  # one measurement, in its own process
-        on_policy, chunk = args.arm.split(",")
-        print(json.dumps(arm(args.model, on_policy == "1", int(chunk), args.batch, args.prompt, args.response)))
-        return
-    from recoverlm.environment import describe_environment
-
-    rows = []
-    for name, on_policy, chunk in ARMS:
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch", str(args.batch), "--prompt",
-                               str(args.prompt), "--response", str(args.response), "--arm", f"{int(on_policy)},{chunk}"],
-                              capture_output=True, text=True)
-        if done.returncode:  # killed by the kernel for memory, most likely: that is the measurement
-            result = {"model": args.model, "step": name, "logit_chunk": chunk, "batch": f"{args.batch} x ({args.prompt} + "
-                      f"{args.response})", "failed": f"exit {done.returncode}" + (" (killed: out of memory)"
-                                                                                   if done.returncode == -9 else "")}
+        kind, *rest = args.arm.split(",")
+        if kind == "loss":
+            result = loss_arm(args.model, int(rest[0]), int(rest[1]))
+        elif kind == "lora":
+            result = lora_arm(args.model, rest[0], args.batch, args.prompt, args.response)
         else:
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-        row = {**result, "date": time.strftime("%Y-%m-%d"), "device": describe_environment()["device"]}
-        print(row, flush=True)
-        rows.append(row)
-    copies = [json.loads(subprocess.run([sys.executable, __file__, "--copies", share], capture_output=True, text=True,
-                                        check=True).stdout.strip().splitlines()[-1]) for share in ("off", "auto")]
-    print(copies, flush=True)
-    with open(RESULTS, "a", encoding="utf-8") as fh:
-        for row in rows + copies:
-            fh.write(json.dumps(row) + "\n")
-    update_section("memory", render(rows) + render_copies(copies))
+            result = arm(args.model, rest[0] == "1", int(rest[1]), args.batch, args.prompt, args.response)
+        print(json.dumps(result))
+        return
+    if not args.render:
+        from recoverlm.environment import describe_environment
+
+        shape = ["--model", args.model, "--batch", str(args.batch), "--prompt", str(args.prompt), "--response",
+                 str(args.response)]
+        batch = f"{args.batch} x ({args.prompt} + {args.response})"
+        if args.loss:
+            plan = [(["--model", args.model, "--arm", f"loss,{n},{c}"],
+                     {"kind": "loss", "model": args.model, "positions": int(n), "logit_chunk": c})
+                    for n in args.positions.split(",") for c in (0, 512, 1024)]
+        elif args.lora:
+            plan = [([*shape, "--arm", f"lora,{mode}"], {"kind": "lora", "model": args.model, "mode": mode, "batch": batch,
+                                                         "logit_chunk": 512})
+                    for mode in ("student alone", "one-copy teacher, on-policy")]
+        else:
+            plan = [([*shape, "--arm", f"step,{int(on)},{c}"], {"kind": "step", "model": args.model, "step": name,
+                                                                "batch": batch, "logit_chunk": c})
+                    for name, on, c in ARMS] + [(["--copies", share], {"kind": "copies", "share_teacher": share})
+                                                for share in ("off", "auto")]
+        with open(RESULTS, "a", encoding="utf-8") as fh:
+            for argv, failed in plan:
+                row = {**_measure(argv, failed), "date": time.strftime("%Y-%m-%d"),
+                       "device": describe_environment()["device"]}
+                print(row, flush=True)
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+    rows = latest([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()])
+    update_section("memory", render(rows["step"]) + render_copies(rows["copies"]) + render_loss(rows["loss"])
+                   + render_lora(rows["lora"]))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ before any model is read. Those checks raise RecoverLMError, which pydantic pass
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -183,7 +183,8 @@ class RecoverConfig(_Strict):
     export: Optional[Literal["compressed-tensors", "bitsandbytes-nf4"]] = None
     # Response positions per chunk through the LM head (0: all at once). Chunked, no
     # [positions x vocabulary] logits tensor exists for the whole micro-batch (ops.chunked).
-    logit_chunk: int = Field(0, ge=0)
+    # auto: chunks of 512 where a micro-batch's logits would reach 1 GiB (ops.chunked.auto_chunk).
+    logit_chunk: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = "auto"
     # Where the frozen teacher computes (null: the training device; e.g. cuda:1, or cpu), and whether
     # it waits in CPU memory while steps do not run it (the cached top-k stage), moving in for the
     # steps and evaluations that do (recover.placement).

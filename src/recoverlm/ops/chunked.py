@@ -25,6 +25,18 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return logits
 
 
+# Measured on CPU at Qwen2.5's 152k vocabulary (docs/benchmarks.md, "Memory"): at 1,024 positions
+# (0.6 GiB of logits) chunks of 512 cost 1.22x the time and save 1.8x the memory; at 4,096
+# (2.3 GiB) they take 0.81x the time and 7.1x less memory.
+AUTO_CHUNK, AUTO_CHUNK_BYTES = 512, 2**30
+
+
+def auto_chunk(positions: int, vocab: int) -> int:
+    """The chunk `recover.logit_chunk: auto` uses: none until a float32 [positions x vocab] logits
+    tensor would reach AUTO_CHUNK_BYTES, where chunks start to be faster as well as smaller."""
+    return AUTO_CHUNK if positions * vocab * 4 >= AUTO_CHUNK_BYTES else 0
+
+
 def chunked_per_token(hidden: torch.Tensor, weight: torch.Tensor, loss_of: Callable[[torch.Tensor, slice], torch.Tensor],
                       chunk: int, bias: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
     """Per-token losses, (..., N): `loss_of(logits_of_rows, rows)` on consecutive slices of

@@ -31,7 +31,8 @@ def make_accelerator(cfg: RecoverConfig, trackers: dict | None = None):
     if acc.distributed_type == DistributedType.FSDP:
         # FSDP shards the student's parameters (DTensors): what needs whole local tensors is refused.
         for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
-                          (cfg.logit_chunk, "logit_chunk (the LM head is sharded outside the forward)")):
+                          (cfg.logit_chunk != "auto" and cfg.logit_chunk,
+                           "logit_chunk (the LM head is sharded outside the forward)")):
             if bad:
                 raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
     if acc.distributed_type == DistributedType.DEEPSPEED:
@@ -82,7 +83,8 @@ def configure_deepspeed(acc, cfg: RecoverConfig) -> None:
     ds_config = acc.state.deepspeed_plugin.deepspeed_config
     if ds_config.get("zero_optimization", {}).get("stage") == 3:
         for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
-                          (cfg.logit_chunk, "logit_chunk"), (cfg.mask_update, "mask_update")):
+                          (cfg.logit_chunk != "auto" and cfg.logit_chunk, "logit_chunk"),
+                          (cfg.mask_update, "mask_update")):
             if bad:
                 raise RecoverLMError(f"{what} is not supported under DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
         # the export gathers the student whole (in its training dtype: fp32 unless bf16)

@@ -19,7 +19,7 @@ from ..lm.forward import (
     completion_targets,
     head_of,
 )
-from ..ops.chunked import chunked_per_token
+from ..ops.chunked import auto_chunk, chunked_per_token
 from ..ops.cka import soft_linear_cka, typical_rows
 from ..ops.divergences import (
     divergence,
@@ -52,12 +52,13 @@ class MicroBatch:
 def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, pad_id: int) -> tuple[torch.Tensor, dict]:
     """Sum over kept response tokens of the per-token loss, and the mean of its parts (the
     divergence, and the hidden-state error when it is trained) for logging. With
-    `recover.logit_chunk`, the student's logits (and a single teacher's, on-policy) are made
+    `recover.logit_chunk` (or where `auto` chooses chunks), the student's logits (and a single teacher's, on-policy) are made
     through the LM head a chunk of positions at a time and never held for the whole batch.
     With `recover.cka_weight`, cka_weight * (1 - CKA) * the micro-batch's tokens is added
     (cka_term) and the CKA logged as part "cka"."""
     want_hidden = cfg.method == "distill" and (cfg.hidden_weight > 0 or cfg.cka_weight > 0)
-    if cfg.logit_chunk:
+    chunk = logit_chunk_of(student, mb, cfg)
+    if chunk:
         rows, states = completion_head_inputs(student, mb.batch, hidden=want_hidden)
     else:
         rows, states = completion_outputs(student, mb.batch, hidden=want_hidden)
@@ -69,7 +70,7 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
 
     live = cfg.method == "distill" and (mb.on_policy or want_hidden)
     t_rows, t_states = (teachers.outputs(mb, pad_id, logits=mb.on_policy, hidden=want_hidden,
-                                         head_inputs=bool(cfg.logit_chunk)) if live else (None, None))
+                                         head_inputs=bool(chunk)) if live else (None, None))
     if cfg.method == "distill" and not mb.on_policy:
         idx, lp = (t.to(rows.device) for t in train_set.topk_rows(mb.seq_indices))
 
@@ -85,9 +86,9 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
             div = topk_divergence(logits, lp[span], idx[span], cfg.divergence, cfg.beta, cfg.temperature)
         return torch.stack([div, nll])
 
-    if cfg.logit_chunk:
+    if chunk:
         head = head_of(student)
-        terms = chunked_per_token(rows, head.weight, per_token_of, cfg.logit_chunk, head.bias, head.softcap)
+        terms = chunked_per_token(rows, head.weight, per_token_of, chunk, head.bias, head.softcap)
     else:
         terms = per_token_of(rows, slice(0, rows.shape[0]))
     if cfg.method == "sft-replay":
@@ -107,6 +108,18 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
         if cka is not None:
             total = total + (cfg.cka_weight * (1.0 - cka) * mb.n_tokens).to(total.dtype)
     return total, parts
+
+
+def logit_chunk_of(student, mb: MicroBatch, cfg: RecoverConfig) -> int:
+    """recover.logit_chunk for this micro-batch: `auto` sized by its response positions and the
+    vocabulary (ops.chunked.auto_chunk), and off where the LM head is not one it can chunk."""
+    if cfg.logit_chunk != "auto":
+        return cfg.logit_chunk
+    try:
+        head = head_of(student)
+    except RecoverLMError:
+        return 0
+    return auto_chunk(int(mb.batch.completion[:, 1:].sum()), head.weight.shape[0])
 
 
 def cka_term(states: torch.Tensor, t_states: torch.Tensor, keep: torch.Tensor, layers: list[int] | None,

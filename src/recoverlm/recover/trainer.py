@@ -64,6 +64,8 @@ class Recovery:
         self.acc = distributed.make_accelerator(cfg, tracking.accelerator_options(cfg.log_with, self.out))
         self.sharded, self.deepspeed = distributed.is_sharded(self.acc), distributed.uses_deepspeed(self.acc)
         self.partitioned = distributed.zero_stage(self.acc) == 3  # ZeRO-3: weights exist whole only in a forward
+        if self.sharded and cfg.logit_chunk == "auto":  # the LM head is sharded outside the forward
+            self.cfg = cfg = cfg.model_copy(update={"logit_chunk": 0})
         self.layout = "deepspeed" if self.deepspeed else "fsdp" if self.sharded else "plain"  # of checkpoints
         self.notes: dict = {}  # what optional parts of training report, kept in recovery.json
         with distributed.whole_weights_while_loading(self.acc):

@@ -26,3 +26,31 @@ def test_chunked_logits_train_like_whole_ones(tmp_path, tiny_model, pruned, data
         if "loss" in a:
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
         assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-6)
+
+
+def test_auto_chunks_only_where_the_logits_would_be_large(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):
+    """`auto` (the default) leaves a small batch whole; with the threshold lowered to nothing it
+    chunks at AUTO_CHUNK, and trains as the whole batch does."""
+    from recoverlm.ops import chunked
+    from recoverlm.recover import objective
+
+    seen = []
+    real = chunked.chunked_per_token
+
+    def spy(hidden, weight, loss_of, chunk, *a, **k):
+        seen.append(chunk)
+        return real(hidden, weight, loss_of, chunk, *a, **k)
+
+    monkeypatch.setattr(objective, "chunked_per_token", spy)
+    cfg = short_config(offpolicy_steps=2, eval_every=1, select_best=False, onpolicy_steps=1)
+    assert cfg.logit_chunk == "auto"
+    recover(tiny_model, pruned, tmp_path / "small", cfg, data_cfg, progress=False, log=lambda _: None)
+    assert seen == []
+    monkeypatch.setattr(chunked, "AUTO_CHUNK_BYTES", 1)
+    monkeypatch.setattr(chunked, "AUTO_CHUNK", 5)
+    auto = recover(tiny_model, pruned, tmp_path / "auto", cfg, data_cfg, progress=False, log=lambda _: None)
+    assert seen and set(seen) == {5}
+    whole = recover(tiny_model, pruned, tmp_path / "whole", cfg.model_copy(update={"logit_chunk": 0}), data_cfg,
+                    progress=False, log=lambda _: None)
+    for a, b in zip(auto["history"], whole["history"]):
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-6)
