@@ -361,7 +361,7 @@ def main() -> None:
         elif args.lora:
             plan = [([*shape, "--arm", f"lora,{mode}"], {"kind": "lora", "model": args.model, "mode": mode, "batch": batch,
                                                          "logit_chunk": 512})
-                    for mode in ("student alone", "one-copy teacher, on-policy")]
+                    for mode in ("student alone", "one-copy teacher (on-policy)")]
         else:
             plan = [([*shape, "--arm", f"step,{int(on)},{c}"], {"kind": "step", "model": args.model, "step": name,
                                                                 "batch": batch, "logit_chunk": c})

@@ -352,6 +352,17 @@ def load_run_config(path: Path) -> RunConfig:
     return parse_config(RunConfig, load_yaml(path), str(path))
 
 
+# Settings that change how a run computes but not what it computes (chunked logits equal whole
+# ones): a run saved with another value, or before the default changed, is still the same run.
+EXECUTION_ONLY = frozenset({"logit_chunk"})
+
+
+def _identity(settings):
+    if isinstance(settings, dict):
+        return {k: _identity(v) for k, v in settings.items() if k not in EXECUTION_ONLY}
+    return settings
+
+
 def same_config(stored: Path, cfg: BaseModel) -> bool:
     """Whether the config saved at `stored` describes the same run as `cfg`. Compared as settings,
     not text, so a run saved before a field with a default existed still matches."""
@@ -359,7 +370,7 @@ def same_config(stored: Path, cfg: BaseModel) -> bool:
         old = parse_config(type(cfg), load_yaml(stored), str(stored))
     except RecoverLMError:
         return False
-    return old.model_dump(mode="json") == cfg.model_dump(mode="json")
+    return _identity(old.model_dump(mode="json")) == _identity(cfg.model_dump(mode="json"))
 
 
 def dump_config(cfg: BaseModel) -> str:
