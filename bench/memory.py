@@ -275,11 +275,12 @@ def render_lora(rows: list[dict]) -> str:
     lines = ["", f"A whole LoRA (r 16) step, 50%-pruned random-init model, gradient checkpointing, logits in chunks "
              f"(`bench/memory.py --lora`, {rows[0]['date']}): the student alone (cross-entropy) against on-policy "
              "distillation from the one-copy teacher. Peak resident memory of the process; the target is at most "
-             "1.15x the student alone:", "",
-             "| model | batch | step | weights (GiB) | peak (GiB) | against the student alone | seconds |",
+             "1.15x the student alone. Built: resident once the model, its masks (a byte per weight) and the adapter "
+             "exist:", "",
+             "| model | batch | step | built (GiB) | peak (GiB) | against the student alone | seconds |",
              "|---|---|---|---|---|---|---|"]
     alone = {(r["model"], r["batch"]): r for r in rows if r["mode"] == "student alone"}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (list(QWEN).index(r["model"]), r["batch"], r["mode"] != "student alone")):
         ref = alone.get((r["model"], r["batch"]))
         vs = f"{r['peak_gib'] / ref['peak_gib']:.2f}x" if ref and r is not ref else ""
         lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['weights_gib']:.2f} | {r['peak_gib']:.2f} | "
