@@ -42,6 +42,8 @@ ARMS = {
     "TRL GKD lmbda 0, beta 0 (forward KL, live teacher)": ("trl-gkd", {"lmbda": 0.0, "beta": 0.0}),
     "TRL GKD lmbda 0, beta 0.5 (JSD)": ("trl-gkd", {"lmbda": 0.0, "beta": 0.5}),
     "TRL GKD lmbda 1, beta 0.5 (on-policy)": ("trl-gkd", {"lmbda": 1.0, "beta": 0.5}),
+    "TRL GKD lmbda 1, beta 0 (on-policy, forward KL)": ("trl-gkd", {"lmbda": 1.0, "beta": 0.0}),
+    "TRL GKD at its defaults (lmbda 0.5, beta 0.5)": ("trl-gkd", {}),
 }
 GROUPS = [["plain SFT (torch loop)", "recoverlm sft-replay", "TRL SFTTrainer"],
           ["plain SFT (torch loop)", "recoverlm off-policy, cached top-64",
@@ -50,6 +52,11 @@ GROUPS = [["plain SFT (torch loop)", "recoverlm sft-replay", "TRL SFTTrainer"],
            "TRL GKD lmbda 0, beta 0.5 (JSD)"],
           ["plain SFT (torch loop)", "recoverlm on-policy (reverse KL)", "TRL GKD lmbda 1, beta 0.5 (on-policy)",
            "recoverlm LoRA r16, off-policy"]]
+# Groups run on their own with --group NAME and merged into bench/results/peers.json; their arms
+# are timed against the plain SFT step of their own run.
+EXTRA_GROUPS = {"gkd-on-policy": ["plain SFT (torch loop)", "recoverlm on-policy (reverse KL)",
+                                  "TRL GKD lmbda 1, beta 0 (on-policy, forward KL)",
+                                  "TRL GKD at its defaults (lmbda 0.5, beta 0.5)"]}
 SMOKE_GROUPS = [["plain SFT (torch loop)", "recoverlm off-policy, cached top-64", "recoverlm on-policy (reverse KL)",
                  "TRL GKD lmbda 0, beta 0 (forward KL, live teacher)"]]
 
@@ -272,6 +279,45 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _ratio(arm: dict, base: float) -> float:
+    return statistics.median(arm["seconds"]) / arm.get("base_s", base)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def targets(train: dict, base: float, cka: list[dict]) -> list[str]:
+    """The speed targets, each stated with the figures it rests on; an arm not measured says so."""
+    med = {n: statistics.median(r["seconds"]) for n, r in train.items()}
+    out = []
+    off, gkd0 = med.get("recoverlm off-policy, cached top-64"), med.get("TRL GKD lmbda 0, beta 0 (forward KL, live teacher)")
+    if off and gkd0:
+        ratio = _ratio(train["recoverlm off-policy, cached top-64"], base)
+        out.append(f"off-policy step at most 1.1x plain SFT and at least 1.25x faster than TRL GKD at lmbda 0: "
+                   f"{ratio:.2f}x and {gkd0 / off:.1f}x faster, {_verdict(ratio <= 1.1 and gkd0 / off >= 1.25)}")
+    on = med.get("recoverlm on-policy (reverse KL)")
+    on_policy = {n: m for n, m in med.items() if n.startswith("TRL GKD lmbda 1")}
+    if on and on_policy:
+        best = min(on_policy, key=on_policy.get)
+        out.append(f"on-policy step at least 1.5x faster than TRL GKD at lmbda 1 at its best settings ({best}): "
+                   f"{on_policy[best] / on:.1f}x, {_verdict(on_policy[best] / on >= 1.5)}")
+    default = med.get("TRL GKD at its defaults (lmbda 0.5, beta 0.5)")
+    if on and default:
+        out.append(f"at least 3x faster than TRL GKD at its defaults (half its steps on-policy): {default / on:.1f}x, "
+                   f"{_verdict(default / on >= 3)}")
+    elif on:
+        out.append("against TRL GKD at its defaults: not measured yet (`python bench/peers.py --group gkd-on-policy`)")
+    by_n = {r["n"]: r["ckatorch_s"] / r["recoverlm_s"] for r in cka}
+    if 4096 in by_n and 16384 in by_n:
+        exact = max(r["recoverlm_diff"] for r in cka)
+        out.append(f"streaming CKA at least 20x faster than ckatorch at n = 4,096 and 100x at 16,384, within 1e-6 of "
+                   f"float64: {by_n[4096]:.1f}x, {by_n[16384]:.1f}x, largest difference {exact:.1e}, "
+                   f"{_verdict(by_n[4096] >= 20 and by_n[16384] >= 100 and exact <= 1e-6)}")
+    out.append("sampling at least 200 new tokens/s at batch 16 x 64: see \"Generation and precision\" below")
+    return out
+
+
 def render(result: dict) -> str:
     train, base = result["train"], statistics.median(result["train"]["plain SFT (torch loop)"]["seconds"])
     lines = ["## Against TRL and the CKA packages", "",
@@ -284,8 +330,13 @@ def render(result: dict) -> str:
              "| arm | median s/step [min, max] | / plain SFT | peak RSS (GiB) |", "|---|---|---|---|"]
     for name, r in train.items():
         s = r["seconds"]
-        lines.append(f"| {name} | {statistics.median(s):.2f} [{min(s):.2f}, {max(s):.2f}] | "
-                     f"{statistics.median(s) / base:.2f}x | {r['peak_gib']:.1f} |")
+        lines.append(f"| {name}{' †' if 'base_s' in r else ''} | {statistics.median(s):.2f} [{min(s):.2f}, {max(s):.2f}] | "
+                     f"{_ratio(r, base):.2f}x | {r['peak_gib']:.1f} |")
+    merged = {r["group_date"] for r in train.values() if "group_date" in r}
+    if merged:
+        lines += ["", f"† measured in a later run ({', '.join(sorted(merged))}, `--group`), against that run's own plain "
+                  "SFT step; TRL's defaults keep its lmbda and beta, with max_new_tokens set as for every arm."]
+    lines += ["", "Targets:", ""] + [f"- {t}" for t in targets(train, base, result["cka"])]
     when = f" (measured {result['cka_date']})" if result.get("cka_date") else ""
     lines += ["", f"Linear CKA of one layer pair (d = {result['cka'][0]['d']}) on the teacher's hidden states, against a "
               f"float64 reference{when}:",
@@ -319,8 +370,14 @@ def main() -> None:
     ap.add_argument("--student")
     ap.add_argument("--cka-only", action="store_true",
                     help="rerun only the CKA arms, keeping the training arms of bench/results/peers.json")
+    ap.add_argument("--group", choices=sorted(EXTRA_GROUPS),
+                    help="run one more group of arms and merge it into bench/results/peers.json")
+    ap.add_argument("--render", action="store_true", help="rewrite the section from bench/results/peers.json only")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.render:
+        update_section("peers", render(json.loads(RESULTS.read_text())))
+        return
     if args.worker:
         worker(args.worker, args.teacher, args.student, args.work, args.batch, args.n_heldout, args.max_new)
         return
@@ -346,6 +403,18 @@ def main() -> None:
     student = Path(args.student) if args.student else args.work / "student"
     if not models.is_model_dir(student):
         degrade(teacher, "prune.magnitude", {"sparsity": 0.5}, student)
+    if args.group:
+        result = json.loads(RESULTS.read_text())
+        arms = run_group(EXTRA_GROUPS[args.group], args, teacher, str(student))
+        own_base = statistics.median(arms["plain SFT (torch loop)"]["seconds"])
+        for name, r in arms.items():
+            if name != "plain SFT (torch loop)":
+                result["train"][name] = {**r, "base_s": own_base, "group_date": time.strftime("%Y-%m-%d")}
+            print(name, [round(x, 2) for x in r["seconds"]], flush=True)
+        write_json_atomic(RESULTS, result)
+        update_section("peers", render(result))
+        print(render(result))
+        return
     train = {}
     for group in (SMOKE_GROUPS if args.smoke else GROUPS):
         for name, r in run_group(group, args, teacher, str(student)).items():
