@@ -288,7 +288,6 @@ class Recovery:
         if state is None:
             self.log(f"no checkpoint in {self.work}; starting from step 0")
             return
-        self._keep_constraint(self.acc.unwrap_model(self.student))  # DeepSpeed restores its master copy
         self.start_step, self.best, self.history = state["step"], state["best"], state["history"]
         self.tokens = state.get("tokens", 0)
         self.best_state = load_best(self.work)
@@ -296,6 +295,8 @@ class Recovery:
         if saved_masks is not None:
             self.masks.load_state(saved_masks)
             self.best_masks = load_extra(self.work, "best_masks")
+        # the masks as they were at the checkpoint: DeepSpeed restores its unmasked master copy
+        self._keep_constraint(self.acc.unwrap_model(self.student))
         self.log(f"resuming from step {self.start_step}")
 
     def _checkpoint(self, step: int) -> None:
