@@ -24,7 +24,7 @@ BEST_FILE = "best.safetensors"
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """Only what training changes: the adapter under LoRA, every parameter otherwise."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names = _trainable_names(model)
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
 
 
@@ -34,12 +34,12 @@ def _full_options(**kw):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 
-LAYOUTS = ("plain", "fsdp", "deepspeed")  # how the trainer holds its weights and optimizer state
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def training_state(model, optimizer, layout: str = "plain") -> tuple[dict, dict]:
-    """The trainable weights and the optimizer state, whole. Under FSDP and DeepSpeed a
+    """The trainable weights and the optimizer state, whole; `layout` is how the trainer holds
+    them: "plain" (one process or DDP), "fsdp" or "deepspeed". Under FSDP and DeepSpeed a
     collective (every rank calls it); under FSDP the result is complete on rank 0 only."""
     if layout == "fsdp":
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict

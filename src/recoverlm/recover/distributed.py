@@ -29,15 +29,21 @@ def make_accelerator(cfg: RecoverConfig, trackers: dict | None = None):
                       kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
                       **(trackers or {}))
     if acc.distributed_type == DistributedType.FSDP:
-        # FSDP shards the student's parameters (DTensors): what needs whole local tensors is refused.
-        for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
-                          (cfg.logit_chunk != "auto" and cfg.logit_chunk,
-                           "logit_chunk (the LM head is sharded outside the forward)")):
-            if bad:
-                raise RecoverLMError(f"{what} is not supported under FSDP; use DDP (configs/accelerate/ddp_gpu.yaml)")
+        refuse_partitioned(cfg, "FSDP", "DDP (configs/accelerate/ddp_gpu.yaml)")
     if acc.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(acc, cfg)
     return acc
+
+
+def refuse_partitioned(cfg: RecoverConfig, where: str, instead: str) -> None:
+    """Where no process holds the student's whole weights (FSDP's DTensors, ZeRO-3's partitions),
+    the options that act on whole local tensors are refused in one line (mask_update, refused under
+    every distributed mode but DDP, is the trainer's to refuse)."""
+    for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
+                      (cfg.logit_chunk != "auto" and cfg.logit_chunk,
+                       "logit_chunk (the LM head is partitioned outside the forward)")):
+        if bad:
+            raise RecoverLMError(f"{what} is not supported under {where}; use {instead}")
 
 
 def is_sharded(acc) -> bool:
@@ -82,11 +88,7 @@ def configure_deepspeed(acc, cfg: RecoverConfig) -> None:
                              f"grad_accum ({acc.num_processes} x {cfg.grad_accum})")
     ds_config = acc.state.deepspeed_plugin.deepspeed_config
     if ds_config.get("zero_optimization", {}).get("stage") == 3:
-        for bad, what in ((cfg.lora, "lora"), (cfg.teacher_mode == "ema", "teacher_mode 'ema'"),
-                          (cfg.logit_chunk != "auto" and cfg.logit_chunk, "logit_chunk"),
-                          (cfg.mask_update, "mask_update")):
-            if bad:
-                raise RecoverLMError(f"{what} is not supported under DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
+        refuse_partitioned(cfg, "DeepSpeed ZeRO-3", "ZeRO-2 or DDP")
         # the export gathers the student whole (in its training dtype: fp32 unless bf16)
         ds_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     ds_config["gradient_clipping"] = cfg.max_grad_norm

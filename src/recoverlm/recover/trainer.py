@@ -145,16 +145,15 @@ class Recovery:
         reason = shared_teacher.why_not_shared(cfg, self.constraint, self.teacher, self.student_path,
                                                self.data_cfg.task_prompts)
         self.shared = reason is None
-        if self.shared:
-            self.log("one copy of the weights: the student is the teacher's weights under its constraint, and the "
-                     "teacher is that base with the adapter off and the constraint lifted")
-            student = self.teacher
-        else:
-            if cfg.lora and cfg.share_teacher == "auto":
-                self.log(f"two copies of the weights (teacher and student): {reason}")
-            with distributed.whole_weights_while_loading(self.acc):
-                student = models.load_model(self.student_path, dtype=torch.float32)
         with distributed.whole_weights_while_loading(self.acc):
+            if self.shared:
+                self.log("one copy of the weights: the student is the teacher's weights under its constraint, and "
+                         "the teacher is that base with the adapter off and the constraint lifted")
+                student = self.teacher
+            else:
+                if cfg.lora and cfg.share_teacher == "auto":
+                    self.log(f"two copies of the weights (teacher and student): {reason}")
+                student = models.load_model(self.student_path, dtype=torch.float32)
             task_teacher = Teachers.task_teacher(cfg, self.data_cfg, self.student_path, self.teacher_home)
         blocks = self._choose_blocks(student)
         torch.manual_seed(cfg.seed)  # the adapter's initialisation, whatever loading drew before
@@ -300,9 +299,11 @@ class Recovery:
         self.log(f"resuming from step {self.start_step}")
 
     def _checkpoint(self, step: int) -> None:
-        """Every rank takes part (FSDP gathers the shards, every rank's RNG is kept); the main process writes."""
-        weights, optimizer_state = training_state(self.acc.unwrap_model(self.student), self.optimizer, self.layout)
+        """Every rank takes part (its RNG is kept; FSDP and DeepSpeed gather the shards); the main process writes."""
         rngs = rng_states()
+        if self.layout == "plain" and not self.acc.is_main_process:
+            return  # its weights and optimizer state are the main process's
+        weights, optimizer_state = training_state(self.acc.unwrap_model(self.student), self.optimizer, self.layout)
         if not self.acc.is_main_process:
             return
         save_checkpoint(self.work, weights, optimizer_state, rngs, step,
