@@ -194,7 +194,7 @@ def evaluate(
                               "(knowledge, instructions, arithmetic, or any lm-eval task or YAML path)."),
     limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all)."),
     no_chat_template: bool = NO_CHAT_TEMPLATE,
-    no_cache: bool = typer.Option(False, "--no-cache", help="Rescore every model, ignoring cached suite results."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rescore every model, ignoring cached results."),
 ) -> None:
     """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
     from .evaluate.compare import evaluate_models, evaluate_task_suites
@@ -212,7 +212,8 @@ def evaluate(
     if degraded:
         students = {"degraded": degraded, **students}
     tasks = [n for n in names if n != "fidelity"]
-    report = evaluate_models(teacher, students, data_cfg) if "fidelity" in names else {"metrics": {}}
+    report = (evaluate_models(teacher, students, data_cfg, use_cache=not no_cache) if "fidelity" in names
+              else {"metrics": {}})
     if tasks:
         report["tasks"] = evaluate_task_suites(teacher, students, tasks, limit, use_cache=not no_cache,
                                                apply_chat_template=None if data_cfg.use_chat_template else False)
@@ -268,6 +269,7 @@ def cka(
     no_chat_template: bool = NO_CHAT_TEMPLATE,
     massive_ratio: float = typer.Option(20.0, help="Leave out tokens whose teacher hidden-state norm exceeds this "
                                         "multiple of the median (attention sinks); 0 keeps every token."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Measure every student, ignoring cached results."),
 ) -> None:
     """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
@@ -277,7 +279,7 @@ def cka(
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
-                        massive_ratio=massive_ratio or None)
+                        massive_ratio=massive_ratio or None, use_cache=not no_cache)
     write_json_atomic(out, result)
     for name, r in result["cka"].items():
         mean = sum(r["linear"]) / len(r["linear"])

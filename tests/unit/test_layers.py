@@ -18,7 +18,7 @@ LAYERS = [
     {"models", "lm"},
     {"environment"},
     {"constraints"},
-    {"teacher"},
+    {"teacher", "result_cache"},
     {"degrade", "evaluate", "analysis", "describe", "export"},
     {"recover"},
     {"report"},

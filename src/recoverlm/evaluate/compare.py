@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import models
+from .. import models, result_cache
 from ..config import DataConfig
 from ..ops.stats import recovery_ratio, recovery_ratio_ci
 from ..teacher.response_set import heldout_set
@@ -20,25 +20,41 @@ N_SAMPLES = 3
 
 
 def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: DataConfig | None = None,
-                    batch_size: int = 8, progress: bool = True, log=print, generation: bool = True) -> dict:
+                    batch_size: int = 8, progress: bool = True, log=print, generation: bool = True,
+                    use_cache: bool = True) -> dict:
     """Fidelity metrics for the teacher and every student; recovery ratios when both
-    a "degraded" and a "recovered" student are given."""
+    a "degraded" and a "recovered" student are given. Each model's results are cached by weight
+    hash, so a degraded model shared by many runs is measured once."""
     data_cfg = data_cfg or DataConfig()
     teacher_path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(teacher_path)
     eval_set = heldout_set(teacher_path, data_cfg, log=log)
-    teacher = models.load_for_inference(teacher_path)
-    loaded = {"teacher": teacher, **models.load_students(teacher_path, students)}
-    results = fidelity(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress)
-    if generation:  # the teacher's own greedy responses are the reference: exact match 1 by construction
-        gen = generation_metrics({k: v for k, v in loaded.items() if k != "teacher"}, tokenizer, eval_set,
-                                 data_cfg.max_new_tokens, data_cfg.generation_batch_size, progress)
-        gen["teacher"] = {"exact_match": 1.0, "length_ratio": 1.0,
-                          "per_item": {m: [1.0] * len(eval_set) for m in GENERATION_METRICS}}
-        for name, g in gen.items():
-            results[name].update({m: g[m] for m in GENERATION_METRICS})
-            results[name]["per_item"].update(g["per_item"])
-        samples = sample_generations(tokenizer, eval_set, {k: g["responses"] for k, g in gen.items() if k != "teacher"})
+    settings = {"batch_size": batch_size, "generation": generation, "max_new_tokens": data_cfg.max_new_tokens,
+                "generation_batch_size": data_cfg.generation_batch_size}
+    refs = {"teacher": teacher_path, **students}
+    results, entries = result_cache.against_teacher("fidelity_results", teacher_path, refs, eval_set.meta, settings,
+                                                    use_cache)
+    if results:
+        log(f"fidelity: {', '.join(results)} (cached)")
+    todo = [name for name in refs if name not in results]
+    if todo:
+        teacher = models.load_for_inference(teacher_path)
+        loaded = {"teacher": teacher, **models.load_students(teacher_path, {k: students[k] for k in todo if k != "teacher"})}
+        fresh = fidelity(teacher, loaded, eval_set, tokenizer.pad_token_id, batch_size, progress)
+        if generation:  # the teacher's own greedy responses are the reference: exact match 1 by construction
+            gen = generation_metrics({k: v for k, v in loaded.items() if k != "teacher"}, tokenizer, eval_set,
+                                     data_cfg.max_new_tokens, data_cfg.generation_batch_size, progress)
+            gen["teacher"] = {"exact_match": 1.0, "length_ratio": 1.0,
+                              "per_item": {m: [1.0] * len(eval_set) for m in GENERATION_METRICS}}
+            for name, g in gen.items():
+                fresh[name].update({m: g[m] for m in GENERATION_METRICS}, responses=g.get("responses"))
+                fresh[name]["per_item"].update(g["per_item"])
+        for name in todo:
+            result_cache.store(entries[name], fresh[name], {"model": str(refs[name]), "teacher": str(teacher_path)})
+            results[name] = fresh[name]
+    results = {name: results[name] for name in refs}
+    if generation:
+        samples = sample_generations(tokenizer, eval_set, {k: results[k]["responses"] for k in students})
     metrics = METRICS + (GENERATION_METRICS if generation else ())
     report = {
         "teacher": str(teacher_path),
@@ -97,7 +113,7 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
                         "chat_template": uses_chat_template(suite, apply_chat_template)}
             entries[suite] = suite_cache.cache_path(models.model_hash(path), suite,
                                                     suite_cache.suite_version(suite, SUITES_DIR), settings)
-        cached = {s: suite_cache.load(p) for s, p in entries.items()} if use_cache else {}
+        cached = {s: result_cache.load(p) for s, p in entries.items()} if use_cache else {}
         todo = [s for s in suites if cached.get(s) is None]
         results[name] = {s: {**cached[s], "cached": True} for s in suites if s not in todo}
         if todo:
@@ -107,7 +123,7 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
                                apply_chat_template=apply_chat_template)
             del model
             for suite, res in fresh.items():
-                suite_cache.store(entries[suite], res, {"model": str(path), "suite": suite, "limit": limit})
+                result_cache.store(entries[suite], res, {"model": str(path), "suite": suite, "limit": limit})
                 results[name][suite] = {**res, "cached": False}
         else:
             log(f"task suites {', '.join(suites)}: {name} (cached)")

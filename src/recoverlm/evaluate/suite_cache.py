@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import models
-from ..io import read_json, write_json_atomic
 
 CACHE_VERSION = 1
 # A suite built from an SFT task is scored by that task's checker, whose source is part of the
@@ -61,15 +60,3 @@ def cache_path(model_hash: str, suite: str, version: str, settings: dict[str, An
                       "cache": CACHE_VERSION}, sort_keys=True)
     name = hashlib.sha256(key.encode()).hexdigest()[:20]
     return models.recoverlm_home() / "suite_results" / f"{name}.json"
-
-
-def load(path: Path) -> dict | None:
-    """A cached result, or None; an unreadable entry is treated as missing and later overwritten."""
-    try:
-        return read_json(path)["result"] if path.is_file() else None
-    except (ValueError, KeyError, OSError):
-        return None
-
-
-def store(path: Path, result: dict, meta: dict[str, Any]) -> None:
-    write_json_atomic(path, {"meta": meta, "result": result})

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+from recoverlm import result_cache
 from recoverlm.evaluate import suite_cache
 from recoverlm.evaluate.lm_eval_runner import SUITES_DIR
 
@@ -24,9 +25,9 @@ def test_suite_version_follows_the_suite_files(tmp_path):
 def test_unreadable_cache_entry_counts_as_missing(tmp_path):
     path = tmp_path / "entry.json"
     path.write_text("{not json")
-    assert suite_cache.load(path) is None
-    suite_cache.store(path, {"acc": 0.5}, {"suite": "x"})
-    assert suite_cache.load(path) == {"acc": 0.5}
+    assert result_cache.load(path) is None
+    result_cache.store(path, {"acc": 0.5}, {"suite": "x"})
+    assert result_cache.load(path) == {"acc": 0.5}
 
 
 def test_suite_version_follows_the_task_checker(monkeypatch, tmp_path):
