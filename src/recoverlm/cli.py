@@ -346,8 +346,8 @@ def study(
     only: Optional[str] = typer.Option(None, help="Run only the cells whose name matches this pattern, e.g. '*/nf4/*'."),
     render: bool = typer.Option(False, help="Only rewrite the results document from the finished cells."),
     doc: Optional[Path] = typer.Option(None, help="Results document (default: the config's doc, else docs/results.md)."),
-    readme: Path = typer.Option(Path("README.md"), help="Quote the headline table here, where the file marks a place "
-                                "for this document (<!-- results:NAME --> ... <!-- /results:NAME -->)."),
+    readme: Optional[Path] = typer.Option(None, help="Also quote the headline table in this file, where it marks a "
+                                          "place for this document (<!-- results:NAME --> ... <!-- /results:NAME -->)."),
 ) -> None:
     """A grid of runs (models x degradations x methods x seeds) and its results document."""
     from .report.study import write_results

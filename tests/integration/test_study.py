@@ -31,9 +31,13 @@ def _study(tmp_path, tiny_model, prompt_file, methods=None):
     return path
 
 
-def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_file):
+def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_file, monkeypatch):
     out, doc = tmp_path / "study", tmp_path / "results.md"
     args = ["study", str(_study(tmp_path, tiny_model, prompt_file)), "--out", str(out), "--doc", str(doc)]
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "README.md").write_text("<!-- results:results -->\nmine\n<!-- /results:results -->\n")
+    monkeypatch.chdir(here)
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     shared = out / "teacher" / "mag" / "degraded"
@@ -59,6 +63,7 @@ def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_fil
     rendered = runner.invoke(app, args + ["--render"])
     assert rendered.exit_code == 0 and doc.read_text() == text
     assert "## Does alignment cause recovery?" in text
+    assert "mine" in (here / "README.md").read_text(), "a README is quoted into only when --readme names it"
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- results:results -->\nold\n<!-- /results:results -->\n\nend\n")
