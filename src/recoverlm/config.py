@@ -311,6 +311,7 @@ class StudyConfig(_Strict):
     methods: dict[str, MethodArm] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     doc: Optional[Path] = None  # where --render writes the results (default docs/results.md)
+    records: Optional[Path] = None  # the finished cells' records (default: beside doc, <stem>-cells)
 
 
 def _first_error(exc: ValidationError, source: str) -> str:
@@ -367,7 +368,16 @@ def same_config(stored: Path, cfg: BaseModel) -> bool:
     """Whether the config saved at `stored` describes the same run as `cfg`. Compared as settings,
     not text, so a run saved before a field with a default existed still matches."""
     try:
-        old = parse_config(type(cfg), load_yaml(stored), str(stored))
+        raw = load_yaml(stored)
+    except RecoverLMError:
+        return False
+    return same_settings(raw, cfg, str(stored))
+
+
+def same_settings(raw: dict, cfg: BaseModel, source: str = "stored config") -> bool:
+    """Whether the settings `raw` (a config as saved) describe the same run as `cfg`."""
+    try:
+        old = parse_config(type(cfg), raw, source)
     except RecoverLMError:
         return False
     return _identity(old.model_dump(mode="json")) == _identity(cfg.model_dump(mode="json"))

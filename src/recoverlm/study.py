@@ -5,6 +5,8 @@ degradation), linked into each of its cells; teacher responses and suite scores 
 caches every run uses.
 
 Layout: OUT/<model>/<degradation>/degraded and OUT/<model>/<degradation>/<method>-seed<seed>/.
+Each finished cell is also recorded in a small JSON file (report.records) kept with the results
+document: a cell recorded with the same settings is finished wherever its folder is.
 Under --jobs the first cell of each teacher runs alone, so that the teacher's response sets are
 written to the cache once and read by the cells after it.
 """
@@ -22,10 +24,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import environment, models
-from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config
+from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config, same_settings
 from .degrade import degrade, method_params
 from .errors import RecoverLMError
 from .io import read_json, write_json_atomic
+from .report.records import cell_record, load_records, store
 from .runs import CELL_FILE, CONFIG_FILE, DEGRADATION_FILE, side_file
 
 
@@ -137,6 +140,34 @@ def finished(cell: Cell, out: Path) -> bool:
     return (folder / CELL_FILE).exists()
 
 
+def records_cell(record: dict, cell: Cell) -> bool:
+    """Whether `record` is of `cell` as the study now defines it: same name, same settings (those
+    the study gave it; records written before they were kept compare the run's own config)."""
+    raw = record.get("cell_config") or record.get("config")
+    return record.get("name") == cell.name and isinstance(raw, dict) and same_settings(raw, cell.config, cell.name)
+
+
+def study_records(study: StudyConfig, records_dir: Path) -> list[dict]:
+    """The records of the study's cells, in cell order; records of settings the study no longer
+    has are left out."""
+    found = load_records(records_dir)
+    return [found[c.name] for c in cells(study) if c.name in found and records_cell(found[c.name], c)]
+
+
+def record_finished(study: StudyConfig, out: Path, records_dir: Path) -> int:
+    """Record every finished cell folder in `out` whose settings are the study's; returns how many
+    records were written or changed."""
+    known, changed = load_records(records_dir), 0
+    for cell in cells(study):
+        if not (cell.folder(out) / CELL_FILE).exists():
+            continue
+        record = cell_record(cell.folder(out))
+        if records_cell(record, cell) and known.get(cell.name) != record:
+            store(records_dir, record)
+            changed += 1
+    return changed
+
+
 def _as_run(todo: list[Cell], log) -> list[Cell]:
     """The cells' configs as their runs will store them: a model without a chat template gets
     plain prompts (said once per model)."""
@@ -175,9 +206,10 @@ def _degrade_once(todo: list[Cell], out: Path, log) -> None:
         done.add(target)
 
 
-def run_cell(cell: Cell, out: Path, threads: int | None = None) -> dict:
+def run_cell(cell: Cell, out: Path, threads: int | None = None, settings: dict | None = None) -> dict:
     """One cell as an ordinary run, its degraded model linked from the shared one; its log goes to
-    the cell's run.log. Runs in a worker process under --jobs."""
+    the cell's run.log. Runs in a worker process under --jobs. `settings`: the cell's config as
+    the study gave it, before the run adapted it to its model, which its record keeps."""
     import torch
 
     from .pipeline import run_experiment
@@ -197,17 +229,28 @@ def run_cell(cell: Cell, out: Path, threads: int | None = None) -> dict:
     record = {"name": cell.name, "model": cell.model, "degradation": cell.degradation, "method": cell.method,
               "seed": cell.seed, "device": environment.device_label(), "seconds": round(time.perf_counter() - start, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ratio": result["metrics"].get("recovery_ratio", {}).get("kl")}
+    if settings is not None:
+        record["cell_config"] = settings
     write_json_atomic(folder / CELL_FILE, record)
     return record
 
 
 def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = None, progress: bool = True,
-              log=print) -> list[dict]:
-    """Run every unfinished selected cell; returns the records of the cells run now."""
+              log=print, records_dir: Path | None = None) -> list[dict]:
+    """Run every unfinished selected cell; returns the records of the cells run now. With
+    `records_dir`, a cell recorded there with its settings counts as finished, and every cell that
+    finishes is recorded there."""
     out = Path(out)
-    todo = _as_run(selected(cells(study), only), log)
+    chosen = selected(cells(study), only)
+    given = {c.name: c.config.model_dump(mode="json") for c in chosen}
+    if records_dir is not None:
+        record_finished(study, out, records_dir)
+        recorded = {r["name"] for r in study_records(study, records_dir)}
+    else:
+        recorded = set()
+    todo = _as_run([c for c in chosen if c.name not in recorded], log)
     pending = [c for c in todo if not finished(c, out)]
-    log(f"study: {len(todo)} cells, {len(todo) - len(pending)} finished already, {len(pending)} to run, "
+    log(f"study: {len(chosen)} cells, {len(chosen) - len(pending)} finished already, {len(pending)} to run, "
         f"{max(jobs, 1)} at a time")
     if not pending:
         return []
@@ -217,6 +260,8 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
     records = []
 
     def done(record: dict) -> None:
+        if records_dir is not None:
+            store(records_dir, cell_record(out / record["name"]))
         ratio = "n/a" if record["ratio"] is None else f"{record['ratio'] + 0.0:.3f}".replace("-0.000", "0.000")
         bar.write(f"finished {record['name']}: recovery ratio (teacher KL) {ratio}, {record['seconds']:.0f} s")
         bar.update(1)
@@ -227,9 +272,9 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
     first, rest = _first_per_teacher(pending) if jobs > 1 else (pending, [])
     for cell in first:
         bar.write(f"running {cell.name} (log: {cell.folder(out) / 'run.log'})")
-        done(_named(cell, run_cell, cell, out))
+        done(_named(cell, run_cell, cell, out, None, given[cell.name]))
     if rest:
-        _run_parallel(rest, out, jobs, done)
+        _run_parallel(rest, out, jobs, done, given)
     bar.close()
     return records
 
@@ -251,7 +296,7 @@ def _first_per_teacher(pending: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     return first, rest
 
 
-def _run_parallel(cells_: list[Cell], out: Path, jobs: int, done) -> None:
+def _run_parallel(cells_: list[Cell], out: Path, jobs: int, done, given: dict[str, dict]) -> None:
     """The cells in `jobs` worker processes (CPU threads split between them; on a GPU they share
     the device). The first failure stops the study: cells not started yet are cancelled."""
     import multiprocessing
@@ -259,7 +304,7 @@ def _run_parallel(cells_: list[Cell], out: Path, jobs: int, done) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs) if models.compute_device().type == "cpu" else None
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(run_cell, cell, out, threads): cell for cell in cells_}
+        futures = {pool.submit(run_cell, cell, out, threads, given[cell.name]): cell for cell in cells_}
         for future in as_completed(futures):
             cell = futures[future]
             try:

@@ -74,6 +74,44 @@ def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_fil
     assert "From [results.md](results.md), generated from 2 finished cells" in body and "| mag |" in body
 
 
+def test_the_records_render_and_resume_the_study_without_its_folders(tmp_path, tiny_model, prompt_file):
+    """A study moved to another machine keeps only its records: the document renders the same from
+    them, finished cells are not run again, and a cell whose settings changed is."""
+    import shutil
+
+    spec, out, doc = _study(tmp_path, tiny_model, prompt_file), tmp_path / "study", tmp_path / "results.md"
+    args = ["study", str(spec), "--doc", str(doc)]
+    assert runner.invoke(app, args + ["--out", str(out)]).exit_code == 0
+    records = tmp_path / "results-cells" / "teacher" / "mag"
+    assert sorted(p.name for p in records.iterdir()) == ["none-seed0.json", "offpolicy-seed0.json"]
+    kept = json.loads((records / "offpolicy-seed0.json").read_text())
+    assert kept["cell_config"]["recover"]["offpolicy_steps"] == 2 and kept["history"] and kept["kl"]
+    text = doc.read_text()
+    assert "from the records of 2 finished cells in `results-cells`" in text
+
+    shutil.rmtree(out)
+    doc.unlink()
+    rendered = runner.invoke(app, args + ["--render"])
+    assert rendered.exit_code == 0, rendered.output
+    assert doc.read_text() == text
+
+    again = runner.invoke(app, args + ["--out", str(out)])
+    assert again.exit_code == 0 and "2 finished already, 0 to run" in again.output and not out.exists()
+
+    raw = yaml.safe_load(spec.read_text())
+    raw["methods"]["offpolicy"]["recover"]["lr"] = 1e-3
+    spec.write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, args + ["--render"]).exit_code == 0
+    assert "from the records of 1 finished cell in" in doc.read_text(), "a record of other settings is not this cell's"
+    changed = runner.invoke(app, args + ["--out", str(out)])
+    assert changed.exit_code == 0 and "1 finished already, 1 to run" in changed.output, changed.output
+    assert json.loads((records / "offpolicy-seed0.json").read_text())["cell_config"]["recover"]["lr"] == 1e-3
+    assert not (out / "teacher/mag/none-seed0").exists()
+
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--out" in refused.output
+
+
 def test_a_bad_cell_is_refused_before_anything_runs(tmp_path, tiny_model, prompt_file):
     out = tmp_path / "study"
     spec = _study(tmp_path, tiny_model, prompt_file, methods={"ok": {"recover": {"offpolicy_steps": 1}},
