@@ -346,6 +346,8 @@ def study(
     jobs: int = typer.Option(1, min=1, help="Cells run at once, each in its own process (CPU threads split between them)."),
     only: Optional[str] = typer.Option(None, help="Run only the cells whose name matches this pattern, e.g. '*/nf4/*'."),
     render: bool = typer.Option(False, help="Only rewrite the results document from the finished cells."),
+    show_plan: bool = typer.Option(False, "--plan", help="Only list each cell's state (recorded, or to run with "
+                                   "an estimate of its time) and run nothing."),
     doc: Optional[Path] = typer.Option(None, help="Results document (default: the config's doc, else docs/results.md)."),
     records: Optional[Path] = typer.Option(None, help="The finished cells' records, one small JSON each (default: the "
                                            "config's records, else DOC's folder/<DOC name>-cells)."),
@@ -357,13 +359,24 @@ def study(
     resumes, without the run folders."""
     from .report.records import records_dir_for
     from .report.study import write_results
-    from .study import load_study, record_finished, run_study, study_records
+    from .study import load_study, plan, record_finished, run_study, study_records
 
     spec = load_study(config)
-    if out is None and not render:
-        raise RecoverLMError("--out: a study folder is needed to run cells (only --render works without one)")
     target = doc or spec.doc or Path("docs/results.md")
     ledger = records or spec.records or records_dir_for(target)
+    if show_plan:
+        rows = plan(spec, out, ledger, only)
+        width = max(len(r["cell"]) for r in rows)
+        for r in rows:
+            took = "" if r["seconds"] is None else f"{'~' if r['state'] == 'to run' else ''}{r['seconds'] / 60:.0f} min"
+            typer.echo(f"{r['cell']:<{width}}  {r['state']:<22}  {took:>8}  {r['device']}".rstrip())
+        todo = [r for r in rows if r["state"] == "to run"]
+        left = sum(r["seconds"] or 0 for r in todo)
+        typer.echo(f"{len(rows)} cell{'' if len(rows) == 1 else 's'}: {len(rows) - len(todo)} finished, {len(todo)} to run"
+                   + (f", about {left / 3600:.1f} h at the recorded cells' pace" if left else ""))
+        return
+    if out is None and not render:
+        raise RecoverLMError("--out: a study folder is needed to run cells (only --render and --plan work without one)")
     if not render:
         run_study(spec, out, jobs=jobs, only=only, records_dir=ledger)  # validates every cell before any runs
     elif out is not None:

@@ -168,6 +168,33 @@ def record_finished(study: StudyConfig, out: Path, records_dir: Path) -> int:
     return changed
 
 
+def plan(study: StudyConfig, out: Path | None, records_dir: Path, only: str | None = None) -> list[dict]:
+    """Each selected cell's state: recorded (where and how long it ran), finished in a folder of
+    `out` but not yet recorded, or to run, with an estimate from the recorded cells of its method
+    (else of any method)."""
+    every_cell = cells(study)
+    chosen = selected(every_cell, only)
+    found = load_records(records_dir)
+    kept = {c.name: found[c.name] for c in every_cell if c.name in found and records_cell(found[c.name], c)}
+    seconds = {}
+    for rec in kept.values():
+        seconds.setdefault(rec.get("method"), []).append(rec.get("seconds") or 0.0)
+    every = [t for ts in seconds.values() for t in ts]
+    rows = []
+    for cell in chosen:
+        if cell.name in kept:
+            rec = kept[cell.name]
+            rows.append({"cell": cell.name, "state": "recorded", "device": rec.get("device", "?"),
+                         "seconds": rec.get("seconds")})
+        elif out is not None and (cell.folder(out) / CELL_FILE).exists():
+            rows.append({"cell": cell.name, "state": "finished, not recorded", "device": "", "seconds": None})
+        else:
+            like = seconds.get(cell.method) or every
+            rows.append({"cell": cell.name, "state": "to run", "device": "",
+                         "seconds": sum(like) / len(like) if like else None})
+    return rows
+
+
 def _as_run(todo: list[Cell], log) -> list[Cell]:
     """The cells' configs as their runs will store them: a model without a chat template gets
     plain prompts (said once per model)."""

@@ -97,12 +97,18 @@ def test_the_records_render_and_resume_the_study_without_its_folders(tmp_path, t
 
     again = runner.invoke(app, args + ["--out", str(out)])
     assert again.exit_code == 0 and "2 finished already, 0 to run" in again.output and not out.exists()
+    planned = runner.invoke(app, args + ["--plan"])
+    assert planned.exit_code == 0 and "2 cells: 2 finished, 0 to run" in planned.output
+    assert planned.output.count("recorded") == 2
 
     raw = yaml.safe_load(spec.read_text())
     raw["methods"]["offpolicy"]["recover"]["lr"] = 1e-3
     spec.write_text(yaml.safe_dump(raw))
     assert runner.invoke(app, args + ["--render"]).exit_code == 0
     assert "from the records of 1 finished cell in" in doc.read_text(), "a record of other settings is not this cell's"
+    lines = runner.invoke(app, args + ["--plan", "--only", "*/off*"]).output.splitlines()
+    assert len(lines) == 2 and "to run" in lines[0] and " min" in lines[0], lines  # estimated from the other cell
+    assert lines[1] == "1 cell: 0 finished, 1 to run" or lines[1].startswith("1 cell: 0 finished, 1 to run, about")
     changed = runner.invoke(app, args + ["--out", str(out)])
     assert changed.exit_code == 0 and "1 finished already, 1 to run" in changed.output, changed.output
     assert json.loads((records / "offpolicy-seed0.json").read_text())["cell_config"]["recover"]["lr"] == 1e-3
