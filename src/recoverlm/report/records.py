@@ -27,7 +27,9 @@ def cell_record(folder: Path) -> dict:
     metrics = read_json(folder / "metrics.json")
     rec["kl"] = {name: m["kl"] for name, m in metrics["metrics"].items()}
     rec["ratio"] = metrics.get("recovery_ratio", {}).get("kl")
-    rec["suites"] = {name: dict(res) for name, res in metrics.get("tasks", {}).get("results", {}).items()}
+    # Scores per suite; the per-question items stay in the run folder (a record is a summary).
+    rec["suites"] = {name: {suite: {k: v for k, v in res.items() if k != "items"} for suite, res in by_suite.items()}
+                     for name, by_suite in metrics.get("tasks", {}).get("results", {}).items()}
     recovery = side_file(folder / "recovered", RECOVERY_FILE)
     trained = read_json(recovery) if recovery.exists() else {}
     rec["tokens"] = trained.get("tokens", 0)
@@ -35,7 +37,8 @@ def cell_record(folder: Path) -> dict:
     history = side_file(folder / "recovered", METRICS_FILE)
     rec["history"] = read_history(history) if history.exists() else []
     degradation = side_file(folder / "degraded", DEGRADATION_FILE)
-    rec["degrade"] = read_json(degradation) if degradation.exists() else {}
+    made = read_json(degradation) if degradation.exists() else {}
+    rec["degrade"] = {k: v for k, v in made.items() if k != "matrices"}  # per-matrix figures stay with the model
     run = read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
     rec["stages"] = run.get("stages", {})
     config = folder / "config.yaml"
