@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..io import read_json, write_json_atomic
+from ..models import is_model_dir, model_hash
 from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, RUN_FILE, read_history, side_file
 
 
@@ -39,6 +40,8 @@ def cell_record(folder: Path) -> dict:
     degradation = side_file(folder / "degraded", DEGRADATION_FILE)
     made = read_json(degradation) if degradation.exists() else {}
     rec["degrade"] = {k: v for k, v in made.items() if k != "matrices"}  # per-matrix figures stay with the model
+    if is_model_dir(folder / "degraded"):
+        rec["degraded_hash"] = model_hash(folder / "degraded")  # which damaged copy the cell started from
     run = read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
     rec["stages"] = run.get("stages", {})
     config = folder / "config.yaml"

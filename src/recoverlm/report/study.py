@@ -72,8 +72,21 @@ def headline(records: list[dict], methods: list[str] | None = None, degradations
                 cells.append(ratio + ("" if know is None else f" · {know:.3f}"))
             lines.append(f"| {deg} | {_fmt(_mean(r['kl']['degraded'] for r in rows))} | {_fmt(know_t)} / {_fmt(know_d)} | "
                          + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
+        parts.append("\n".join(lines + _mixed_starts(mine)))
     return "\n\n".join(parts)
+
+
+def _mixed_starts(records: list[dict]) -> list[str]:
+    """A note for each degradation whose cells started from different damaged copies (made again
+    on another machine, where a training-based damage such as SFT comes out differently): each
+    ratio is against its own copy, and the degraded columns average the copies."""
+    notes = []
+    for deg in _order((r["degradation"] for r in records), None):
+        copies = {r["degraded_hash"] for r in records if r["degradation"] == deg and r.get("degraded_hash")}
+        if len(copies) > 1:
+            notes.append(f"{deg}: its cells started from {len(copies)} different degraded models (made on different "
+                         "machines); each ratio is against its own, the degraded columns are their mean.")
+    return ["", *(f"*{n}*" for n in notes)] if notes else []
 
 
 def _model(record: dict) -> str:

@@ -1,0 +1,23 @@
+"""The headline table from records alone: mean and spread over seeds, and a note where the cells
+of one degradation did not start from the same damaged copy."""
+
+from recoverlm.report.study import headline
+
+
+def _rec(method, seed, ratio, start="aaaa", degraded_kl=0.3):
+    return {"name": f"m/nf4/{method}-seed{seed}", "degradation": "nf4", "method": method, "ratio": ratio,
+            "kl": {"degraded": degraded_kl}, "degraded_hash": start,
+            "suites": {"teacher": {"knowledge": {"acc": 0.7}}, "degraded": {"knowledge": {"acc": 0.6}},
+                       "recovered": {"knowledge": {"acc": 0.65}}}}
+
+
+def test_seeds_are_averaged_with_their_spread():
+    text = headline([_rec("two-stage", 0, 0.2), _rec("two-stage", 1, 0.4)], titled=False)
+    assert "| nf4 | 0.300 | 0.700 / 0.600 | 0.300 ± 0.141 (2 seeds) · 0.650 |" in text
+    assert "different degraded models" not in text
+
+
+def test_cells_from_different_damaged_copies_are_said_so():
+    text = headline([_rec("two-stage", 0, 0.2), _rec("two-stage", 1, 0.4, start="bbbb", degraded_kl=0.5)], titled=False)
+    assert "| nf4 | 0.400 |" in text
+    assert "nf4: its cells started from 2 different degraded models" in text
