@@ -19,6 +19,17 @@ def _isolated_home(tmp_path_factory):
         os.environ["RECOVERLM_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def _fp32_unless_asked():
+    """Settings left at "auto" resolve as on a CPU without AMX (fp32), so the suite's exact
+    comparisons hold on every machine; a test that wants bf16 asks for it, or sets the flags.
+    Not through `monkeypatch`, whose undo() some tests call halfway."""
+    from unittest import mock
+
+    with mock.patch("recoverlm.environment._cpu_flags", lambda: frozenset({"avx2"})):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from helpers.tiny_model import build_tiny_model

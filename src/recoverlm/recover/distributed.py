@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 
@@ -32,7 +33,18 @@ def make_accelerator(cfg: RecoverConfig, trackers: dict | None = None):
         refuse_partitioned(cfg, "FSDP", "DDP (configs/accelerate/ddp_gpu.yaml)")
     if acc.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(acc, cfg)
+    if acc.num_processes > 1:
+        atexit.unregister(_release_process_group)  # once, however many runs this process makes
+        atexit.register(_release_process_group)
     return acc
+
+
+def _release_process_group() -> None:
+    """Left to the interpreter's teardown, gloo's threads can outlive their process group and abort
+    the process (SIGABRT) after a run that succeeded; destroyed here, before that teardown, they end
+    cleanly."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def refuse_partitioned(cfg: RecoverConfig, where: str, instead: str) -> None:

@@ -341,6 +341,7 @@ class Recovery:
 
             target = self.out.with_name(f"{self.out.name}.{cfg.export}")
             result["export"] = export_model(self.out, cfg.export, target, log=self.log)
+        self.acc.wait_for_everyone()  # no rank leaves while the main one still writes
         return result
 
     def _loop(self, plan, on_policy, steps, bar, interrupted) -> None:
