@@ -381,8 +381,12 @@ def study(
         run_study(spec, out, jobs=jobs, only=only, records_dir=ledger)  # validates every cell before any runs
     elif out is not None:
         record_finished(spec, out, ledger)
-    write_results(study_records(spec, ledger), target, ledger, list(spec.methods), list(spec.degradations), readme)
+    quoted = write_results(study_records(spec, ledger), target, ledger, list(spec.methods), list(spec.degradations),
+                           readme)[1]
     typer.echo(f"results written to {target} (cell records: {ledger})")
+    if readme is not None and not quoted:
+        typer.echo(f"{readme} has no <!-- results:{target.stem} --> ... <!-- /results:{target.stem} --> marks (in that "
+                   "order), so the headline table was not quoted there", err=True)
 
 
 @app.command()

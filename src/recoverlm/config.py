@@ -358,9 +358,10 @@ def load_run_config(path: Path) -> RunConfig:
 EXECUTION_ONLY = frozenset({"logit_chunk"})
 
 
-def _identity(settings):
+def run_identity(settings):
+    """Settings as they decide a run's results: the execution-only ones left out, at any depth."""
     if isinstance(settings, dict):
-        return {k: _identity(v) for k, v in settings.items() if k not in EXECUTION_ONLY}
+        return {k: run_identity(v) for k, v in settings.items() if k not in EXECUTION_ONLY}
     return settings
 
 
@@ -380,7 +381,7 @@ def same_settings(raw: dict, cfg: BaseModel, source: str = "stored config") -> b
         old = parse_config(type(cfg), raw, source)
     except RecoverLMError:
         return False
-    return _identity(old.model_dump(mode="json")) == _identity(cfg.model_dump(mode="json"))
+    return run_identity(old.model_dump(mode="json")) == run_identity(cfg.model_dump(mode="json"))
 
 
 def dump_config(cfg: BaseModel) -> str:

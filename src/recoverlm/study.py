@@ -16,7 +16,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import statistics
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,6 +91,9 @@ def _check_names(study: StudyConfig) -> None:
         if repeated:
             raise RecoverLMError(f"{axis}: {', '.join(repeated)} appears more than once (cells would share a folder)")
     for method, arm in study.methods.items():
+        if arm.degradations is not None and not arm.degradations:
+            raise RecoverLMError(f"method {method!r}: degradations is empty, so it has no cell; "
+                                 "leave it out to run it on every degradation")
         unknown = set(arm.degradations or ()) - set(study.degradations)
         if unknown:
             raise RecoverLMError(f"method {method!r}: unknown degradation(s) {', '.join(sorted(unknown))}; "
@@ -170,16 +175,12 @@ def record_finished(study: StudyConfig, out: Path, records_dir: Path) -> int:
 
 def plan(study: StudyConfig, out: Path | None, records_dir: Path, only: str | None = None) -> list[dict]:
     """Each selected cell's state: recorded (where and how long it ran), finished in a folder of
-    `out` but not yet recorded, or to run, with an estimate from the recorded cells of its method
-    (else of any method)."""
+    `out` but not yet recorded, or to run, with an estimate from the recorded cells most like it."""
     every_cell = cells(study)
     chosen = selected(every_cell, only)
     found = load_records(records_dir)
     kept = {c.name: found[c.name] for c in every_cell if c.name in found and records_cell(found[c.name], c)}
-    seconds = {}
-    for rec in kept.values():
-        seconds.setdefault(rec.get("method"), []).append(rec.get("seconds") or 0.0)
-    every = [t for ts in seconds.values() for t in ts]
+    here = environment.device_label()
     rows = []
     for cell in chosen:
         if cell.name in kept:
@@ -189,10 +190,24 @@ def plan(study: StudyConfig, out: Path | None, records_dir: Path, only: str | No
         elif out is not None and (cell.folder(out) / CELL_FILE).exists():
             rows.append({"cell": cell.name, "state": "finished, not recorded", "device": "", "seconds": None})
         else:
-            like = seconds.get(cell.method) or every
             rows.append({"cell": cell.name, "state": "to run", "device": "",
-                         "seconds": sum(like) / len(like) if like else None})
+                         "seconds": estimate(cell, kept.values(), here)})
     return rows
+
+
+def estimate(cell: Cell, records, device: str) -> float | None:
+    """The median time of the recorded cells most like `cell`: its model and method on this device,
+    then on any device, then its method, then any cell. A median, because the first cell of a
+    teacher also writes the teacher's responses and scores, which the others read."""
+    timed = [r for r in records if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]
+    for alike in (lambda r: r.get("model") == cell.model and r.get("method") == cell.method and r.get("device") == device,
+                  lambda r: r.get("model") == cell.model and r.get("method") == cell.method,
+                  lambda r: r.get("method") == cell.method,
+                  lambda r: True):
+        times = [r["seconds"] for r in timed if alike(r)]
+        if times:
+            return statistics.median(times)
+    return None
 
 
 def _as_run(todo: list[Cell], log) -> list[Cell]:
@@ -223,7 +238,14 @@ def _degrade_once(todo: list[Cell], out: Path, log) -> None:
         if target in done:
             continue
         if models.is_model_dir(target):
-            made = read_json(side_file(target, DEGRADATION_FILE))
+            record = side_file(target, DEGRADATION_FILE)
+            if not record.is_file():
+                raise RecoverLMError(f"{target} holds a model without its {DEGRADATION_FILE}, so what damaged it is "
+                                     "unknown; remove it or write the study to another --out")
+            made = read_json(record)
+            if made.get("source_hash") and made["source_hash"] != models.model_hash(models.resolve_model(cell.model)):
+                raise RecoverLMError(f"{target} was degraded from another copy of {cell.model} than the study's; "
+                                     "remove it or write the study to another --out")
             if made.get("method") != d.method or made.get("params") != method_params(d.method, d.params):
                 raise RecoverLMError(f"{target} holds a {made.get('method')} degradation with other settings than "
                                      f"{cell.degradation!r} asks for; remove it or write the study to another --out")
@@ -252,7 +274,11 @@ def run_cell(cell: Cell, out: Path, threads: int | None = None, settings: dict |
         link.symlink_to(shared)
     start = time.perf_counter()
     with open(folder / "run.log", "a", encoding="utf-8") as fh:
-        result = run_experiment(cell.config, folder, progress=False, log=lambda msg: print(msg, file=fh, flush=True))
+        try:
+            result = run_experiment(cell.config, folder, progress=False, log=lambda msg: print(msg, file=fh, flush=True))
+        except Exception:  # the study says one line; the traceback stays in the cell's log
+            traceback.print_exc(file=fh)
+            raise
     record = {"name": cell.name, "model": cell.model, "degradation": cell.degradation, "method": cell.method,
               "seed": cell.seed, "device": environment.device_label(), "seconds": round(time.perf_counter() - start, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ratio": result["metrics"].get("recovery_ratio", {}).get("kl")}
@@ -299,19 +325,26 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
     first, rest = _first_per_teacher(pending) if jobs > 1 else (pending, [])
     for cell in first:
         bar.write(f"running {cell.name} (log: {cell.folder(out) / 'run.log'})")
-        done(_named(cell, run_cell, cell, out, None, given[cell.name]))
+        done(_named(cell, run_cell, cell, out, None, given[cell.name], out=out))
     if rest:
         _run_parallel(rest, out, jobs, done, given)
     bar.close()
     return records
 
 
-def _named(cell: Cell, fn, *args):
-    """fn(*args), with any failure as one line naming the cell."""
+def _named(cell: Cell, fn, *args, out: Path | None = None):
+    """fn(*args), with any failure as one line naming the cell (and, given `out`, its log)."""
     try:
         return fn(*args)
     except RecoverLMError as exc:
         raise RecoverLMError(f"cell {cell.name}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - as a worker's failure is under --jobs
+        raise RecoverLMError(_failure(cell, exc, out)) from exc
+
+
+def _failure(cell: Cell, exc: BaseException, out: Path | None) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"cell {cell.name}: {first}" + (f" (its log: {cell.folder(out) / 'run.log'})" if out is not None else "")
 
 
 def _first_per_teacher(pending: list[Cell]) -> tuple[list[Cell], list[Cell]]:
@@ -328,7 +361,9 @@ def _run_parallel(cells_: list[Cell], out: Path, jobs: int, done, given: dict[st
     the device). The first failure stops the study: cells not started yet are cancelled."""
     import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // jobs) if models.compute_device().type == "cpu" else None
+    # The cores this process may use, which a container or taskset can make fewer than the machine's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // jobs) if models.compute_device().type == "cpu" else None
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = {pool.submit(run_cell, cell, out, threads, given[cell.name]): cell for cell in cells_}
@@ -337,7 +372,6 @@ def _run_parallel(cells_: list[Cell], out: Path, jobs: int, done, given: dict[st
             try:
                 done(future.result())
             except Exception as exc:  # noqa: BLE001 - a worker's failure, whatever it was, is one line
-                raise RecoverLMError(f"cell {cell.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                                     f" (its log: {cell.folder(out) / 'run.log'})") from exc
+                raise RecoverLMError(_failure(cell, exc, out)) from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

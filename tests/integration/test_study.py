@@ -72,6 +72,11 @@ def test_two_cell_study_runs_reuses_and_renders(tmp_path, tiny_model, prompt_fil
     body = readme.read_text()
     assert "old" not in body and body.endswith("<!-- /results:results -->\n\nend\n")
     assert "From [results.md](results.md), generated from 2 finished cells" in body and "| mag |" in body
+    unmarked = tmp_path / "OTHER.md"
+    unmarked.write_text("<!-- /results:results -->\n<!-- results:results -->\n")  # the marks out of order
+    said = runner.invoke(app, args + ["--render", "--readme", str(unmarked)])
+    assert said.exit_code == 0 and "the headline table was not quoted there" in said.output
+    assert unmarked.read_text() == "<!-- /results:results -->\n<!-- results:results -->\n"
 
 
 def test_the_records_render_and_resume_the_study_without_its_folders(tmp_path, tiny_model, prompt_file):
@@ -117,6 +122,28 @@ def test_the_records_render_and_resume_the_study_without_its_folders(tmp_path, t
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2 and "--out" in refused.output
 
+    (records / "none-seed0.json").write_text('{"name": "teacher/mag/none-se')  # cut short in a copy
+    broken = runner.invoke(app, args + ["--render"])
+    assert broken.exit_code == 2 and "none-seed0.json cannot be read" in broken.output
+    assert len(broken.output.strip().splitlines()) == 1
+
+
+def test_a_crashing_cell_is_one_line_naming_its_log(tmp_path, tiny_model, prompt_file, monkeypatch):
+    """Whatever breaks inside a cell, the study says which cell in one line; the traceback is in its log."""
+    from recoverlm import pipeline
+
+    def broken(*a, **k):
+        raise RuntimeError("out of memory in the forward\nmore detail")
+
+    monkeypatch.setattr(pipeline, "run_experiment", broken)
+    out = tmp_path / "study"
+    result = runner.invoke(app, ["study", str(_study(tmp_path, tiny_model, prompt_file)), "--out", str(out),
+                                 "--doc", str(tmp_path / "r.md")])
+    assert result.exit_code == 2, result.output
+    assert "cell teacher/mag/none-seed0: out of memory in the forward (its log:" in result.output
+    assert "Traceback" not in result.output
+    assert "RuntimeError: out of memory" in (out / "teacher/mag/none-seed0/run.log").read_text()
+
 
 def test_a_bad_cell_is_refused_before_anything_runs(tmp_path, tiny_model, prompt_file):
     out = tmp_path / "study"
@@ -157,4 +184,8 @@ def test_a_method_can_be_limited_to_some_degradations(tmp_path, tiny_model, prom
     raw["methods"]["mixed"]["degradations"] = ["nope"]
     spec.write_text(yaml.safe_dump(raw))
     with pytest.raises(RecoverLMError, match="method 'mixed': unknown degradation"):
+        cells(load_study(spec))
+    raw["methods"]["mixed"]["degradations"] = []
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecoverLMError, match="method 'mixed': degradations is empty"):
         cells(load_study(spec))

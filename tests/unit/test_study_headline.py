@@ -1,7 +1,7 @@
 """The headline table from records alone: mean and spread over seeds, and a note where the cells
 of one degradation did not start from the same damaged copy."""
 
-from recoverlm.report.study import headline
+from recoverlm.report.study import findings, headline
 
 
 def _rec(method, seed, ratio, start="aaaa", degraded_kl=0.3):
@@ -21,3 +21,15 @@ def test_cells_from_different_damaged_copies_are_said_so():
     text = headline([_rec("two-stage", 0, 0.2), _rec("two-stage", 1, 0.4, start="bbbb", degraded_kl=0.5)], titled=False)
     assert "| nf4 | 0.400 |" in text
     assert "nf4: its cells started from 2 different degraded models" in text
+
+
+def test_what_held_compares_methods_on_the_seeds_both_have():
+    """Mid-study, one method's three seeds are not set against another's one."""
+    rows = [{**_rec("sft-replay", 0, 0.50), "seed": 0}, {**_rec("sft-replay", 1, 0.10), "seed": 1},
+            {**_rec("two-stage", 0, 0.30), "seed": 0}, {**_rec("two-stage", 1, 0.20), "seed": 1},
+            {**_rec("two-stage", 2, 0.90), "seed": 2}]
+    sentences = findings(rows, None)
+    assert "`two-stage` beat `sft-replay` on held-out teacher KL in 0 of 1 (model, degradation) pairs " \
+           "(by the seeds both have finished)." in sentences
+    even = findings([r for r in rows if r["seed"] < 2], None)
+    assert any("(by the mean over seeds)" in s for s in even)

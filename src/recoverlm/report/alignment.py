@@ -14,6 +14,8 @@ import math
 import statistics
 from collections import defaultdict
 
+from ..config import run_identity
+
 # Two-sided 95% Student-t quantiles by degrees of freedom (paired differences over few seeds).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -36,11 +38,17 @@ def mean_ci(values: list[float]) -> tuple[float, tuple[float, float] | None]:
     return mean, (mean - half, mean + half)
 
 
+# Settings that say where and how a cell ran, not what it trained: twins run on different machines
+# still pair.
+MACHINE_KEYS = ("threads", "teacher_device", "teacher_offload", "log_with", "save_every", "export")
+
+
 def _recipe(record: dict) -> dict:
-    recover = dict(record.get("config", {}).get("recover", {}))
-    for key in CKA_KEYS:
-        recover.pop(key, None)
-    return recover
+    """Everything that defines a cell's training and measurement but the CKA term: the whole run
+    config (data, evaluation and the damage included) and the damaged copy it started from."""
+    config = run_identity(record.get("config", {}))
+    recover = {k: v for k, v in config.get("recover", {}).items() if k not in CKA_KEYS + MACHINE_KEYS}
+    return {**config, "recover": recover, "degraded_hash": record.get("degraded_hash")}
 
 
 def _uses_cka(record: dict) -> bool:
@@ -62,7 +70,7 @@ def paired_cells(records: list[dict]) -> list[tuple[dict, dict]]:
     for r in records:
         if _uses_cka(r):
             twins = [p for p in plain[(r["model"], r["degradation"], r["seed"])] if _recipe(p) == _recipe(r)]
-            if twins:
+            if len(twins) == 1:  # two equal twins would be two names for one recipe: neither is taken
                 pairs.append((r, twins[0]))
     return pairs
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import RecoverLMError
 from ..io import read_json, write_json_atomic
 from ..models import is_model_dir, model_hash
 from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, RUN_FILE, read_history, side_file
@@ -67,7 +68,11 @@ def load_records(records_dir: Path) -> dict[str, dict]:
     """Every record under `records_dir`, by cell name."""
     found = {}
     for path in sorted(Path(records_dir).glob("*/*/*.json")):
-        rec = read_json(path)
+        try:  # records are copied between machines and committed: a bad one is named, not a traceback
+            rec = read_json(path)
+        except (ValueError, OSError) as exc:
+            raise RecoverLMError(f"cell record {path} cannot be read ({exc}); restore it from git or delete it "
+                                 "to run that cell again") from exc
         if isinstance(rec, dict) and rec.get("name"):
             found[rec["name"]] = rec
     return found

@@ -4,6 +4,7 @@ checkpoint of every cell, and what held, as sentences computed from the numbers.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -188,7 +189,8 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
              "|---|---|---|---|"]
     groups, steps, kl = [r["run"] for r in rows], [r["step"] for r in rows], [r["kl"] for r in rows]
     for name, values in cka_features(rows, "cka", ("mean", "last", "layers")).items():
-        keep = [i for i, v in enumerate(values) if v is not None]
+        # the rows correlate_recovery keeps: both values finite
+        keep = [i for i, v in enumerate(values) if v is not None and kl[i] is not None and math.isfinite(v) and math.isfinite(kl[i])]
         x, y, g, c = ([seq[i] for i in keep] for seq in (values, kl, groups, steps))
         f = res["features"][name]
         ci = {label: cluster_bootstrap_ci(g, stat, n_boot=1000) for label, stat in
@@ -213,21 +215,30 @@ def _r(r, ci) -> str:
 
 
 def findings(records: list[dict], cka: dict | None, methods: list[str] | None = None) -> list[str]:
-    """What held and what did not, one sentence per comparison, from the means over seeds."""
-    means = defaultdict(dict)
-    for key in {(_model(r), r["degradation"], r["method"]) for r in records}:
-        ratios = [r["ratio"] for r in records if (_model(r), r["degradation"], r["method"]) == key and r["ratio"] is not None]
-        if ratios:
-            means[key[:2]][key[2]] = statistics.mean(ratios)
+    """What held and what did not, one sentence per comparison. Two methods are compared on the
+    seeds both have finished, so a study half run does not set one method's seed 0 against
+    another's mean over three seeds."""
+    by_seed = defaultdict(lambda: defaultdict(dict))  # (model, degradation) -> method -> seed -> ratio
+    for r in records:
+        if r["ratio"] is not None:
+            by_seed[(_model(r), r["degradation"])][r["method"]][r["seed"]] = r["ratio"]
     out = []
-    ordered = _order((m for v in means.values() for m in v), methods)
+    ordered = _order((m for v in by_seed.values() for m in v), methods)
     for method in [m for m in ordered if m not in BASELINES]:
         for baseline in [b for b in (*BASELINES, "offpolicy") if b != method]:
-            pairs = [(v[method], v[baseline]) for v in means.values() if method in v and baseline in v]
+            pairs, unequal = [], False
+            for v in by_seed.values():
+                if method in v and baseline in v:
+                    shared = sorted(set(v[method]) & set(v[baseline]))
+                    unequal |= set(v[method]) != set(v[baseline])
+                    if shared:
+                        pairs.append((statistics.mean(v[method][s] for s in shared),
+                                      statistics.mean(v[baseline][s] for s in shared)))
             if pairs:
                 wins = sum(a > b for a, b in pairs)
+                basis = "the seeds both have finished" if unequal else "the mean over seeds"
                 out.append(f"`{method}` beat `{baseline}` on held-out teacher KL in {wins} of {len(pairs)} "
-                           f"(model, degradation) pairs (by the mean over seeds).")
+                           f"(model, degradation) pairs (by {basis}).")
     if cka and "mean" in cka.get("features", {}):
         f = cka["features"]["mean"]
         raw, partial = f["pearson"]["r"], f["partial"]
@@ -283,14 +294,15 @@ def results_markdown(records: list[dict], doc: Path, source: Path, methods: list
 
 
 def write_results(records: list[dict], doc: Path, source: Path, methods: list[str] | None = None,
-                  degradations: list[str] | None = None, readme: Path | None = None) -> str:
-    """The results document; and its headline table quoted into `readme` where that file marks a
-    place for it (<!-- results:STEM --> ... <!-- /results:STEM -->, STEM the document's name)."""
+                  degradations: list[str] | None = None, readme: Path | None = None) -> tuple[str, bool]:
+    """The results document, and whether its headline table was quoted into `readme`, which it is
+    where that file marks a place for it (<!-- results:STEM --> ... <!-- /results:STEM -->, STEM
+    the document's name)."""
     text = results_markdown(records, Path(doc), Path(source), methods, degradations)
     write_text_atomic(Path(doc), text)
-    if readme is not None and Path(readme).is_file():
-        quote_headline(Path(readme), Path(doc), records, methods, degradations)
-    return text
+    quoted = readme is not None and Path(readme).is_file() and quote_headline(
+        Path(readme), Path(doc), records, methods, degradations)
+    return text, quoted
 
 
 def quote_headline(readme: Path, doc: Path, records: list[dict], methods: list[str] | None = None,
@@ -298,7 +310,7 @@ def quote_headline(readme: Path, doc: Path, records: list[dict], methods: list[s
     """Replace the marked block of `readme` with the headline table; False where it has no marks."""
     text = readme.read_text(encoding="utf-8")
     start, end = f"<!-- results:{doc.stem} -->", f"<!-- /results:{doc.stem} -->"
-    if start not in text or end not in text:
+    if start not in text or end not in text.split(start, 1)[1]:
         return False
     table = headline(records, methods, degradations, titled=False) if records else "No cell has finished yet."
     link = os.path.relpath(doc, readme.parent).replace(os.sep, "/")

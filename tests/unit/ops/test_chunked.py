@@ -38,7 +38,8 @@ def test_full_vocabulary_divergences_equal_the_plain_ones(kind, beta, temperatur
     want = _grads((plain * keep).sum(), hidden, weight)
     for chunk in (1, 5, 16, N):
         chunked = chunked_per_token(hidden, weight, loss_of, chunk, softcap=softcap)
-        assert torch.allclose(chunked, plain, atol=1e-7, rtol=1e-6)
+        # atol 1e-6: a chunk's float64 logits may round to float32 one ulp apart from the whole batch's
+        assert torch.allclose(chunked, plain, atol=1e-6, rtol=1e-6)
         got = _grads((chunked * keep).sum(), hidden, weight)
         for a, b in zip(got, want):
             assert torch.allclose(a, b, atol=1e-7, rtol=1e-6)

@@ -19,6 +19,17 @@ def test_twins_differ_only_in_the_term():
     assert [(a["method"], b["method"], a["seed"]) for a, b in pairs] == [("two-stage+cka", "two-stage", 0)]
 
 
+def test_twins_share_data_and_damaged_copy_but_not_the_machine():
+    """Another prompt set or another damaged copy is not a twin; another thread count is."""
+    base, term = _cell(0, "two-stage", 0.0, 0.8, 0.6, 0.6), _cell(0, "two-stage+cka", 1.0, 0.9, 0.6, 0.6)
+    other_data = {**_cell(0, "two-stage-mixed", 0.0, 0.8, 0.6, 0.6), "config": {**base["config"], "data": {"task_prompts": "t"}}}
+    assert [b["method"] for _, b in paired_cells([term, other_data, base])] == ["two-stage"]
+    assert paired_cells([term, {**base, "degraded_hash": "other"}]) == []
+    threaded = {**base, "config": {"recover": {**base["config"]["recover"], "threads": 2, "logit_chunk": 512}}}
+    assert [b["method"] for _, b in paired_cells([term, threaded])] == ["two-stage"]
+    assert paired_cells([term, base, {**base, "method": "copy"}]) == []  # two twins: neither is taken
+
+
 def test_the_verdict_says_when_cka_rose_and_recovery_did_not():
     cells = []
     for seed, (dr, dc) in enumerate([(0.01, 0.10), (-0.01, 0.11), (0.0, 0.09)]):
