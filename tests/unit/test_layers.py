@@ -17,7 +17,7 @@ LAYERS = [
     {"formats"},
     {"models", "lm"},
     {"environment"},
-    {"constraints"},
+    {"constraints", "tasks"},
     {"teacher", "result_cache"},
     {"degrade", "evaluate", "analysis", "describe", "export"},
     {"recover"},

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..constraints import Constraint
 from ..errors import RecoverLMError
-from .sft_tasks import TASKS, load_task_data, task_accuracy
+from ..tasks import TASKS, load_task_data, task_accuracy
 
 EVAL_N = 32  # held-out items for the before/after accuracy in the record: cheap, and enough to see the jump
 

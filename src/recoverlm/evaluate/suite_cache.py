@@ -17,8 +17,8 @@ from .. import models
 
 CACHE_VERSION = 1
 # A suite built from an SFT task is scored by that task's checker, whose source is part of the
-# suite's version; read by path, as lm-eval reads the suite plugins (no import of the degrade stage).
-SFT_TASKS_DIR = Path(__file__).resolve().parents[1] / "degrade" / "sft_tasks"
+# suite's version; read by path, as lm-eval reads the suite plugins.
+SFT_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
 
 def suite_version(suite: str, suites_dir: Path) -> str:

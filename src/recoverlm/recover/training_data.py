@@ -16,7 +16,7 @@ RECOVERY_SEED = 10_007
 def task_prompts(data_cfg: DataConfig) -> list[str]:
     """The new task's prompts: a JSONL of prompts, or drawn from a built-in SFT task (its
     training distribution, with a seed of its own, so not the very items the SFT trained on)."""
-    from ..degrade.sft_tasks import TASKS, load_task_data
+    from ..tasks import TASKS, load_task_data
 
     name = str(data_cfg.task_prompts)
     if name in TASKS:

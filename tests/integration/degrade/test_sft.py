@@ -9,7 +9,7 @@ from helpers.files import write_lines as _write
 from recoverlm.data import collate
 from recoverlm.degrade import METHODS, degrade
 from recoverlm.degrade.sft import _encode, finetune_sft, response_nll
-from recoverlm.degrade.sft_tasks import load_task_data
+from recoverlm.tasks import load_task_data
 from recoverlm.errors import RecoverLMError
 from recoverlm.models import load_model
 from helpers.threads import one_thread  # noqa: F401 (an autouse fixture)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from recoverlm.degrade.sft_tasks import task_accuracy
+from recoverlm.tasks import task_accuracy
 from recoverlm.errors import RecoverLMError
 from recoverlm.models import load_model
 from helpers.threads import one_thread  # noqa: F401 (an autouse fixture)

@@ -22,7 +22,7 @@ def test_replay_on_user_data(tmp_path, tiny_model, pruned, data_cfg):
 
 
 def test_task_prompts_from_a_built_in_sft_task(data_cfg):
-    from recoverlm.degrade.sft_tasks import load_task_data
+    from recoverlm.tasks import load_task_data
     from recoverlm.recover.training_data import task_prompts
 
     cfg = data_cfg.model_copy(update={"task_prompts": "extraction", "n_task_prompts": 5})

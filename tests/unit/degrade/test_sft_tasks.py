@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers.files import write_lines as _write
 
-from recoverlm.degrade.sft_tasks import HELDOUT_SEED, TASKS, load_task_data
+from recoverlm.tasks import HELDOUT_SEED, TASKS, load_task_data
 from recoverlm.errors import RecoverLMError
 
 

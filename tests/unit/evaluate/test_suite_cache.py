@@ -31,7 +31,7 @@ def test_unreadable_cache_entry_counts_as_missing(tmp_path):
 
 
 def test_suite_version_follows_the_task_checker(monkeypatch, tmp_path):
-    from recoverlm.degrade.sft_tasks import TASKS
+    from recoverlm.tasks import TASKS
 
     before = suite_cache.suite_version("extraction", SUITES_DIR)
     fake = tmp_path / "extraction.py"

@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers.suites import load_jsonl, load_module
 
-from recoverlm.degrade.sft_tasks import HELDOUT_SEED, TASKS
+from recoverlm.tasks import HELDOUT_SEED, TASKS
 
 
 @pytest.mark.parametrize("suite", ["extraction", "rewriting"])

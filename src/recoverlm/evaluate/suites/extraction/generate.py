@@ -8,7 +8,7 @@ reproduces it byte for byte, and the tests check that it still does).
 import json
 from pathlib import Path
 
-from recoverlm.degrade.sft_tasks import suite_items
+from recoverlm.tasks import suite_items
 
 
 def generate() -> list[dict]:

@@ -6,7 +6,7 @@ lm-eval loads this file by path, not as part of the recoverlm package, hence the
 
 from pathlib import Path
 
-from recoverlm.degrade.sft_tasks import suite_scorer
+from recoverlm.tasks import suite_scorer
 
 DATA_FILES = {"test": str(Path(__file__).with_name("extraction.jsonl"))}  # see knowledge/utils.py
 process_results = suite_scorer("extraction")

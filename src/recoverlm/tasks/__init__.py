@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import RecoverLMError
+from ..errors import RecoverLMError
 from . import extraction, rewriting
 
 TASKS = {extraction.NAME: extraction, rewriting.NAME: rewriting}
@@ -19,8 +19,8 @@ HELDOUT_SEED = 999  # training data uses other seeds; the generators' spaces are
 def task_accuracy(model, tokenizer, task_name: str, n: int = 64, seed: int = HELDOUT_SEED, max_new_tokens: int = 48,
                   batch_size: int = 16, use_chat_template: bool = True) -> float:
     """Fraction of `n` held-out items that greedy generation answers correctly, by the task's own checker."""
-    from ...data import encode_prompt
-    from ...lm.generate import generate
+    from ..data import encode_prompt
+    from ..lm.generate import generate
 
     if task_name not in TASKS:
         raise RecoverLMError(f"unknown task {task_name!r}; built-in tasks: {', '.join(TASKS)}")
@@ -56,7 +56,7 @@ def load_task_data(name_or_path: str | Path, n: int = 512, seed: int = 0) -> lis
     """
     if str(name_or_path) in TASKS:
         return [{"prompt": it["prompt"], "response": it["response"]} for it in TASKS[str(name_or_path)].generate(n, seed)]
-    from ...data import read_jsonl
+    from ..data import read_jsonl
 
     path = Path(name_or_path).expanduser()
     if not path.is_file():
