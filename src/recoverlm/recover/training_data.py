@@ -29,9 +29,11 @@ def training_set(cfg: RecoverConfig, data_cfg: DataConfig, teacher_path: Path, s
     if cfg.method == "sft-replay" and cfg.replay_source == "data":
         rs = replay_set(tokenizer, data_cfg.replay_data, data_cfg)
     else:
-        rs = distill_set(teacher_path, data_cfg, teacher=teacher, log=log)
+        # The cached top-k feeds only distillation, at its temperature; sft-replay reads the text.
+        tempered = cfg.temperature if cfg.method == "distill" else 1.0
+        rs = distill_set(teacher_path, data_cfg, teacher=teacher, log=log, topk_temperature=tempered)
         if data_cfg.task_prompts is not None:
             task = distill_set(data_cfg.task_teacher or student_path, data_cfg, log=log,
-                               prompts=task_prompts(data_cfg))
+                               prompts=task_prompts(data_cfg), topk_temperature=tempered)
             rs = concat([rs, task])
     return rs

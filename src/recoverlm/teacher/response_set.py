@@ -84,8 +84,11 @@ SCORING_BATCH = 16  # sequences per teacher top-k scoring batch
 def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: int, max_new_tokens: int,
                        temperature: float = 0.0, top_p: float = 1.0, top_k_logits: int = 0,
                        use_chat_template: bool = True, overflow: str = "skip", generation_dtype: str = "auto",
-                       batch_size: int = 16, seed: int = 0, teacher=None, log=print) -> ResponseSet:
-    """Generate (or load from cache) the teacher's responses, plus its top-k logits if asked."""
+                       batch_size: int = 16, seed: int = 0, teacher=None, log=print,
+                       topk_temperature: float = 1.0) -> ResponseSet:
+    """Generate (or load from cache) the teacher's responses, plus its top-k logits if asked, at
+    `topk_temperature`: the distillation temperature, which must soften the teacher as it does the
+    student (the tail bucket cannot be re-tempered afterwards)."""
     path = models.resolve_model(teacher_ref)
     tokenizer = models.load_tokenizer(path)
     generation_dtype = environment.generation_dtype(generation_dtype)  # the cache records what ran
@@ -97,6 +100,8 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
         "top_p": top_p, "top_k_logits": top_k_logits, "use_chat_template": use_chat_template, "overflow": overflow,
         "generation_dtype": generation_dtype, "seed": seed, "version": 1,
     }
+    if top_k_logits and topk_temperature != 1.0:  # keyed only where it differs, so sets cached before still match
+        settings["topk_temperature"] = topk_temperature
     cache = models.settings_cache_path("response_sets", settings)
     if (cache / "meta.json").exists():
         return ResponseSet.load(cache)
@@ -115,7 +120,8 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
         # Scoring holds [positions x vocabulary] logits per batch, so it keeps to the old batch of 16
         # whatever the generation batch (at Gemma's 262k vocabulary, 64 rows would need ~13 GB).
         rs.topk_indices, rs.topk_logprobs = teacher_topk(scorer, prompt_ids, responses, top_k_logits,
-                                                         tokenizer.pad_token_id, min(batch_size, SCORING_BATCH))
+                                                         tokenizer.pad_token_id, min(batch_size, SCORING_BATCH),
+                                                         temperature=topk_temperature)
         rs._index()
     rs.save(cache)
     return rs
@@ -127,8 +133,10 @@ def _common(data_cfg: DataConfig) -> dict:
                 generation_dtype=data_cfg.teacher_generation_dtype, batch_size=data_cfg.generation_batch_size)
 
 
-def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prompts: list[str] | None = None) -> ResponseSet:
-    """Teacher responses to the training prompts, with the teacher's top-k logits cached.
+def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prompts: list[str] | None = None,
+                topk_temperature: float = 1.0) -> ResponseSet:
+    """Teacher responses to the training prompts, with the teacher's top-k logits cached (at the
+    distillation temperature).
 
     With responses_per_prompt > 1 every prompt is answered several times (different seeds).
     """
@@ -136,7 +144,7 @@ def distill_set(teacher_ref, data_cfg: DataConfig, teacher=None, log=print, prom
         prompts = training_prompts(teacher_ref, data_cfg, log)
     parts = [build_response_set(teacher_ref, prompts, temperature=data_cfg.temperature, top_p=data_cfg.top_p,
                                 top_k_logits=data_cfg.top_k_logits, teacher=teacher, log=log, seed=seed,
-                                **_common(data_cfg))
+                                topk_temperature=topk_temperature, **_common(data_cfg))
              for seed in range(data_cfg.responses_per_prompt)]
     merged = concat(parts)
     merged.sources = []  # one teacher answered all of them

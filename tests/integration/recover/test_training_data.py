@@ -30,3 +30,31 @@ def test_task_prompts_from_a_built_in_sft_task(data_cfg):
     assert len(prompts) == 5 and all(p.startswith("Extract the name") for p in prompts)
     trained_on = {p["prompt"] for p in load_task_data("extraction", n=512, seed=0)}  # the SFT degradation's data
     assert not set(prompts) & trained_on
+
+
+def test_the_cached_top_k_is_tempered_as_the_student_is(tiny_model, data_cfg):
+    """At recover.temperature 2 the teacher's cached buckets are softened too: a student equal to
+    the teacher has zero off-policy loss, as it has at temperature 1."""
+    import torch
+
+    from recoverlm import models
+    from recoverlm.config import RecoverConfig
+    from recoverlm.data import collate
+    from recoverlm.lm.forward import completion_logits
+    from recoverlm.ops.divergences import topk_divergence
+    from recoverlm.recover.training_data import training_set
+
+    tokenizer, model = models.load_tokenizer(tiny_model), models.load_model(tiny_model, dtype=torch.float32)
+    for temperature in (1.0, 2.0):
+        cfg = RecoverConfig(temperature=temperature)
+        rs = training_set(cfg, data_cfg, tiny_model, tiny_model, tokenizer, log=lambda _: None)
+        batch = collate(rs.prompt_ids[:4], rs.response_ids[:4], tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = completion_logits(model, batch).float()
+        n = logits.shape[0]
+        loss = topk_divergence(logits, rs.topk_logprobs[:n], rs.topk_indices[:n].long(), temperature=temperature)
+        assert loss.abs().max().item() < 1e-5, temperature
+    replay = training_set(RecoverConfig(method="sft-replay", temperature=2.0), data_cfg, tiny_model, tiny_model,
+                          tokenizer, log=lambda _: None)
+    assert torch.equal(replay.topk_logprobs, training_set(RecoverConfig(), data_cfg, tiny_model, tiny_model, tokenizer,
+                                                          log=lambda _: None).topk_logprobs)
