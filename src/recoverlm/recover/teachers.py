@@ -27,8 +27,9 @@ class Teachers:
     def task_teacher(cfg, data_cfg, student_path, device):
         """SFT forgetting: task prompts are scored by the fine-tuned model itself (frozen), so the
         new skill is kept while general ability comes back from the pre-SFT teacher. It runs live
-        for on-policy rows and for hidden-state targets; off-policy logits come from its cached top-k."""
-        if data_cfg.task_prompts is None or (cfg.onpolicy_steps == 0 and not cfg.hidden_weight):
+        for on-policy rows and for hidden-state targets (hidden_weight, cka_weight); off-policy logits
+        come from its cached top-k."""
+        if data_cfg.task_prompts is None or (cfg.onpolicy_steps == 0 and not (cfg.hidden_weight or cfg.cka_weight)):
             return None
         return models.load_model(data_cfg.task_teacher or student_path, dtype=torch.float32).to(device).requires_grad_(False)
 

@@ -33,3 +33,14 @@ def test_task_prompts_are_scored_by_the_task_teacher(tmp_path, tiny_model, prune
     assert torch.allclose(states[:, rows == 1], task[1][:, rows == 1], atol=1e-4)
     res = run.run()
     assert res["constraint"]["sparsity"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("term", [{"hidden_weight": 1.0}, {"cka_weight": 1.0}, {}])
+def test_off_policy_hidden_targets_load_the_task_teacher(tmp_path, tiny_model, pruned, data_cfg, term):
+    """Without an on-policy stage the task teacher still runs live where its rows need hidden
+    states (the hidden-state or CKA term); with neither, its cached top-k is all it gives."""
+    tasks = tmp_path / "task.jsonl"
+    tasks.write_text("\n".join(json.dumps({"prompt": f"Extract the city: Ann lives in {c}."}) for c in ["Oslo", "Rome"]))
+    run = trainer_mod.Recovery(tiny_model, pruned, tmp_path / "r", _cfg(offpolicy_steps=1, **term),
+                               data_cfg.model_copy(update={"task_prompts": tasks}), progress=False)
+    assert (run.teachers.task_teacher is not None) == bool(term)
