@@ -85,10 +85,15 @@ class Constraint:
     def enforce(self, model) -> None:
         """Restore the constraint after an optimizer step."""
 
+    def mask_gradients(self, model) -> None:
+        """Zero, in place, the gradients the constraint will throw away (a pruned weight's), before
+        clipping: the clipped norm is then that of the update the weights really get."""
+
     def guard_gradients(self, model) -> None:
-        """Keep the constraint through the gradients instead of `enforce`, for training where no
-        process holds a whole weight after a step (DeepSpeed ZeRO-3). Nothing to do for a
-        constraint that the forward pass computes (a grid's parametrization)."""
+        """`mask_gradients` as backward hooks, for DeepSpeed, whose engine holds the gradients and
+        clips them itself; under ZeRO-3, where no process holds a whole weight after a step, they
+        also keep the constraint instead of `enforce`. Nothing to do for a constraint that the
+        forward pass computes (a grid's parametrization)."""
 
     def finalize(self, model) -> None:
         """Bake the constraint into plain weights before export."""

@@ -30,23 +30,36 @@ class SparsityConstraint(Constraint):
         self.masks[name] = mask.detach().bool().cpu()
         self._placed.pop(name, None)
 
+    def _placed_mask(self, name: str, ref: torch.Tensor) -> torch.Tensor:
+        """Mask `name` placed (and sharded) like `ref`: made once, not on every step."""
+        placed = self._placed.get(name)
+        if placed is None or placed.device != ref.device or type(placed) is not type(ref):
+            placed = self._placed[name] = placed_like(self.masks[name], ref)
+        return placed
+
     @torch.no_grad()
     def enforce(self, model) -> None:
-        for name, mask in self.masks.items():
+        for name in self.masks:
             weight = find_param(model, name)
-            placed = self._placed.get(name)
-            if placed is None or placed.device != weight.device or type(placed) is not type(weight.data):
-                placed = self._placed[name] = placed_like(mask, weight.data)  # once, not on every step
-            weight.mul_(placed)
+            weight.mul_(self._placed_mask(name, weight.data))
 
     def attach(self, model) -> None:
         self.enforce(model)
+
+    @torch.no_grad()
+    def mask_gradients(self, model) -> None:
+        for name in self.masks:
+            weight = find_param(model, name)
+            if weight.grad is not None:
+                weight.grad.mul_(self._placed_mask(name, weight.grad))
 
     def guard_gradients(self, model) -> None:
         """Pruned weights get a zero gradient. Starting at zero, AdamW never moves them: its
         moments stay zero, so its update is zero, and its decay only scales."""
         for name, mask in self.masks.items():
             weight = find_param(model, name)
+            if not weight.requires_grad:  # frozen (a LoRA base, a block that does not train)
+                continue
             keep = mask.to(weight.device, weight.dtype)
             weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
 

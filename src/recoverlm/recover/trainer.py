@@ -166,7 +166,7 @@ class Recovery:
                                  cfg.ema_rate, self.timer, out_device=self.acc.device)
         self.placement = placement.TeacherPlacement([self.teacher, task_teacher], self.teacher_home,
                                                     cfg.teacher_offload and not self.shared, self.log)
-        if self.partitioned:  # no rank holds a whole weight after a step: the gradients keep the constraint
+        if self.deepspeed:  # its engine clips (and under ZeRO-3 keeps the constraint) on gradients the hooks mask
             self.constraint.guard_gradients(student_part.base_of(student, cfg))
         torch.manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW(param_groups(student, cfg), lr=cfg.lr, betas=(0.9, 0.95))
@@ -235,11 +235,17 @@ class Recovery:
             for name, value in parts.items():
                 part_values[name] = part_values.get(name, 0.0) + value * mb.n_tokens / max(total, 1)
         if self.masks is not None:
-            self.masks.observe_grads()
+            self.masks.observe_grads()  # regrowth scores need the pruned weights' gradients: first
         if not self.deepspeed:
+            self.constraint.mask_gradients(student_part.base_of(self.acc.unwrap_model(self.student), self.cfg))
             self.acc.clip_grad_norm_(self.student.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if self.acc.num_processes > 1:  # each rank holds its share of the global batch's loss
+            names = sorted(part_values)
+            summed = self.acc.reduce(torch.tensor([loss_value, *(part_values[n] for n in names)], device=self.acc.device,
+                                                  dtype=torch.float64), reduction="sum").tolist()
+            loss_value, part_values = summed[0], dict(zip(names, summed[1:]))
         model = self.acc.unwrap_model(self.student)
         if self.masks is not None:
             self.masks.maybe_update(step, self.optimizer)

@@ -48,6 +48,8 @@ def test_two_process_ddp_matches_single_process(tmp_path, tiny_model, prompt_fil
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", "29533"], env={"ACCELERATE_USE_CPU": "1"})
     assert _max_difference(single, ddp) < 1e-5
+    last = [json.loads((run / "recoverlm" / "metrics.jsonl").read_text().splitlines()[-1]) for run in (single, ddp)]
+    assert last[1]["train_loss"] == pytest.approx(last[0]["train_loss"], rel=1e-4)  # the global batch's, not a rank's
     assert json.loads((ddp / "recoverlm" / "recovery.json").read_text())["world_size"] == 2
     assert json.loads((single / "recoverlm" / "recovery.json").read_text())["world_size"] == 1
 
@@ -72,12 +74,12 @@ def test_two_process_deepspeed_zero2_matches_single_process(tmp_path, tiny_model
 def test_two_process_deepspeed_zero3_matches_single_process(tmp_path, tiny_model, prompt_file, student):
     """ZeRO-3 partitions the student alone (the teacher loads whole on every rank): pruned weights
     keep a zero gradient, a grid is computed in the forward, and the export is gathered whole.
-    Clipping is off here: under ZeRO-3 the pruned weights' gradients are not in the norm."""
+    Clipping is on, far below the gradient norm: every backend clips the masked gradient."""
     config = Path(__file__).parents[3] / "configs" / "accelerate" / "deepspeed_zero3_cpu.yaml"
     method = {"pruned": ("prune.magnitude", {"sparsity": 0.5}), "quantized": ("quant.rtn", {"bits": 4, "group_size": 32})}
     single, zero3 = _single_and_launched(tmp_path, tiny_model, prompt_file,
                                          ["--config_file", str(config), "--main_process_port", "29535"],
-                                         extra=["2", "1e6"], degradation=method[student])
+                                         extra=["2", "1e-4"], degradation=method[student])
     assert _max_difference(single, zero3) < 1e-5
     assert 0 < _max_difference(single, tmp_path / "degraded")
     record = json.loads((zero3 / "recoverlm" / "recovery.json").read_text())
