@@ -71,8 +71,12 @@ def evaluate_models(teacher_ref, students: dict[str, str | Path], data_cfg: Data
             m: recovery_ratio(results["teacher"][m], results["degraded"][m], results["recovered"][m]) for m in metrics
         }
         items = {name: results[name]["per_item"] for name in ("teacher", "degraded", "recovered")}
+        # Per-token metrics are token-weighted means, so their items weigh by their response tokens;
+        # the generation metrics are means over prompts.
+        tokens = [len(r) for r in eval_set.response_ids]
         report["recovery_ratio_ci"] = {
-            m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m]) for m in metrics
+            m: recovery_ratio_ci(items["teacher"][m], items["degraded"][m], items["recovered"][m],
+                                 weights=tokens if m in METRICS else None) for m in metrics
         }
     return report
 

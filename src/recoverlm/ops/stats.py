@@ -14,24 +14,37 @@ def recovery_ratio(teacher: float, degraded: float, recovered: float, min_gap: f
 
 
 def recovery_ratio_ci(teacher: list[float], degraded: list[float], recovered: list[float], n_boot: int = 2000,
-                      seed: int = 0, level: float = 0.95) -> dict:
+                      seed: int = 0, level: float = 0.95, weights: list[float] | None = None) -> dict:
     """Recovery ratio with a paired bootstrap CI: items are resampled jointly for all three models.
 
+    With `weights` (an item's token count, for per-token metrics given as per-item means) every
+    mean is weighted, in the point estimate and in each resample alike: the interval is then about
+    the token-weighted ratio that the point value reports, not a per-item one beside it.
     `meaningful` is False when the teacher-degraded gap's own interval contains zero: then any
     ratio is noise divided by noise and should not be read.
     """
     t, d, r = (np.asarray(v, dtype=np.float64) for v in (teacher, degraded, recovered))
     if not (len(t) == len(d) == len(r)) or len(t) < 2:
         return {"ratio": None, "low": None, "high": None, "n": int(len(t)), "meaningful": False}
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != t.shape:
+        raise ValueError(f"weights need one value per item, got {w.size} for {t.size}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(t), size=(n_boot, len(t)))
-    gaps = t[idx].mean(1) - d[idx].mean(1)
-    gains = r[idx].mean(1) - d[idx].mean(1)
+    wi = w[idx]
+    totals = wi.sum(1)
+
+    def means(v):
+        return (v[idx] * wi).sum(1) / totals
+
+    gaps = means(t) - means(d)
+    gains = means(r) - means(d)
     alpha = (1 - level) / 2
     gap_lo, gap_hi = np.quantile(gaps, [alpha, 1 - alpha])
     meaningful = bool(gap_lo > 0 or gap_hi < 0)
-    gap = t.mean() - d.mean()
-    ratio = float((r.mean() - d.mean()) / gap) if gap != 0 else None
+    mean = {name: float((v * w).sum() / w.sum()) for name, v in (("t", t), ("d", d), ("r", r))}
+    gap = mean["t"] - mean["d"]
+    ratio = float((mean["r"] - mean["d"]) / gap) if gap != 0 else None
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = gains / gaps
     boot = boot[np.isfinite(boot)]

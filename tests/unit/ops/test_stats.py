@@ -1,6 +1,7 @@
 """Recovery ratios and their bootstrap confidence intervals."""
 
 import numpy as np
+import pytest
 
 from recoverlm.ops.stats import recovery_ratio_ci
 
@@ -25,3 +26,16 @@ def test_too_small_gap_is_marked():
 
 def test_degenerate_inputs():
     assert recovery_ratio_ci([1.0], [2.0], [1.5])["ratio"] is None
+
+
+def test_weighted_items_give_the_token_weighted_ratio_and_an_interval_around_it():
+    """One short item recovered fully, one long item not at all: by tokens the ratio is small, and
+    so is its interval; by items it would read 0.5."""
+    teacher, degraded, recovered = [0.0] * 40, [10.0, 1.0] * 20, [0.0, 1.0] * 20
+    tokens = [1, 99] * 20
+    res = recovery_ratio_ci(teacher, degraded, recovered, weights=tokens)
+    assert res["ratio"] == pytest.approx(10 / 109)  # (sum of token KLs recovered) / (sum of the gap)
+    assert res["meaningful"] and res["low"] <= res["ratio"] <= res["high"] < 0.2
+    assert recovery_ratio_ci(teacher, degraded, recovered)["ratio"] == pytest.approx(0.5 * 10 / 5.5)
+    with pytest.raises(ValueError, match="one value per item"):
+        recovery_ratio_ci(teacher, degraded, recovered, weights=[1.0])
