@@ -20,7 +20,10 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
 
 def kl_logprobs(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)); terms with p(v) = 0 contribute 0."""
+    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)), for finite log-probabilities: a p(v) that
+    underflows to 0 contributes 0, but a log p(v) of -inf would give NaN. Every caller passes
+    log-softmaxes of finite logits or a tail bucket clamped above -inf; no guard is paid for on
+    this full-vocabulary path."""
     p = p_log.exp()
     return (p * (p_log - q_log)).sum(-1)
 
