@@ -21,10 +21,9 @@ from .constraints import (
     SparsityConstraint,
     load_constraint,
 )
-from .constraints.lora import ADAPTER_DIR
 from .errors import RecoverLMError
 from .io import atomic_dir, check_output_dir, write_json_atomic
-from .runs import own_files, side_dir
+from .runs import ADAPTER_DIR, own_files, side_dir
 
 EXPORT_FILE = "export.json"
 FORMATS = ("compressed-tensors", "bitsandbytes-nf4")

@@ -18,6 +18,7 @@ import torch
 
 from .errors import RecoverLMError
 from .io import atomic_dir, read_json, write_json_atomic
+from .runs import ADAPTER_DIR
 
 if not torch.cuda.is_available():
     # transformers imports DeepSpeed, when installed, as it loads a model; named, it need not guess (and warn).
@@ -217,9 +218,12 @@ def load_tokenizer(ref: str | Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(ref: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+def load_model(ref: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               adapter: bool = True):
     """A float model from an HF folder; a compressed-tensors or bitsandbytes NF4 checkpoint is read
-    as the float weights on its grid (formats), without the library's own quantized layers."""
+    as the float weights on its grid (formats), without the library's own quantized layers. A
+    folder with an `adapter/` (a recovery over a frozen grid) is its base with the adapter merged
+    in, unless `adapter` is False (the base alone, on its grid)."""
     from transformers import AutoModelForCausalLM
 
     from . import formats
@@ -234,12 +238,22 @@ def load_model(ref: str | Path, dtype: torch.dtype = torch.float32, trust_remote
             )
         else:
             model = _from_state(path, quantized[0], dtype, trust_remote_code)
+        if adapter and (path / ADAPTER_DIR / "adapter_config.json").is_file():
+            model = _with_adapter(model, path / ADAPTER_DIR)
     except RecoverLMError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt or incompatible weights: one clear line
         raise RecoverLMError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
     model.eval()
     return model
+
+
+def _with_adapter(base, adapter: Path):
+    """The base with its LoRA adapter merged in: the model a recovery over a frozen grid trained
+    (the merged weights leave the grid, which is why the folder keeps them apart)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, adapter, is_trainable=False).merge_and_unload()
 
 
 def _from_state(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, trust_remote_code: bool):
@@ -276,10 +290,11 @@ def save_model(model, tokenizer, out: Path, extra_json: dict[str, dict] | None =
 
 
 def model_hash(path: Path) -> str:
-    """sha256 over the safetensors files; cached beside them, keyed by size and mtime."""
+    """sha256 over the safetensors files (an unmerged LoRA adapter's too: it is part of the model);
+    cached beside them, keyed by size and mtime."""
     path = resolve_model(path)
-    files = sorted(path.glob("*.safetensors"))
-    key = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    files = sorted(path.glob("*.safetensors")) + sorted((path / ADAPTER_DIR).glob("*.safetensors"))
+    key = [[f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     # Kept in recoverlm's own cache, keyed by the folder's path: an input folder is never written to.
     cache = recoverlm_home() / "model_hashes" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:20]}.json"
     if cache.exists():

@@ -15,6 +15,9 @@ CHECKPOINT_DIR = "checkpoint"
 # degradation.json, recovery.json, the metrics history): the top level then holds only config,
 # tokenizer and weight shards, as loaders that read every top-level *.safetensors expect.
 SIDE_DIR = "recoverlm"
+# A LoRA adapter kept beside a frozen base (a quantization grid), in PEFT's own layout; a model
+# folder that has one is its base with the adapter applied.
+ADAPTER_DIR = "adapter"
 CELL_FILE = "cell.json"  # a finished study cell: what it was and where it ran
 RUN_FILE = "run.json"  # a run folder's machine, package versions and the wall time of each stage
 

@@ -17,7 +17,6 @@ from ..config import LoraConfig
 from ..errors import RecoverLMError
 from ..lm.blocks import decoder_layers
 
-ADAPTER_DIR = "adapter"
 
 
 def _masked_forward(mask):

@@ -80,6 +80,9 @@ class NF4Constraint(Constraint):
     absmax: dict[str, torch.Tensor]
     blocksize: int
     kind: str = field(default="nf4", init=False)
+    # Under LoRA the NF4 base stays frozen and the adapter ships beside it, as in QLoRA: merged,
+    # the adapter's update would be projected back onto the grid, and most of it would round away.
+    lora_merges = False
 
     def _modules(self, model):
         return modules_of(model, self.absmax, "NF4 grid")

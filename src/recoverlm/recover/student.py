@@ -13,12 +13,12 @@ from torch.nn.utils import parametrize
 from .. import formats, models
 from ..config import RecoverConfig
 from ..constraints import Constraint
-from ..constraints.lora import ADAPTER_DIR, merged_for_export, wrap_lora
+from ..constraints.lora import merged_for_export, wrap_lora
 from ..errors import RecoverLMError
 from ..io import atomic_dir, write_json_atomic
 from ..lm.blocks import decoder_layers
 from ..lm.generate import generate
-from ..runs import METRICS_FILE, RECOVERY_FILE, side_dir, side_file
+from ..runs import ADAPTER_DIR, METRICS_FILE, RECOVERY_FILE, side_dir, side_file
 from .timing import PhaseTimer, phase
 
 
@@ -189,7 +189,10 @@ def write_recovered(out: Path, model, cfg: RecoverConfig, constraint: Constraint
     exactly, the adapter (LoRA), the constraint, recovery.json and the metrics history."""
     with atomic_dir(out) as tmp:
         if cfg.lora:
-            model.save_pretrained(tmp / ADAPTER_DIR)
+            # Not merged (a frozen grid): the adapter is part of the model, beside its base. Merged:
+            # the weights hold it, and the adapter is kept with the records, a trace of training.
+            model.save_pretrained(tmp / ADAPTER_DIR if not constraint.lora_merges
+                                  else side_dir(tmp, create=True) / ADAPTER_DIR)
             model = merged_for_export(model, constraint)
         constraint.finalize(model)
         record["constraint"] = constraint.verify(model)

@@ -41,9 +41,11 @@ def test_one_copy_trains_as_two_copies_do(tmp_path, tiny_model, data_cfg, method
     for name in w2:
         assert torch.allclose(w1[name], w2[name], atol=1e-6), name
     assert one["constraint"] == two["constraint"]
-    if method != "quant.rtn":  # merged into the weights (a grid keeps its base and ships the adapter beside it)
+    if method == "prune.magnitude":  # merged into the weights (a grid keeps its base and ships the adapter beside it)
         degraded = weights(student)
         assert any(not torch.equal(w1[n], degraded[n]) for n in degraded), "the adapter was lost in the merge"
+    else:
+        assert (tmp_path / "one" / "adapter" / "adapter_config.json").is_file()
 
 
 def test_a_masked_matrix_without_an_adapter_keeps_two_copies(tmp_path, tiny_model, data_cfg):

@@ -52,9 +52,9 @@ def test_lora_adapts_and_merges_only_the_chosen_block(tmp_path, tiny_model, prun
                   short_config(train_blocks=[1], lora=LoraConfig(r=4), lr=2e-2, select_best=False), data_cfg,
                   progress=False, log=logs.append)
     out = tmp_path / "r"
-    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    adapter = load_file(str(out / "recoverlm" / "adapter" / "adapter_model.safetensors"))
     assert adapter and all(_in_block(k, 1) for k in adapter)
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    assert json.loads((out / "recoverlm" / "adapter" / "adapter_config.json").read_text())["layers_to_transform"] == [1]
     # masked layers left without an adapter cannot take their mask from the masked adapter
     assert any("two copies" in line and "train_blocks" in line for line in logs)
     _only_block_changed(weights(pruned), weights(out), 1)
@@ -92,7 +92,7 @@ def test_one_copy_teacher_measures_what_two_copies_measure(tmp_path, tiny_model,
     adapted = {n for n, p in runs["auto"].student.named_parameters() if p.requires_grad}
     assert adapted and all(_in_block(n, one["blocks"][0]) for n in adapted)
     runs["auto"].run()
-    load_file(str(tmp_path / "auto" / "adapter" / "adapter_model.safetensors"))
+    load_file(str(tmp_path / "auto" / "adapter" / "adapter_model.safetensors"))  # beside the grid: part of the model
 
 
 def test_choices_beyond_the_depth_fail_before_teacher_work(tmp_path, tiny_model, pruned, data_cfg):

@@ -110,7 +110,7 @@ def test_lora_under_masks_survives_merge(tmp_path, tiny_model, pruned, data_cfg)
     res = recover(tiny_model, pruned, tmp_path / "r", _cfg(lora=LoraConfig(r=4), lr=2e-2, select_best=False),
                   data_cfg, progress=False)
     out = tmp_path / "r"
-    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "recoverlm" / "adapter" / "adapter_config.json").exists() and not (out / "adapter").exists()
     assert res["constraint"]["sparsity"] == pytest.approx(0.5)
     # The merged, re-masked export computes exactly what the masked adapter computed in training.
     from peft import PeftModel
@@ -120,7 +120,7 @@ def test_lora_under_masks_survives_merge(tmp_path, tiny_model, pruned, data_cfg)
     merged = load_model(out)
     base = load_model(pruned)
     trained = wrap_lora(base, LoraConfig(r=4), load_constraint(pruned))
-    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    adapter = load_file(str(out / "recoverlm" / "adapter" / "adapter_model.safetensors"))
     state = {k.replace(".weight", ".default.weight"): v for k, v in adapter.items()}
     missing = trained.load_state_dict(state, strict=False)
     assert not [k for k in missing.unexpected_keys]
@@ -136,7 +136,7 @@ def test_lora_on_quant_grid_keeps_base_frozen(tmp_path, tiny_model, quantized, d
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     before, after = _weights(quantized), _weights(out)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    load_constraint(out).verify(load_model(out))
+    load_constraint(out).verify(load_model(out, adapter=False))
 
 
 def test_baselines(tmp_path, tiny_model, pruned, data_cfg):
