@@ -356,6 +356,10 @@ def load_run_config(path: Path) -> RunConfig:
 # Settings that change how a run computes but not what it computes (chunked logits equal whole
 # ones): a run saved with another value, or before the default changed, is still the same run.
 EXECUTION_ONLY = frozenset({"logit_chunk"})
+# Settings that say where and how a run is carried out (its threads, devices, trackers, checkpoint
+# cadence, extra exports), whose change leaves its training and measurements as they were, up to
+# the order of floating-point sums: a twin run elsewhere, or a resumption on another machine.
+PLACEMENT_ONLY = frozenset({"threads", "teacher_device", "teacher_offload", "log_with", "save_every", "export"})
 
 
 def run_identity(settings):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import RecoverLMError
 from ..io import atomic_dir, read_json, write_json_atomic
 from ..runs import CHECKPOINT_DIR
 
@@ -131,11 +132,16 @@ def rng_states() -> list[dict[str, torch.Tensor]]:
 
 
 def save_checkpoint(work_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, rngs: list[dict],
-                    step: int, state: dict, ema=None, extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+                    step: int, state: dict, ema=None, extra: dict[str, dict[str, torch.Tensor]] | None = None,
+                    best: dict[str, torch.Tensor] | None = None) -> Path:
     """Written by the main process from `training_state` and `rng_states`. `extra`: named tensor
-    sets of optional training parts (a re-chosen mask), read back by load_extra."""
+    sets of optional training parts (a re-chosen mask), read back by load_extra; `best`: the best
+    step's weights so far, in the same folder, so that they and the state naming them change
+    together or not at all."""
     with atomic_dir(Path(work_dir) / CHECKPOINT_DIR) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
+        if best is not None:
+            save_file(best, str(tmp / BEST_FILE))
         for name, tensors in (extra or {}).items():
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
         if ema is not None:
@@ -147,15 +153,29 @@ def save_checkpoint(work_dir: Path, weights: dict[str, torch.Tensor], optimizer_
     return Path(work_dir) / CHECKPOINT_DIR
 
 
-def load_checkpoint(work_dir: Path, model, optimizer, ema=None, layout: str = "plain", rank: int = 0) -> dict | None:
+def load_checkpoint(work_dir: Path, model, optimizer, ema=None, layout: str = "plain", rank: int = 0,
+                    identity: dict | None = None) -> dict | None:
     """Restores the checkpoint into this rank's model and optimizer; None when there is none.
-    Under FSDP a collective: rank 0 reads the whole state and every rank receives its shards."""
+    Under FSDP a collective: rank 0 reads the whole state and every rank receives its shards.
+    `identity` (settings and model hashes) must equal the one the checkpoint was written with,
+    where it kept one: another run's optimizer state is refused, not loaded."""
     folder = Path(work_dir) / CHECKPOINT_DIR
     if not (folder / "state.json").exists():
         return None
     reads = layout != "fsdp" or rank == 0
-    weights = load_file(str(folder / "trainable.safetensors")) if reads else {}
-    optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True) if reads else {}
+    try:
+        weights = load_file(str(folder / "trainable.safetensors")) if reads else {}
+        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True) if reads else {}
+        rng = load_file(str(folder / "rng.safetensors"))
+        state = read_json(folder / "state.json")
+    except Exception as exc:  # noqa: BLE001 - a damaged file of any kind: one line naming the folder
+        raise RecoverLMError(f"the checkpoint in {folder} cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); delete {folder.parent} to start "
+                             "this recovery over") from exc
+    if identity is not None and state.get("identity") not in (None, identity):
+        changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
+        raise RecoverLMError(f"the checkpoint in {folder} was written by a recovery with other {', '.join(changed)}; "
+                             f"resume with what it was written with, or delete {folder.parent} to start over")
     if layout == "fsdp":
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
@@ -165,16 +185,18 @@ def load_checkpoint(work_dir: Path, model, optimizer, ema=None, layout: str = "p
     elif layout == "deepspeed":
         _load_deepspeed_state(model, optimizer, weights, optimizer_state)
     else:
-        model.load_state_dict(weights, strict=False)
+        unexpected = model.load_state_dict(weights, strict=False).unexpected_keys  # frozen weights are not saved
+        if unexpected:
+            raise RecoverLMError(f"the checkpoint in {folder} holds weights this student lacks ({unexpected[0]}, ...); "
+                                 f"delete {folder.parent} to start over")
         optimizer.load_state_dict(optimizer_state)
     if ema is not None and (folder / "ema.safetensors").exists():
         ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
-    rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(_rank_state(rng, "torch", rank))
     cuda = _rank_state(rng, "cuda", rank)
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda)
-    return read_json(folder / "state.json")
+    return state
 
 
 def _rank_state(rng: dict, kind: str, rank: int):
@@ -188,13 +210,9 @@ def load_extra(work_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
     return load_file(str(path)) if path.exists() else None
 
 
-def save_best(work_dir: Path, state: dict[str, torch.Tensor]) -> None:
-    """The best checkpoint's trainable weights so far, kept for a resumed run to export."""
-    tmp = Path(work_dir) / f".{BEST_FILE}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(Path(work_dir) / BEST_FILE)
-
-
 def load_best(work_dir: Path) -> dict[str, torch.Tensor] | None:
-    path = Path(work_dir) / BEST_FILE
-    return load_file(str(path)) if path.exists() else None
+    """The best step's weights kept with the checkpoint (checkpoints written before kept them beside it)."""
+    for path in (Path(work_dir) / CHECKPOINT_DIR / BEST_FILE, Path(work_dir) / BEST_FILE):
+        if path.exists():
+            return load_file(str(path))
+    return None

@@ -24,13 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import environment, models
-from ..config import DataConfig, RecoverConfig
+from ..config import PLACEMENT_ONLY, DataConfig, RecoverConfig, run_identity
 from ..data import collate
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
 from ..lm.blocks import run_blocks
-from ..runs import METRICS_FILE, RECOVERY_FILE, own_files, work_dir
+from ..runs import CHECKPOINT_DIR, METRICS_FILE, RECOVERY_FILE, own_files, work_dir
 from ..teacher.response_set import validation_set
 from . import block_choice, distributed, placement, shared_teacher, tracking
 from . import student as student_part
@@ -39,7 +39,6 @@ from .checkpoint import (
     load_checkpoint,
     load_extra,
     rng_states,
-    save_best,
     save_checkpoint,
     trainable_state,
     training_state,
@@ -90,6 +89,8 @@ class Recovery:
         loaded, before any teacher work."""
         self.teacher_path, self.student_path = models.resolve_model(teacher_ref), models.resolve_model(student_ref)
         check_output_dir(self.out, [self.teacher_path, self.student_path], own_files(RECOVERY_FILE))
+        # the scratch folder beside the output is removed when a run starts afresh: it must be ours too
+        check_output_dir(self.work, [self.teacher_path, self.student_path], (CHECKPOINT_DIR, METRICS_FILE))
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id
@@ -289,7 +290,7 @@ class Recovery:
 
     def _resume(self) -> None:
         state = load_checkpoint(self.work, self.acc.unwrap_model(self.student), self.optimizer, self.teachers.ema,
-                                layout=self.layout, rank=self.acc.process_index)
+                                layout=self.layout, rank=self.acc.process_index, identity=self._identity())
         if state is None:
             self.log(f"no checkpoint in {self.work}; starting from step 0")
             return
@@ -313,10 +314,17 @@ class Recovery:
         if not self.acc.is_main_process:
             return
         save_checkpoint(self.work, weights, optimizer_state, rngs, step,
-                        {"best": self.best, "history": self.history, "tokens": self.tokens}, self.teachers.ema,
-                        self._checkpoint_extra())
-        if self.best_state is not None:
-            save_best(self.work, self.best_state)
+                        {"best": self.best, "history": self.history, "tokens": self.tokens, "identity": self._identity()},
+                        self.teachers.ema, self._checkpoint_extra(), best=self.best_state)
+
+    def _identity(self) -> dict:
+        """What a checkpoint must have been written by to be resumed here: these settings (where and
+        how the run is carried out aside) and these models."""
+        def settings(cfg):
+            return {k: v for k, v in run_identity(cfg.model_dump(mode="json")).items() if k not in PLACEMENT_ONLY}
+
+        return {"settings": {"recover": settings(self.cfg), "data": settings(self.data_cfg)},
+                "teacher": models.model_hash(self.teacher_path), "student": models.model_hash(self.student_path)}
 
     def _checkpoint_extra(self) -> dict:
         if self.masks is None:

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections import defaultdict
 
-from ..config import run_identity
+from ..config import PLACEMENT_ONLY, run_identity
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (paired differences over few seeds).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -38,16 +38,12 @@ def mean_ci(values: list[float]) -> tuple[float, tuple[float, float] | None]:
     return mean, (mean - half, mean + half)
 
 
-# Settings that say where and how a cell ran, not what it trained: twins run on different machines
-# still pair.
-MACHINE_KEYS = ("threads", "teacher_device", "teacher_offload", "log_with", "save_every", "export")
-
-
 def _recipe(record: dict) -> dict:
     """Everything that defines a cell's training and measurement but the CKA term: the whole run
-    config (data, evaluation and the damage included) and the damaged copy it started from."""
+    config (data, evaluation and the damage included) and the damaged copy it started from. Where
+    and how it ran is left out, so twins run on different machines still pair."""
     config = run_identity(record.get("config", {}))
-    recover = {k: v for k, v in config.get("recover", {}).items() if k not in CKA_KEYS + MACHINE_KEYS}
+    recover = {k: v for k, v in config.get("recover", {}).items() if k not in CKA_KEYS and k not in PLACEMENT_ONLY}
     return {**config, "recover": recover, "degraded_hash": record.get("degraded_hash")}
 
 

@@ -51,3 +51,29 @@ def test_an_interrupt_finishes_the_step_and_checkpoints_it(tmp_path, tiny_model,
     recover(tiny_model, pruned, tmp_path / "resumed", cfg, data_cfg, progress=False, resume=True)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path, tiny_model, pruned, quantized, data_cfg, monkeypatch):
+    """Other settings or another student are refused in one line; so is a damaged file; where and
+    how the run is carried out (here its checkpoint cadence) may change."""
+    from recoverlm.errors import RecoverLMError
+
+    cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False)
+    crash_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        recover(tiny_model, pruned, tmp_path / "r", cfg, data_cfg, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(RecoverLMError, match="written by a recovery with other settings"):
+        recover(tiny_model, pruned, tmp_path / "r", cfg.model_copy(update={"lr": 1e-3}), data_cfg, progress=False,
+                resume=True)
+    with pytest.raises(RecoverLMError, match="written by a recovery with other student"):
+        recover(tiny_model, quantized, tmp_path / "r", cfg, data_cfg, progress=False, resume=True)
+    checkpoint = tmp_path / "r.work" / "checkpoint"
+    kept = (checkpoint / "rng.safetensors").read_bytes()
+    (checkpoint / "rng.safetensors").write_bytes(kept[:40])
+    with pytest.raises(RecoverLMError, match=r"checkpoint in .*checkpoint cannot be read.*delete .*r\.work"):
+        recover(tiny_model, pruned, tmp_path / "r", cfg, data_cfg, progress=False, resume=True)
+    (checkpoint / "rng.safetensors").write_bytes(kept)
+    resumed = recover(tiny_model, pruned, tmp_path / "r", cfg.model_copy(update={"save_every": 3}),
+                      data_cfg, progress=False, resume=True)
+    assert resumed["tokens"] > 0 and not (tmp_path / "r.work").exists()
