@@ -13,7 +13,7 @@ from .base import Constraint
 from .sparsity import SparsityConstraint
 
 DEFAULT_THRESHOLD = 0.25  # a dense float matrix has next to no exact zeros; a pruned one has many
-NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8))
+NM_PATTERNS = ((1, 4), (2, 8), (2, 4), (4, 8))  # the tightest first: fewest kept per group, then the smaller group
 
 
 def decoder_matrices(folder: Path):
