@@ -62,6 +62,12 @@ def cli_errors(fn):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
+        except OSError as exc:  # a path that cannot be read or written: the user's to fix, in one line
+            if _DEBUG["on"]:
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            raise typer.Exit(2)
         except KeyboardInterrupt:
             typer.echo("interrupted; finished stages are kept and a rerun resumes", err=True)
             raise typer.Exit(130)
@@ -141,6 +147,11 @@ def _stage_configs(config: Optional[Path], recover_options: dict | None = None, 
     if unknown:
         raise RecoverLMError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}")
     where = f"{config} with the command line" if config else "command line"
+    for section in ("recover", "data"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise RecoverLMError(f"{config}: section '{section}' must be a mapping of settings, "
+                                 f"got {type(raw[section]).__name__}")
+    raw = {k: v for k, v in raw.items() if v is not None}  # an empty section means its defaults
     rec = {k: v for k, v in (recover_options or {}).items() if v is not None}
     data = {k: v for k, v in (data_options or {}).items() if v is not None}
     return (parse_config(RecoverConfig, {**raw.get("recover", {}), **rec}, f"{where}: recover"),
@@ -199,8 +210,9 @@ def evaluate(
     """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
     from .evaluate.compare import evaluate_models, evaluate_task_suites
     from .evaluate.lm_eval_runner import available_suites
-    from .io import write_json_atomic
+    from .io import check_output_file, write_json_atomic
 
+    check_output_file(out, [model, degraded, teacher, config])
     names = [s.strip() for s in suite.split(",") if s.strip()]
     if not names:
         raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
@@ -244,9 +256,11 @@ def perplexity(
     """Perplexity of a text corpus with a sliding window (every token after the first scored once)."""
     from .evaluate.perplexity import load_texts
     from .evaluate.perplexity import perplexity as run_perplexity
-    from .io import write_json_atomic
+    from .io import check_output_file, write_json_atomic
     from .models import load_for_inference, load_tokenizer, resolve_model
 
+    if out is not None:
+        check_output_file(out, [model, data])
     texts = load_texts(data, column=column, split=split)
     path = resolve_model(model)
     result = run_perplexity(load_for_inference(path), load_tokenizer(path), texts, window=window, stride=stride,
@@ -273,8 +287,9 @@ def cka(
 ) -> None:
     """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
-    from .io import write_json_atomic
+    from .io import check_output_file, write_json_atomic
 
+    check_output_file(out, [teacher, *student, config])  # its plots go beside it: not into an input either
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     names = {p.name or str(p): p for p in student}
@@ -329,7 +344,9 @@ def export(
     model: str = typer.Argument(..., help="Recovered or degraded model folder (weights on a grid)."),
     format: str = typer.Option(..., "--format", help="compressed-tensors (integer grids) or bitsandbytes-nf4."),
     out: Path = typer.Option(..., help="Output folder."),
-    dtype: str = typer.Option("float32", help="dtype of scales and unquantized weights: float32, bfloat16, float16."),
+    dtype: str = typer.Option("float32", help="dtype of scales and unquantized weights: float32, bfloat16, float16 "
+                              "(a bfloat16 or float16 scale moves each weight of its group by up to 2^-9 or 2^-11 of it; float32 keeps "
+                              "the grid exact)."),
 ) -> None:
     """Write a model in a serving format, its grid packed; read back and checked against the source."""
     from .export import export_model

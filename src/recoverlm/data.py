@@ -47,13 +47,18 @@ def load_prompts(path: Path | None = None) -> list[str]:
     """User prompts from JSONL: each line has "prompt" (a string) or "messages" (chat turns, last one the user's)."""
     rows = read_jsonl(path or BUILTIN_PROMPTS)
     prompts = []
-    for lineno, row in enumerate(rows, 1):
+    for number, row in enumerate(rows, 1):
         if isinstance(row.get("prompt"), str) and row["prompt"].strip():
             prompts.append(row["prompt"])
         elif isinstance(row.get("messages"), list) and row["messages"]:
-            prompts.append(str(row["messages"][-1].get("content", "")))
+            last = row["messages"][-1]
+            if not isinstance(last, dict) or not isinstance(last.get("content", ""), str):
+                raise RecoverLMError(f"{path or BUILTIN_PROMPTS}: record {number}: each message must be an object "
+                                     "with a string 'content', like {\"role\": \"user\", \"content\": \"...\"}")
+            prompts.append(last.get("content", ""))
         else:
-            raise RecoverLMError(f"{path or BUILTIN_PROMPTS}: record {lineno} has neither a non-empty 'prompt' nor 'messages'")
+            raise RecoverLMError(f"{path or BUILTIN_PROMPTS}: record {number} (of the non-blank lines) has neither a "
+                                 "non-empty 'prompt' nor 'messages'")
     return prompts
 
 

@@ -70,6 +70,26 @@ def check_output_dir(out: Path, inputs: Iterable[Path], own_files: Iterable[str]
                              "choose a new or empty folder")
 
 
+def check_output_file(out: Path, inputs: Iterable[Path | str | None]) -> None:
+    """Refuse, before any work, an output file that cannot be written where asked: a folder, a
+    path under a file, or a place inside (or equal to) an input, which outputs never touch."""
+    target = Path(out).expanduser().resolve()
+    if target.is_dir():
+        raise RecoverLMError(f"output {out} is a folder; name a file to write")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RecoverLMError(f"output {out} lies under {parent}, which is a file")
+            break
+    for source in inputs:
+        if source is None or not Path(source).expanduser().exists():
+            continue  # an embedded model's name, or nothing
+        source = Path(source).expanduser().resolve()
+        if target == source or source in target.parents:
+            raise RecoverLMError(f"output {out} {'is' if target == source else 'lies inside'} the input {source}; "
+                                 "write it somewhere else")
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a scratch folder beside `final`; it becomes `final` only if the block succeeds.

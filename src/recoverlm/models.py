@@ -300,10 +300,10 @@ def model_hash(path: Path) -> str:
     if cache.exists():
         try:
             stored = read_json(cache)
-            if stored.get("key") == key:
+            if stored.get("key") == key and isinstance(stored.get("sha256"), str):
                 return stored["sha256"]
-        except (ValueError, OSError):
-            pass
+        except (ValueError, AttributeError, OSError):
+            pass  # damaged: hashed again and rewritten
     digest = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:

@@ -14,7 +14,8 @@ FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def _on(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    """Offline unless the flag says off in so many words: an empty or unknown value stays safe."""
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def go_offline() -> None:

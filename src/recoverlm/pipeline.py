@@ -7,6 +7,7 @@ folder is never reused for a different config.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,18 +18,49 @@ from .config import RunConfig, dump_config, same_config
 from .degrade import degrade
 from .errors import RecoverLMError
 from .evaluate.compare import evaluate_models, evaluate_task_suites
-from .io import read_json, write_json_atomic, write_text_atomic
+from .io import check_output_dir, read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
 from .report.summary import write_report
-from .runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, work_dir
+from .runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, TEACHER_FILE, work_dir
 
 
-def _claim_run_dir(cfg: RunConfig, out: Path) -> None:
+def claim_run_dir(cfg: RunConfig, out: Path, teacher: Path) -> None:
+    """The run folder made ours before anything is written: refused where it is or holds an input,
+    holds files of something else, or holds a run of another config or from other inputs."""
+    inputs = [teacher] + [Path(p) for p in (cfg.data.prompts, cfg.data.task_teacher, cfg.data.replay_data)
+                          if p is not None and Path(p).exists()]
+    check_output_dir(out, inputs, (CONFIG_FILE,))
     out.mkdir(parents=True, exist_ok=True)
     stored = out / CONFIG_FILE
     if stored.exists() and not same_config(stored, cfg):
         raise RecoverLMError(f"{out} holds a run with a different config; choose another --out or remove it")
     write_text_atomic(stored, dump_config(cfg))
+    made = {"model": cfg.model, "path": str(teacher), "hash": models.model_hash(teacher),
+            "prompts_hash": _file_hash(cfg.data.prompts)}
+    record = out / TEACHER_FILE
+    if record.exists():
+        was = _read(record)
+        changed = [k for k in ("hash", "prompts_hash") if k in was and was[k] != made[k]]
+        if changed:
+            what = " and ".join({"hash": "the teacher's weights", "prompts_hash": "the prompts file"}[k] for k in changed)
+            raise RecoverLMError(f"{out}: {what} changed since this run began, so its finished stages no longer "
+                                 "follow from its inputs; choose another --out or remove it")
+    write_json_atomic(record, made)
+
+
+def _file_hash(path) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path is not None and Path(path).is_file() else None
+
+
+def _read(path: Path) -> dict:
+    """A run folder's own JSON record; a damaged one is named in one line."""
+    try:
+        value = read_json(path)
+    except (ValueError, OSError) as exc:
+        raise RecoverLMError(f"{path} cannot be read ({exc}); remove it (or the run folder) to go on") from exc
+    if not isinstance(value, dict):
+        raise RecoverLMError(f"{path} is not a record recoverlm wrote; remove it (or the run folder) to go on")
+    return value
 
 
 class StageClock:
@@ -37,7 +69,7 @@ class StageClock:
 
     def __init__(self, out: Path):
         self.path = out / RUN_FILE
-        self.record = read_json(self.path) if self.path.exists() else {"environment": [], "stages": {}}
+        self.record = _read(self.path) if self.path.exists() else {"environment": [], "stages": {}}
         here = environment.describe_environment()
         if here not in self.record["environment"]:
             self.record["environment"].append(here)
@@ -58,8 +90,7 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     out = Path(out)
     teacher = models.resolve_model(cfg.model)
     cfg = cfg.model_copy(update={"data": models.prompts_for(teacher, cfg.data, log)})
-    _claim_run_dir(cfg, out)
-    write_json_atomic(out / "teacher.json", {"model": cfg.model, "path": str(teacher), "hash": models.model_hash(teacher)})
+    claim_run_dir(cfg, out, teacher)
     degraded, recovered = out / "degraded", out / "recovered"
     clock = StageClock(out)
 
@@ -84,7 +115,7 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         log("[3/5] evaluate: reusing metrics.json")
-        metrics = read_json(metrics_path)
+        metrics = _read(metrics_path)
     else:
         log("[3/5] evaluate: teacher fidelity on held-out prompts")
         with clock.stage("evaluate"):
@@ -100,7 +131,7 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) 
     cka_path = out / "cka.json"
     if cka_path.exists():
         log("[4/5] cka: reusing cka.json")
-        cka = read_json(cka_path)
+        cka = _read(cka_path)
     else:
         log("[4/5] cka: per-layer linear CKA against the teacher")
         with clock.stage("cka"):

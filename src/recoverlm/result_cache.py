@@ -25,9 +25,10 @@ def entry(kind: str, settings: dict[str, Any]) -> Path:
 def load(path: Path) -> dict | None:
     """A cached result, or None; an unreadable entry is treated as missing and later overwritten."""
     try:
-        return read_json(path)["result"] if path.is_file() else None
-    except (ValueError, KeyError, OSError):
+        result = read_json(path)["result"] if path.is_file() else None
+    except (ValueError, KeyError, TypeError, OSError):
         return None
+    return result if isinstance(result, dict) else None
 
 
 def store(path: Path, result: dict, meta: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ SIDE_DIR = "recoverlm"
 # folder that has one is its base with the adapter applied.
 ADAPTER_DIR = "adapter"
 CELL_FILE = "cell.json"  # a finished study cell: what it was and where it ran
+TEACHER_FILE = "teacher.json"  # a run folder's teacher and prompts, by hash: what its stages follow from
 RUN_FILE = "run.json"  # a run folder's machine, package versions and the wall time of each stage
 
 

@@ -261,12 +261,12 @@ def run_cell(cell: Cell, out: Path, threads: int | None = None, settings: dict |
     the study gave it, before the run adapted it to its model, which its record keeps."""
     import torch
 
-    from .pipeline import run_experiment
+    from .pipeline import claim_run_dir, run_experiment
 
     if threads:
         torch.set_num_threads(threads)
     folder = cell.folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(cell.config, folder, models.resolve_model(cell.model))  # before the link and the log go in
     link, shared = folder / "degraded", os.path.relpath(cell.degraded(out), folder)
     if link.is_symlink() and os.readlink(link) != shared:
         raise RecoverLMError(f"{link} links to {os.readlink(link)}, not to the study's {shared}")

@@ -95,6 +95,14 @@ def _quantized_by(tmp_path, tiny_model, quantization_config: dict):
     return folder
 
 
+def _foreign(tmp_path):
+    """A folder holding somebody else's file."""
+    folder = tmp_path / "theirs"
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
 def _degraded(tmp_path, tiny_model, method="prune.magnitude", params=None):
     from recoverlm.degrade import degrade
 
@@ -178,6 +186,19 @@ INPUT_CASES = {
     "tracker not installed": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
                                             "--config", str(_write(t / "c.yaml", "recover: {log_with: [trackio]}\n"))],
                               "pip install trackio"),
+    "config section a list": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                            "--config", str(_write(t / "c.yaml", "recover: [1]\n"))], "'recover' must be a mapping"),
+    "messages that are not objects": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
+                                                    "--prompts", str(_write(t / "p.jsonl", '{"messages": ["hi"]}\n'))],
+                                      "each message must be an object"),
+    "run into a folder of other files": (lambda t, m: ["run", str(_write(t / "c.yaml", f"model: {m}\n")), "--out",
+                                                       str(_foreign(t))], "did not write"),
+    "run into the model folder": (lambda t, m: ["run", str(_write(t / "c.yaml", f"model: {m}\n")), "--out", str(m)],
+                                  "is the input"),
+    "evaluate into a folder": (lambda t, m: ["evaluate", "--model", str(m), "--teacher", str(m), "--out", str(_foreign(t))],
+                               "is a folder"),
+    "cka into the student": (lambda t, m: ["cka", "--teacher", str(m), "--student", str(m), "--out",
+                                           str(Path(m) / "cka.json")], "lies inside the input"),
     "missing required option": (lambda t, m: ["degrade", "--model", str(m)], "--out"),
     "unknown command": (lambda t, m: ["degrad"], "degrad"),
     "unknown option": (lambda t, m: ["degrade", "--model", str(m), "--out", str(t / "o"), "--sparsity-ratio", "1"],
@@ -188,9 +209,13 @@ INPUT_CASES = {
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
 def test_bad_inputs_and_combinations_are_one_line(tmp_path, tiny_model, case):
     make_args, needle = INPUT_CASES[case]
+    before = sorted(p.name for p in Path(tiny_model).iterdir())
     result = runner.invoke(app, make_args(tmp_path, tiny_model))
     _one_line_error(result, needle)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.json").exists()
+    assert sorted(p.name for p in Path(tiny_model).iterdir()) == before, "an input was written to"
+    if (tmp_path / "theirs").exists():
+        assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -58,3 +58,14 @@ def test_cka_of_a_model_is_measured_once_and_alone_equals_together(tiny_model, p
     monkeypatch.setenv("RECOVERLM_HOME", str(tmp_path / "empty"))
     alone = cka_models(tiny_model, {"b": students["seed2"]}, cfg, progress=False, log=lambda *_: None, cross_tokens=8)
     assert alone["cka"]["b"] == both["cka"]["b"] and alone["cross_layer"]["b"] == both["cross_layer"]["b"]
+
+
+def test_a_damaged_cache_entry_is_a_miss(tmp_path):
+    from recoverlm import result_cache
+
+    for text in ("{not json", "[1, 2]", '{"result": [1]}', '{"meta": {}}'):
+        entry = tmp_path / "e.json"
+        entry.write_text(text)
+        assert result_cache.load(entry) is None, text
+    result_cache.store(entry, {"kl": 0.5}, {})
+    assert result_cache.load(entry) == {"kl": 0.5}

@@ -63,3 +63,41 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path, tiny_model):
     bad.write_bytes("recover:\n  # r\xe9glages\n  lr: 1.0e-4\n".encode("latin-1"))
     _one_line_error(runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "run")]), "latin1.yaml", "not UTF-8")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_follows_its_inputs(tmp_path, tiny_model):
+    """Finished stages are reused only while the teacher's weights and the prompts file are the
+    ones the run began with; a damaged record of the run is one line."""
+    import pytest
+
+    from recoverlm.config import RunConfig
+    from recoverlm.errors import RecoverLMError
+    from recoverlm.pipeline import StageClock, claim_run_dir
+
+    teacher = shutil.copytree(tiny_model, tmp_path / "teacher")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n')
+    cfg = RunConfig.model_validate({"model": str(teacher), "data": {"prompts": str(prompts)}})
+    out = tmp_path / "run"
+    claim_run_dir(cfg, out, teacher)
+    claim_run_dir(cfg, out, teacher)  # the same inputs: the folder is reused
+    prompts.write_text('{"prompt": "b"}\n')
+    with pytest.raises(RecoverLMError, match="the prompts file changed since this run began"):
+        claim_run_dir(cfg, out, teacher)
+    prompts.write_text('{"prompt": "a"}\n')
+    weights = teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(RecoverLMError, match="the teacher's weights changed"):
+        claim_run_dir(cfg, out, teacher)
+    (out / "run.json").write_text("{not json")
+    with pytest.raises(RecoverLMError, match="run.json cannot be read"):
+        StageClock(out)
+
+
+def test_an_empty_section_means_its_defaults(tmp_path):
+    from recoverlm.cli import _stage_configs
+    from recoverlm.config import DataConfig, RecoverConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recover:\ndata:\n")
+    assert _stage_configs(cfg) == (RecoverConfig(), DataConfig())

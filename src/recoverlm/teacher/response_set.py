@@ -104,7 +104,10 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
         settings["topk_temperature"] = topk_temperature
     cache = models.settings_cache_path("response_sets", settings)
     if (cache / "meta.json").exists():
-        return ResponseSet.load(cache)
+        try:
+            return ResponseSet.load(cache)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is made again, not a dead end
+            log(f"the cached teacher responses in {cache} cannot be read ({type(exc).__name__}); making them again")
 
     prompt_ids, kept, n_over = encode_prompts(tokenizer, prompts, max_prompt_tokens, use_chat_template, overflow)
     if n_over:

@@ -87,7 +87,10 @@ def teacher_written_prompts(teacher_ref, n: int, *, exclude: list[str], max_prom
                 "version": 1}
     cache = models.settings_cache_path("written_prompts", settings, ".jsonl")
     if cache.exists():
-        return [json.loads(line)["prompt"] for line in cache.read_text(encoding="utf-8").splitlines()]
+        try:
+            return [json.loads(line)["prompt"] for line in cache.read_text(encoding="utf-8").splitlines()]
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # a damaged cache entry: written again below
 
     seen = {normalized(p) for p in exclude}
     written: list[str] = []
