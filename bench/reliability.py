@@ -33,20 +33,27 @@ PROMISES = [
      "impossible option combinations, uncached Hub ids, CLI usage errors",
      ["tests/integration/test_bad_input.py"]),
     ("An output never destroys anything: an output that is, contains or lies inside an input is refused, "
-     "a folder holding files recoverlm did not write is never replaced",
+     "a folder holding files recoverlm did not write is never replaced, and a run folder's finished stages are "
+     "reused only while its teacher's weights and prompts are the ones it began with",
      ["tests/integration/test_safe_outputs.py"]),
     ("Writes are atomic: a failed write keeps the old file or folder, and leaves no scratch behind",
      ["tests/unit/test_io.py"]),
-    ("A recovery resumes exactly from its checkpoint; a non-finite loss stops it and keeps the best checkpoint",
+    ("A recovery resumes exactly from its checkpoint, and only the recovery that wrote it (other settings, another "
+     "model or a damaged file are one line); a non-finite loss stops it and keeps the best checkpoint",
      ["tests/integration/recover/test_checkpoint.py::test_resume_continues_exactly",
+      "tests/integration/recover/test_checkpoint.py::test_a_checkpoint_resumes_only_the_run_that_wrote_it",
       "tests/integration/recover/test_trainer.py::test_non_finite_loss_stops_and_keeps_best"]),
+    ("A damaged cache entry (teacher responses, scores) is made again, never a dead end",
+     ["tests/integration/teacher/test_response_set.py::test_a_damaged_cached_set_is_made_again",
+      "tests/integration/test_result_cache.py::test_a_damaged_cache_entry_is_a_miss"]),
     ("SIGKILL at 10 random moments, then resume: the model and metrics equal an uninterrupted run's, bitwise "
      "(`recover --resume` and `run`)",
      ["tests/slow/test_kill_soak.py"]),
     ("Ctrl-C lets the step in flight finish, checkpoints it and names the resume command; the resumed run "
      "ends bitwise where an uninterrupted one does",
      ["tests/integration/recover/test_checkpoint.py::test_an_interrupt_finishes_the_step_and_checkpoints_it"]),
-    ("A study refuses a bad cell before anything runs and reuses finished cells",
+    ("A study refuses a bad cell before anything runs, reuses finished cells, renders from its records alone, "
+     "and names a crashing cell and a damaged record in one line",
      ["tests/integration/test_study.py"]),
     ("The run report holds sample generations, the machine, versions and stage times, and renders in headless "
      "Chromium with no broken image and a non-blank page",

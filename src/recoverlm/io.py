@@ -68,6 +68,17 @@ def check_output_dir(out: Path, inputs: Iterable[Path], own_files: Iterable[str]
     if target.is_dir() and any(target.iterdir()) and not any((target / f).exists() for f in own_files):
         raise RecoverLMError(f"output {out} already holds files that recoverlm did not write; "
                              "choose a new or empty folder")
+    _check_writable(out, target.parent)
+
+
+def _check_writable(out: Path, folder: Path) -> None:
+    """Before the work, not after it: the nearest existing folder on the way must take new files."""
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RecoverLMError(f"output {out} lies under {folder}, which is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RecoverLMError(f"output {out}: {folder} is not writable")
 
 
 def check_output_file(out: Path, inputs: Iterable[Path | str | None]) -> None:
@@ -76,11 +87,7 @@ def check_output_file(out: Path, inputs: Iterable[Path | str | None]) -> None:
     target = Path(out).expanduser().resolve()
     if target.is_dir():
         raise RecoverLMError(f"output {out} is a folder; name a file to write")
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise RecoverLMError(f"output {out} lies under {parent}, which is a file")
-            break
+    _check_writable(out, target.parent)
     for source in inputs:
         if source is None or not Path(source).expanduser().exists():
             continue  # an embedded model's name, or nothing

@@ -49,3 +49,23 @@ def test_a_failed_folder_keeps_the_old_one(tmp_path):
             raise RuntimeError("crash")
     assert (final / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_an_output_is_checked_for_writability_before_the_work(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from recoverlm.errors import RecoverLMError
+    from recoverlm.io import check_output_dir, check_output_file
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RecoverLMError, match="which is a file"):
+        check_output_file(tmp_path / "a-file" / "deeper" / "out.json", [])
+    with pytest.raises(RecoverLMError, match="which is a file"):
+        check_output_dir(tmp_path / "a-file" / "run", [], ())
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as on a read-only file system, even for root
+    with pytest.raises(RecoverLMError, match="is not writable"):
+        check_output_dir(tmp_path / "new" / "run", [], ())
+    with pytest.raises(RecoverLMError, match="is not writable"):
+        check_output_file(tmp_path / "out.json", [])
