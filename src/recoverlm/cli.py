@@ -203,7 +203,8 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
     suite: str = typer.Option("fidelity", help="Comma-separated: fidelity and/or task suites "
                               "(knowledge, instructions, arithmetic, or any lm-eval task or YAML path)."),
-    limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all)."),
+    limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all): the first N, and the shipped "
+                                        "suites are grouped by category, so a limit is a quick check, not a sample."),
     no_chat_template: bool = NO_CHAT_TEMPLATE,
     no_cache: bool = typer.Option(False, "--no-cache", help="Rescore every model, ignoring cached results."),
 ) -> None:

@@ -120,6 +120,9 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int, use_ch
     encoded, kept, n_over = [], [], 0
     for i, p in enumerate(prompts):
         ids = encode_prompt(tokenizer, p, use_chat_template)
+        if not ids:  # nothing would predict a response's first token, and every row after it would shift
+            raise RecoverLMError(f"prompt {i + 1} encodes to no tokens (an empty prompt without a chat template or "
+                                 "BOS token); remove it")
         if len(ids) > max_prompt_tokens:
             n_over += 1
             if overflow == "skip":

@@ -30,3 +30,19 @@ def test_zero_validation_selects_on_heldout():
 def test_too_large_validation_names_its_field():
     with pytest.raises(RecoverLMError, match="n_validation=90"):
         split_three(PROMPTS, 10, 90)
+
+
+def test_a_prompt_of_no_tokens_is_refused():
+    """Without a BOS or template an empty prompt has no position to predict the response's first
+    token from: its rows would shift every later sequence's cached teacher rows."""
+    import pytest
+
+    from recoverlm.data import encode_prompts
+    from recoverlm.errors import RecoverLMError
+
+    def tokenizer(text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+    assert encode_prompts(tokenizer, ["ab"], 8, use_chat_template=False)[0] == [[97, 98]]
+    with pytest.raises(RecoverLMError, match="prompt 2 encodes to no tokens"):
+        encode_prompts(tokenizer, ["ab", ""], 8, use_chat_template=False)

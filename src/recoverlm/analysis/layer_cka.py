@@ -61,6 +61,22 @@ def pool(states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor, pooling
     return out
 
 
+def _picked_rows(pick: torch.Tensor, offset: int, attention_mask: torch.Tensor, rows_mask: torch.Tensor,
+                 pooling: str) -> tuple[torch.Tensor, int]:
+    """The rows of this batch that the sample `pick` chose, and the offset of the next batch. The
+    sample is drawn over every real token (or sequence), the rows are those the massive-activation
+    mask kept: a picked token that was left out is dropped, and the rest are mapped to their rows."""
+    if pooling == "mean":  # a row per sequence, whatever the mask kept
+        n = attention_mask.shape[0]
+        return pick[(pick >= offset) & (pick < offset + n)] - offset, offset + n
+    real = attention_mask.bool().flatten()
+    kept = rows_mask.bool().flatten()[real]  # per real token: is it a row?
+    n = int(real.sum())
+    chosen = pick[(pick >= offset) & (pick < offset + n)] - offset
+    chosen = chosen[kept[chosen]]
+    return (torch.cumsum(kept.long(), 0) - 1)[chosen], offset + n
+
+
 def _subsample(total: int, k: int, seed: int) -> torch.Tensor:
     """Sorted global row indices: all rows if total <= k, else k drawn without replacement (seeded).
 
@@ -134,12 +150,10 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
                 excluded += int(batch.attention_mask.sum() - rows_mask.sum())
             t_rows = pool(t_states, rows_mask, pooling)
             del t_states
-            n_rows = t_rows[0].shape[0]
             local = None
             if pick is not None:
-                local = pick[(pick >= offset) & (pick < offset + n_rows)] - offset
+                local, offset = _picked_rows(pick, offset, batch.attention_mask, rows_mask, pooling)
                 cross_t.append([h[local] for h in t_rows])
-            offset += n_rows
             for name, student in students.items():
                 s_rows = pool(hidden_states(student, batch.input_ids, batch.attention_mask), rows_mask, pooling)
                 if name not in accs:

@@ -171,13 +171,17 @@ def _summarise(suite: str, res: dict) -> dict[str, Any]:
 
     items, by_cat = defaultdict(list), defaultdict(lambda: defaultdict(list))
     for task in sorted(res["samples"]):  # leaf tasks; a group's items are concatenated in name order
+        # one sample per document and filter: keyed as the summary keys them, so a task with two
+        # filters keeps two item lists, each in document order, not one list of both interleaved
         for sample in sorted(res["samples"][task], key=lambda s: s["doc_id"]):
+            filt = sample.get("filter", "none")
             for metric in sample["metrics"]:
                 value = sample[metric]
                 if isinstance(value, (bool, int, float)):
-                    items[metric].append(float(value))
+                    name = metric if filt == "none" else f"{metric},{filt}"
+                    items[name].append(float(value))
                     if "category" in sample["doc"]:
-                        by_cat[sample["doc"]["category"]][metric].append(float(value))
+                        by_cat[sample["doc"]["category"]][name].append(float(value))
     summary["n"] = sum(int(n["effective"]) for n in res["n-samples"].values())
     summary["stderr"] = stderr
     summary["items"] = dict(items)

@@ -19,17 +19,30 @@ def left_padded(prompt_ids: list[list[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, attn
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS and those of the model's generation config,
+    which for chat models often adds a turn-end token the tokenizer does not call EOS (Gemma's
+    <end_of_turn>, Llama 3's <|eot_id|>). Passing the tokenizer's alone would override the others."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for t in configured if isinstance(configured, (list, tuple)) else [configured]:
+        if t is not None and t not in ids:
+            ids.append(int(t))
+    return ids
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 16, seed: int = 0, desc: str = "generating",
              progress: bool = True, synced: bool = False, stop_id: int | None = None) -> list[list[int]]:
-    """Responses to tokenised prompts: KV-cached, left-padded, stopping at EOS (or `stop_id`).
+    """Responses to tokenised prompts: KV-cached, left-padded, stopping at any end-of-turn token
+    (`stop_ids`), or at `stop_id`.
 
-    Prompts are bucketed by length so little compute goes to padding. The EOS token, when
+    Prompts are bucketed by length so little compute goes to padding. The stop token, when
     produced, is kept as the last response token so that students learn to stop.
     Returns response token ids in the order of `prompt_ids`.
     """
-    eos = tokenizer.eos_token_id if stop_id is None else stop_id
+    stops = stop_ids(model, tokenizer) if stop_id is None else [stop_id]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     out: list[list[int] | None] = [None] * len(prompt_ids)
@@ -45,13 +58,12 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
             result = model.generate(
                 input_ids=ids.to(model.device), attention_mask=attn.to(model.device), max_new_tokens=max_new_tokens,
                 do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-                top_k=None, pad_token_id=pad, eos_token_id=eos, use_cache=True, synced_gpus=synced,
+                top_k=None, pad_token_id=pad, eos_token_id=stops, use_cache=True, synced_gpus=synced,
             )
             for row, i in enumerate(chunk):
                 new = result[row, width:].tolist()
-                if eos in new:
-                    new = new[: new.index(eos) + 1]
-                out[i] = new
+                end = next((k for k, t in enumerate(new) if t in stops), None)
+                out[i] = new if end is None else new[: end + 1]
             bar.update(len(chunk))
     bar.close()
     return out  # type: ignore[return-value]

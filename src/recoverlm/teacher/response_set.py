@@ -102,6 +102,8 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
     }
     if top_k_logits and topk_temperature != 1.0:  # keyed only where it differs, so sets cached before still match
         settings["topk_temperature"] = topk_temperature
+    if temperature > 0:  # sampled: each batch draws its own seed, so the batch decides the text
+        settings["batch_size"] = batch_size
     cache = models.settings_cache_path("response_sets", settings)
     if (cache / "meta.json").exists():
         try:
