@@ -34,3 +34,17 @@ def test_chat_template_choice():
 def test_task_suites_use_the_chat_template():
     assert {"extraction", "rewriting"} <= suites.CHAT_SUITES
     assert "gsm8k" not in suites.CHAT_SUITES
+
+
+def test_items_are_kept_per_filter_as_the_summary_keys_them():
+    """A task with two filters logs a sample per document and filter: two item lists, each in
+    document order, under the summary's names."""
+    from recoverlm.evaluate.lm_eval_runner import _summarise
+
+    samples = [{"doc_id": d, "filter": f, "metrics": ["exact_match"], "exact_match": float(v), "doc": {}}
+               for d, f, v in [(1, "strict", 1), (0, "strict", 0), (0, "flexible", 1), (1, "flexible", 1)]]
+    res = {"results": {"t": {"exact_match,strict": 0.5, "exact_match,flexible": 1.0, "alias": "t"}},
+           "samples": {"t": samples}, "n-samples": {"t": {"effective": 2}}}
+    summary = _summarise("t", res)
+    assert summary["items"] == {"exact_match,strict": [0.0, 1.0], "exact_match,flexible": [1.0, 1.0]}
+    assert summary["n"] == 2 and summary["exact_match,strict"] == 0.5
