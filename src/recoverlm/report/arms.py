@@ -93,19 +93,23 @@ def targeted_section(records: list[dict]) -> str | None:
 
 
 def _chance_sentences(chosen: list[dict]) -> list[str]:
-    """Least-aligned against random blocks at each K: wins over (degradation, seed) pairs."""
+    """Least-aligned against random blocks at each K: wins over (degradation, seed) pairs. Arms that
+    rank the blocks by different scores are compared with chance each on its own."""
     out = []
     keyed = {}
     for r in chosen:
         tb = r["recovery"]["train_blocks"]
-        keyed[(r["model"], r["degradation"], r["seed"], rule(tb), len(tb["blocks"]))] = r["ratio"]
-    for k in sorted({key[4] for key in keyed}):
-        pairs = [(v, keyed.get((*key[:3], "random", k))) for key, v in keyed.items()
-                 if key[3] == "least_aligned" and key[4] == k]
+        score = tb.get("score") if rule(tb) == "least_aligned" else None
+        keyed[(r["model"], r["degradation"], r["seed"], rule(tb), len(tb["blocks"]), score)] = r["ratio"]
+    ranked = sorted({(key[4], key[5] or "") for key in keyed if key[3] == "least_aligned"})
+    for k, score in ranked:
+        pairs = [(v, keyed.get((*key[:3], "random", k, None))) for key, v in keyed.items()
+                 if key[3] == "least_aligned" and key[4] == k and (key[5] or "") == score]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if pairs:
             wins = sum(a > b for a, b in pairs)
-            out.append(f"- K = {k}: the least-aligned blocks beat random blocks in {wins} of {len(pairs)} "
-                       f"(degradation, seed) pairs (mean ratio {_mean(a for a, _ in pairs):.3f} against "
-                       f"{_mean(b for _, b in pairs):.3f}).")
+            several = sum(1 for kk, _ in ranked if kk == k) > 1
+            out.append(f"- K = {k}{f' (score {score})' if several else ''}: the least-aligned blocks beat random "
+                       f"blocks in {wins} of {len(pairs)} (degradation, seed) pairs (mean ratio "
+                       f"{_mean(a for a, _ in pairs):.3f} against {_mean(b for _, b in pairs):.3f}).")
     return out

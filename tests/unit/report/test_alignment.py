@@ -98,3 +98,19 @@ def test_the_mask_section_sets_the_re_chosen_masks_beside_the_fixed_one():
     assert "| m | wanda-50 | `two-stage` | fixed | 1 | 0.530 | 0.600 | 0 | 0 | 0 |" in text
     assert "| m | wanda-50 | `two-stage+mask-update` | re-chosen | 1 | 0.600 | 0.620 | 10 | 5000 | 0.120 |" in text
     assert mask_section([fixed]) is None
+
+
+def test_least_aligned_arms_of_two_scores_are_each_set_against_chance():
+    from recoverlm.report.arms import targeted_section
+
+    def ranked(seed, method, score, ratio):
+        cell = _targeted(seed, method, {"least_aligned": 2, "score": score}, [3, 7], ratio)
+        cell["recovery"]["train_blocks"]["score"] = score  # as recover records the score it ranked by
+        return cell
+
+    cells = [ranked(s, "least-aligned-2", "drop", 0.40) for s in range(2)]
+    cells += [ranked(s, "least-aligned-2-output", "output", 0.30) for s in range(2)]
+    cells += [_targeted(s, "random-2", {"random": 2}, [s, 9], 0.35) for s in range(2)]
+    text = targeted_section(cells)
+    assert "K = 2 (score drop): the least-aligned blocks beat random blocks in 2 of 2" in text
+    assert "K = 2 (score output): the least-aligned blocks beat random blocks in 0 of 2" in text
