@@ -25,16 +25,22 @@ def suite_version(suite: str, suites_dir: Path) -> str:
     folder = suites_dir / suite if (suites_dir / suite).is_dir() else None
     if folder is None and suite.endswith((".yaml", ".yml")) and Path(suite).is_file():
         folder = Path(suite).resolve().parent
-    if folder is None:
-        import lm_eval
-
-        return f"lm-eval {getattr(lm_eval, '__version__', 'unknown')}"
+    if folder is None:  # one of lm-eval's own tasks: the harness's versions are all there is to key on
+        return "lm-eval task; " + "; ".join(_harness())
     digest = hashlib.sha256()
     for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".yaml", ".yml", ".jsonl", ".json", ".py"}):
         digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    for part in _outside_sources(suite):
+    for part in _outside_sources(suite) + _harness():
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _harness() -> list[str]:
+    """The libraries that turn a suite's files into scores (prompt building, generation, metrics):
+    a teacher scored under one version is not paired with students scored under another."""
+    from importlib import metadata
+
+    return [f"{name} {metadata.version(name)}" for name in ("lm_eval", "transformers")]
 
 
 def _outside_sources(suite: str) -> list[str]:

@@ -38,3 +38,13 @@ def test_suite_version_follows_the_task_checker(monkeypatch, tmp_path):
     fake.write_text(Path(TASKS["extraction"].__file__).read_text() + "\n# a changed checker\n")
     monkeypatch.setattr(suite_cache, "SFT_TASKS_DIR", tmp_path)
     assert suite_cache.suite_version("extraction", SUITES_DIR) != before
+
+
+def test_suite_version_follows_the_harness(monkeypatch):
+    """Scores made under another lm-eval or transformers are not reused beside today's."""
+    from importlib import metadata
+
+    before = {s: suite_cache.suite_version(s, SUITES_DIR) for s in ("knowledge", "hellaswag")}
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "transformers" else real(name))
+    assert all(suite_cache.suite_version(s, SUITES_DIR) != v for s, v in before.items())
