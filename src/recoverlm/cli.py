@@ -111,6 +111,9 @@ def degrade(
     bits: Optional[int] = typer.Option(None, help="Quantization bits, 2..8."),
     group_size: Optional[int] = typer.Option(None, help="Quantization group size (0 = per channel)."),
     param: list[str] = typer.Option([], help="Any other method parameter as key=value (repeatable)."),
+    config: Optional[Path] = typer.Option(None, help="YAML whose `data:` section (the prompt split) the recovery will "
+                                          "use: a method calibrated on the built-in prompts leaves out its held-out "
+                                          "and validation prompts (default: those of the default split)."),
 ) -> None:
     """Damage a model; save it with its Constraint and degradation.json."""
     from .degrade import degrade as run_degrade
@@ -119,7 +122,8 @@ def degrade(
     for key, value in {"sparsity": sparsity, "bits": bits, "group_size": group_size}.items():
         if value is not None:
             params[key] = value
-    record = run_degrade(model, method, params, out)
+    _, data_cfg = _stage_configs(config)
+    record = run_degrade(model, method, params, out, data_cfg=data_cfg)
     typer.echo(json.dumps({k: record[k] for k in ("method", "params", "seconds")}))
     typer.echo(f"degraded model written to {out}")
 

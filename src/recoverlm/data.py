@@ -91,6 +91,13 @@ def split_three(prompts: list[str], n_heldout: int, n_validation: int | None, se
     return train, validation, heldout
 
 
+def scored_prompts(prompts: list[str], n_heldout: int, n_validation: int | None, seed: int = 0) -> list[str]:
+    """The prompts a run scores rather than trains on (validation, then held-out), which nothing
+    fitted to the model, calibration included, may see."""
+    _, validation, heldout = split_three(prompts, n_heldout, n_validation, seed)
+    return validation + heldout
+
+
 def texts_hash(texts: list[str]) -> str:
     digest = hashlib.sha256()
     for t in texts:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import environment, models
 from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config, same_settings
-from .degrade import degrade, method_params
+from .degrade import check_calibration_kept_apart, degrade, method_params
 from .errors import RecoverLMError
 from .io import read_json, write_json_atomic
 from .report.records import cell_record, load_records, store
@@ -249,9 +249,11 @@ def _degrade_once(todo: list[Cell], out: Path, log) -> None:
             if made.get("method") != d.method or made.get("params") != method_params(d.method, d.params):
                 raise RecoverLMError(f"{target} holds a {made.get('method')} degradation with other settings than "
                                      f"{cell.degradation!r} asks for; remove it or write the study to another --out")
+            check_calibration_kept_apart(made, target)
             continue
         log(f"degrade {model_tag(cell.model)}/{cell.degradation}: {d.method} {d.params}")
-        degrade(models.resolve_model(cell.model), d.method, d.params, target)
+        # the cells of a degradation share their prompt split, which its calibration leaves out
+        degrade(models.resolve_model(cell.model), d.method, d.params, target, data_cfg=cell.config.data)
         done.add(target)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -57,9 +58,28 @@ def method_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **params}
 
 
-def apply_method(model, method: str, params: dict[str, Any], tokenizer=None, record: dict | None = None):
-    fn, _ = METHODS[method]
-    return fn(model, **method_params(method, params), tokenizer=tokenizer, record=record)
+def apply_method(model, method: str, params: dict[str, Any], tokenizer=None, record: dict | None = None,
+                 held_out: Sequence[str] = ()):
+    """`held_out`: prompts a calibrated method's built-in calibration must leave out."""
+    fn, defaults = METHODS[method]
+    extra = {"held_out": held_out} if "calibration" in defaults else {}
+    return fn(model, **method_params(method, params), tokenizer=tokenizer, record=record, **extra)
+
+
+def is_calibrated_on_builtin(method: str, params: dict[str, Any]) -> bool:
+    """Whether the method fits the model to the built-in prompts (the default calibration)."""
+    full = method_params(method, params)
+    return "calibration" in METHODS[method][1] and full["calibration"] is None and not (
+        method == "prune.nm" and full["score"] == "magnitude")
+
+
+def check_calibration_kept_apart(record: dict, where: Path) -> None:
+    """A damaged model calibrated on the built-in prompts before calibration left the scored ones
+    out was fitted to the prompts its damage is measured on: refused for reuse, in one line."""
+    if is_calibrated_on_builtin(record.get("method", ""), record.get("params", {})) and \
+            "held-out" not in str((record.get("calibration") or {}).get("source", "")):
+        raise RecoverLMError(f"{where} was calibrated on prompts that include the held-out and validation ones "
+                             "(made by an earlier recoverlm); remove it so that it is made again")
 
 
 @torch.no_grad()
@@ -86,12 +106,18 @@ def _shape(model) -> dict:
     }
 
 
-def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Path) -> dict:
-    """Load a model, damage it, and save the damaged model with its Constraint and a record."""
-    from .. import models
+def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Path, data_cfg=None) -> dict:
+    """Load a model, damage it, and save the damaged model with its Constraint and a record. A
+    calibrated method's built-in calibration leaves out the prompts that `data_cfg` (a DataConfig;
+    default: the defaults) holds out for validation and evaluation."""
+    from .. import data, models
+    from ..config import DataConfig
     from ..io import atomic_dir, check_output_dir, write_json_atomic
 
     full = method_params(method, params)
+    split = data_cfg or DataConfig()
+    held_out = data.scored_prompts(data.load_prompts(split.prompts), split.n_heldout, split.n_validation,
+                                   split.split_seed) if is_calibrated_on_builtin(method, full) else []
     source = models.resolve_model(model_ref)
     check_output_dir(out, [source], own_files(DEGRADATION_FILE))
     model = models.load_model(source)
@@ -99,7 +125,7 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
     before = _shape(model)
     start = time.perf_counter()
     details: dict[str, Any] = {}
-    model, constraint = apply_method(model, method, full, tokenizer=tokenizer, record=details)
+    model, constraint = apply_method(model, method, full, tokenizer=tokenizer, record=details, held_out=held_out)
     seconds = time.perf_counter() - start
     check = constraint.verify(model)
     if isinstance(check, dict):

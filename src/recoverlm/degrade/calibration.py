@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,21 +93,24 @@ def _file_texts(path: Path, tokenizer) -> list[str]:
     return texts
 
 
-def load_calibration(tokenizer, calibration=None, n_calibration: int = 128, max_length: int = 128) -> Calibration:
+def load_calibration(tokenizer, calibration=None, n_calibration: int = 128, max_length: int = 128,
+                     held_out: Sequence[str] = ()) -> Calibration:
     """The first `n_calibration` samples, each cut to `max_length` tokens.
 
     The default is the built-in prompts rendered with the chat template (plain, for a model without
     one), shuffled with a fixed seed so that every category is represented (the file is sorted by
-    category).
+    category), less the `held_out` prompts that evaluation and checkpoint selection score: a damage
+    fitted to the prompts it is measured on would look smaller than it is.
     """
     check_calibration_args(calibration, n_calibration, max_length)
     if tokenizer is None:
         raise RecoverLMError("calibration needs the model's tokenizer")
     if calibration is None:
-        prompts = data.load_prompts()
+        scored = set(held_out)
+        prompts = [p for p in data.load_prompts() if p not in scored]
         random.Random(0).shuffle(prompts)
         texts = [_render(tokenizer, [{"role": "user", "content": p}]) for p in prompts[:n_calibration]]
-        source = "builtin"
+        source = f"builtin, less {len(scored)} held-out and validation prompts"
     else:
         texts = _file_texts(Path(calibration), tokenizer)[:n_calibration]
         source = str(calibration)

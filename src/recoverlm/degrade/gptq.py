@@ -104,14 +104,14 @@ def gptq_matrix(weight: torch.Tensor, h: torch.Tensor, bits: int, group_size: in
 @torch.no_grad()
 def quantize_gptq(model, bits: int = 4, group_size: int = 32, symmetric: bool = False, percdamp: float = 0.01,
                   blocksize: int = 128, calibration=None, n_calibration: int = 128, max_length: int = 128,
-                  *, tokenizer=None, record=None):
+                  *, tokenizer=None, record=None, held_out=()):
     weights = linear_weights(model)
     check_quant_args(bits, group_size, symmetric, weights)
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not 0 < percdamp <= 1:
         raise RecoverLMError(f"percdamp must lie in (0, 1], got {percdamp!r}")
     check_int("blocksize", blocksize, 1)
     check_calibration_args(calibration, n_calibration, max_length)
-    calib = load_calibration(tokenizer, calibration, n_calibration, max_length)
+    calib = load_calibration(tokenizer, calibration, n_calibration, max_length, held_out)
 
     scales, zeros = {}, {}
     for i, block, inputs in walk_blocks(model, calib, "gptq"):

@@ -88,11 +88,11 @@ def prune_magnitude(model, sparsity: float = 0.5, scope: str = "row", *, tokeniz
 
 
 def prune_wanda(model, sparsity: float = 0.5, calibration=None, n_calibration: int = 128, max_length: int = 128,
-                *, tokenizer=None, record=None):
+                *, tokenizer=None, record=None, held_out=()):
     """Wanda, compared per output row as in the paper (its best setting for LLMs)."""
     check_sparsity(sparsity)
     check_calibration_args(calibration, n_calibration, max_length)
-    calib = load_calibration(tokenizer, calibration, n_calibration, max_length)
+    calib = load_calibration(tokenizer, calibration, n_calibration, max_length, held_out)
     masks = _wanda_masks(model, calib, lambda s: magnitude_mask(s, sparsity, "row"), "wanda")
     if record is not None:
         record["calibration"] = calib.summary()
@@ -100,7 +100,7 @@ def prune_wanda(model, sparsity: float = 0.5, calibration=None, n_calibration: i
 
 
 def prune_nm(model, n: int = 2, m: int = 4, score: str = "magnitude", calibration=None, n_calibration: int = 128,
-             max_length: int = 128, *, tokenizer=None, record=None):
+             max_length: int = 128, *, tokenizer=None, record=None, held_out=()):
     """N:M semi-structured sparsity: at most n non-zero weights in every m consecutive inputs of a
     row (NVIDIA's 2:4 is what sparse tensor cores run). `score`: magnitude or wanda."""
     check_int("m", m, 2)
@@ -115,7 +115,7 @@ def prune_nm(model, n: int = 2, m: int = 4, score: str = "magnitude", calibratio
         _apply_masks(weights, masks)
         return model, SparsityConstraint(masks)
     check_calibration_args(calibration, n_calibration, max_length)
-    calib = load_calibration(tokenizer, calibration, n_calibration, max_length)
+    calib = load_calibration(tokenizer, calibration, n_calibration, max_length, held_out)
     masks = _wanda_masks(model, calib, lambda s: nm_mask(s, n, m), f"wanda {n}:{m}")
     if record is not None:
         record["calibration"] = calib.summary()

@@ -41,7 +41,7 @@ def _take(linear: torch.nn.Linear, index: torch.Tensor, dim: int) -> torch.nn.Li
 
 @torch.no_grad()
 def prune_ffn(model, fraction: float = 0.10, calibration=None, n_calibration: int = 128, max_length: int = 128,
-              *, tokenizer=None, record=None):
+              *, tokenizer=None, record=None, held_out=()):
     """Remove `fraction` of the MLP neurons of every block (the same count in each, so one
     config.intermediate_size still describes the model).
 
@@ -58,7 +58,7 @@ def prune_ffn(model, fraction: float = 0.10, calibration=None, n_calibration: in
     keep_n = width - int(round(fraction * width))
     if keep_n < 1:
         raise RecoverLMError(f"fraction {fraction} leaves no MLP neuron of {width}")
-    calib = load_calibration(tokenizer, calibration, n_calibration, max_length)
+    calib = load_calibration(tokenizer, calibration, n_calibration, max_length, held_out)
 
     for i, block, inputs in walk_blocks(model, calib, "ffn"):
         mlp = mlps[i]
@@ -85,7 +85,7 @@ def _angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_depth(model, n_blocks: int = 3, calibration=None, n_calibration: int = 128, max_length: int = 128,
-                *, tokenizer=None, record=None):
+                *, tokenizer=None, record=None, held_out=()):
     """Drop the `n_blocks` blocks that change the hidden state least.
 
     A block's score is the angular distance between its input and output hidden states, averaged
@@ -98,7 +98,7 @@ def prune_depth(model, n_blocks: int = 3, calibration=None, n_calibration: int =
         raise RecoverLMError(f"n_blocks: the model has only {n_layers} decoder block; nothing can be dropped")
     check_int("n_blocks", n_blocks, 1, n_layers - 1)
     check_calibration_args(calibration, n_calibration, max_length)
-    calib = load_calibration(tokenizer, calibration, n_calibration, max_length)
+    calib = load_calibration(tokenizer, calibration, n_calibration, max_length, held_out)
 
     distance = []
     for _, block, inputs in walk_blocks(model, calib, "depth"):
