@@ -201,7 +201,7 @@ class RecoverConfig(_Strict):
     mask_update: Optional[MaskUpdateConfig] = None
     eval_every: int = Field(25, ge=0)  # 0 = only at the end
     select_metric: Literal["kl", "reverse_kl", "nll", "top1_agreement"] = "kl"
-    select_best: bool = True  # export the best checkpoint by select_metric on held-out prompts
+    select_best: bool = True  # export the best checkpoint by select_metric on the validation prompts
     cka_every_eval: bool = True  # record the per-layer CKA trajectory at each evaluation
     save_every: int = Field(0, ge=0)  # training checkpoints for --resume; 0 = never
     # bf16 autocast for training and on-policy sampling; auto: where it beats fp32 (a GPU with bf16,
@@ -245,12 +245,26 @@ class RecoverConfig(_Strict):
             if self.mask_update is not None:
                 raise RecoverLMError("mask_update needs full fine-tuning (the gradient of every pruned weight); "
                                      "it is not supported with lora")
+        # settings that would silently do nothing are refused rather than ignored
+        if self.cka_layers is not None and not self.cka_weight:
+            raise RecoverLMError("cka_layers chooses the blocks of the CKA term, which is off; set cka_weight too")
+        if self.teacher_mode == "ema" and not self.onpolicy_steps:
+            raise RecoverLMError("teacher_mode 'ema' is the teacher of the on-policy stage, and onpolicy_steps is 0")
+        if self.method == "sft-replay" and self.onpolicy_steps:
+            raise RecoverLMError("sft-replay trains on the teacher's text only and has no on-policy stage; "
+                                 "give its steps as offpolicy_steps")
+        if self.onpolicy_steps and self.skip_first_tokens >= self.onpolicy_max_new_tokens:
+            raise RecoverLMError(f"skip_first_tokens ({self.skip_first_tokens}) leaves nothing of the on-policy "
+                                 f"samples ({self.onpolicy_max_new_tokens} tokens) to train on")
         return self
 
     def check_data(self, data: DataConfig) -> None:
         """The checks that need the data section too."""
         if self.method == "sft-replay" and self.replay_source == "data" and data.replay_data is None:
             raise RecoverLMError("replay_source 'data' needs data.replay_data (a JSONL of prompt/response pairs)")
+        if self.offpolicy_steps and self.skip_first_tokens >= data.max_new_tokens and self.replay_source != "data":
+            raise RecoverLMError(f"skip_first_tokens ({self.skip_first_tokens}) leaves nothing of the teacher's "
+                                 f"responses (data.max_new_tokens {data.max_new_tokens}) to train on")
 
 
 class EvalConfig(_Strict):

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..constraints import Constraint
 from ..errors import RecoverLMError
-from ..tasks import TASKS, load_task_data, task_accuracy
+from ..tasks import RESERVED_SEEDS, TASKS, load_task_data, task_accuracy
 
 EVAL_N = 32  # held-out items for the before/after accuracy in the record: cheap, and enough to see the jump
 
@@ -42,6 +42,9 @@ def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenize
     integer("batch_size", batch_size)
     integer("lora_r", lora_r)
     integer("seed", seed, low=0)
+    if str(task) in TASKS and seed in RESERVED_SEEDS:  # the same seed draws the same items
+        raise RecoverLMError(f"sft: seed {seed} draws {RESERVED_SEEDS[seed]}; fine-tuning on them would score the "
+                             "model on its own training items; choose another seed")
     if _as_float(lr) is None or not _as_float(lr) > 0:
         raise RecoverLMError(f"sft: lr must be a number > 0, got {lr!r}")
     if not isinstance(lora, bool):

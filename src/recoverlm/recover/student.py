@@ -112,7 +112,7 @@ def prepare(student, cfg: RecoverConfig, constraint: Constraint, teacher, log=pr
             freeze_outside(student, blocks)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable()
-        if blocks is not None:  # frozen embeddings: reentrant checkpointing would pass no gradient into the blocks
+        if blocks is not None or cfg.lora:  # frozen embeddings: reentrant checkpointing would pass no gradient into the blocks
             student.enable_input_require_grads()
     student.train()
     return student

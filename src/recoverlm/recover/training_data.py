@@ -9,14 +9,12 @@ from ..config import DataConfig, RecoverConfig
 from ..data import load_prompts
 from ..teacher.response_set import ResponseSet, concat, distill_set, replay_set
 
-# Task prompts for recovery are drawn with a seed no SFT run uses by default (they use 0, 1, ...).
-RECOVERY_SEED = 10_007
 
 
 def task_prompts(data_cfg: DataConfig) -> list[str]:
     """The new task's prompts: a JSONL of prompts, or drawn from a built-in SFT task (its
     training distribution, with a seed of its own, so not the very items the SFT trained on)."""
-    from ..tasks import TASKS, load_task_data
+    from ..tasks import RECOVERY_SEED, TASKS, load_task_data
 
     name = str(data_cfg.task_prompts)
     if name in TASKS:

@@ -14,6 +14,9 @@ from . import extraction, rewriting
 
 TASKS = {extraction.NAME: extraction, rewriting.NAME: rewriting}
 HELDOUT_SEED = 999  # training data uses other seeds; the generators' spaces are large enough not to collide
+# Task prompts a recovery adds (data.task_prompts) are drawn with a seed no SFT run may use.
+RECOVERY_SEED = 10_007
+RESERVED_SEEDS = {HELDOUT_SEED: "the task suites' held-out items", RECOVERY_SEED: "recovery's task prompts"}
 
 
 def task_accuracy(model, tokenizer, task_name: str, n: int = 64, seed: int = HELDOUT_SEED, max_new_tokens: int = 48,
