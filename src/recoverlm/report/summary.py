@@ -53,12 +53,18 @@ def tasks_table(tasks: dict) -> str:
     res, cis = tasks["results"], tasks.get("recovery_ratio_ci", {})
     lines = ["| suite / metric | teacher | degraded | recovered | recovery ratio [95% CI] | items |", "|---|---|---|---|---|---|"]
     for suite in tasks["suites"]:
-        for metric in res["teacher"][suite].get("items", {}):
+        scores = res["teacher"][suite]
+        for metric in scores.get("items", {}):
             key = f"{suite}/{metric}"
             ci = cis.get(key)
             cells = [_fmt(res[name][suite].get(metric)) for name in ("teacher", "degraded", "recovered")]
             lines.append(f"| {key} | {' | '.join(cells)} | {_ratio_cell(ci['ratio'] if ci else None, ci)} | "
-                         f"{res['teacher'][suite].get('n', '?')} |")
+                         f"{scores.get('n', '?')} |")
+        # metrics lm-eval aggregates without one score per item (IFEval's instruction-level ones): no interval
+        for metric in sorted(k for k, v in scores.items() if isinstance(v, float) and k not in scores.get("items", {})
+                             and k not in ("n", "seconds")):
+            cells = [_fmt(res[name][suite].get(metric)) for name in ("teacher", "degraded", "recovered")]
+            lines.append(f"| {suite}/{metric} | {' | '.join(cells)} | — | — |")
     return "\n".join(lines)
 
 
