@@ -161,7 +161,7 @@ def summary_markdown(run_dir: Path) -> str:
     params = ", ".join(f"{k}={v}" for k, v in degradation["params"].items())
     held = metrics["heldout"]
     parts = [
-        f"# recoverlm run: {run_dir.name}",
+        f"# recoverlm run: {cell_text(run_dir.name)}",  # a folder's name is the user's text, like a model's
         "",
         f"- teacher: `{metrics['teacher']}`",
         f"- degradation: `{degradation['method']}` ({params}); constraint after recovery: {_constraint(recovery['constraint'])}",
@@ -202,9 +202,18 @@ def summary_markdown(run_dir: Path) -> str:
         parts += ["", "## Where it ran", "", environment_text(run_dir, recovery)]
     if (run_dir / CONFIG_FILE).exists():
         config = (run_dir / CONFIG_FILE).read_text(encoding="utf-8")
-        parts += ["", "## Config", "", "<details><summary>config.yaml</summary>", "", "````yaml", config.rstrip(), "````",
-                  "", "</details>"]
+        fence = "`" * max(4, _longest_run(config, "`") + 1)  # longer than any run of backticks inside
+        parts += ["", "## Config", "", "<details><summary>config.yaml</summary>", "", f"{fence}yaml", config.rstrip(),
+                  fence, "", "</details>"]
     return "\n".join(parts) + "\n"
+
+
+def _longest_run(text: str, char: str) -> int:
+    longest = current = 0
+    for c in text:
+        current = current + 1 if c == char else 0
+        longest = max(longest, current)
+    return longest
 
 
 def _constraint(check: dict) -> str:

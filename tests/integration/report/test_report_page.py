@@ -79,3 +79,17 @@ def test_report_renders_in_a_real_browser(run_dir, tmp_path):
     assert pixels.shape[:2] == (1600, 1200)
     ink = (pixels.mean(axis=-1) < 0.9).mean()  # share of pixels that are not near-white
     assert 0.02 < ink < 0.6, ink
+
+
+def test_the_users_text_is_shown_not_run(run_dir, tmp_path):
+    """A folder name and a config are the user's text: in the page they are text, whatever they hold."""
+    from recoverlm.report.summary import write_report
+
+    odd = tmp_path / "<img src=x onerror=alert(1)>"
+    shutil.copytree(run_dir, odd, symlinks=True)
+    with open(odd / "config.yaml", "a", encoding="utf-8") as fh:
+        fh.write("# ````\n# <script>alert(2)</script>\n")
+    write_report(odd)
+    page = (odd / "report.html").read_text()
+    assert "<img src=x" not in page and "<script>alert(2)" not in page
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in page
