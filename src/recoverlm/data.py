@@ -121,7 +121,8 @@ def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> lis
 
 def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int, use_chat_template: bool = True,
                    overflow: str = "skip") -> tuple[list[list[int]], list[int], int]:
-    """Encode prompts; over-long ones are skipped or left-truncated. Returns (ids, kept indices, n_overflow)."""
+    """Encode prompts; over-long ones are skipped, or keep their end (the template kept whole).
+    Returns (ids, kept indices, n_overflow)."""
     if overflow not in ("skip", "truncate"):
         raise RecoverLMError(f"overflow must be 'skip' or 'truncate', got {overflow!r}")
     encoded, kept, n_over = [], [], 0
@@ -134,12 +135,26 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int, use_ch
             n_over += 1
             if overflow == "skip":
                 continue
-            ids = ids[-max_prompt_tokens:]
+            ids = _truncated(tokenizer, p, ids, max_prompt_tokens, use_chat_template)
         encoded.append(ids)
         kept.append(i)
     if not encoded:
         raise RecoverLMError(f"no prompt fits in max_prompt_tokens={max_prompt_tokens}")
     return encoded, kept, n_over
+
+
+def _truncated(tokenizer, prompt: str, ids: list[int], limit: int, use_chat_template: bool) -> list[int]:
+    """The prompt's end kept and rendered again, so that the BOS token and the chat template's
+    opening survive (cutting the rendered ids would start mid-message); its plain ids' end where
+    not even the template's own tokens fit."""
+    content = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    keep = len(content) - (len(ids) - limit)
+    while keep > 0:
+        shorter = encode_prompt(tokenizer, tokenizer.decode(content[-keep:]), use_chat_template)
+        if len(shorter) <= limit:
+            return shorter
+        keep -= len(shorter) - limit  # a re-tokenized join can come out a token or two longer
+    return ids[-limit:]
 
 
 @dataclass
