@@ -33,3 +33,21 @@ def test_what_held_compares_methods_on_the_seeds_both_have():
            "(by the seeds both have finished)." in sentences
     even = findings([r for r in rows if r["seed"] < 2], None)
     assert any("(by the mean over seeds)" in s for s in even)
+
+
+def test_the_cka_correlation_does_not_depend_on_the_records_order():
+    """Every trained run keeps its own start, `none` cells (no trajectory) are left out: the same
+    records in any order give the same rows and the same partial r."""
+    from recoverlm.report.study import cka_section, evaluations
+
+    def run(method, seed, kls, ckas):
+        history = [{"step": 20 * i, "kl": k, "cka": [1.0, c, c - 0.01]} for i, (k, c) in enumerate(zip(kls, ckas))]
+        return {**_rec(method, seed, 0.3), "seed": seed, "history": history}
+
+    records = [run("none", 0, [0.4], [0.90]), run("two-stage", 0, [0.4, 0.3, 0.25], [0.90, 0.93, 0.95]),
+               run("two-stage", 1, [0.4, 0.32, 0.2], [0.90, 0.92, 0.97]), run("sft-replay", 0, [0.4, 0.39, 0.35], [0.90, 0.91, 0.90]),
+               run("sft-replay", 1, [0.4, 0.38, 0.36], [0.90, 0.90, 0.92])]
+    rows = evaluations(records)
+    assert len(rows) == 12 and {r["run"] for r in rows} == {r["name"] for r in records[1:]}
+    forward, backward = cka_section(records)[0], cka_section(records[::-1])[0]
+    assert forward == backward and "12 checkpoints of 4 trained runs" in forward

@@ -179,6 +179,13 @@ def cka_features(rows: list[dict], cka_field: str, cka_keys: Sequence[str]) -> d
     return out
 
 
+def usable_rows(rows: Sequence[dict], metric: str = "kl", cka_field: str = "cka") -> list[dict]:
+    """The rows `correlate_recovery` correlates: a finite metric and a CKA list finite throughout.
+    Intervals computed beside it must start from the same rows, or estimate and interval differ."""
+    return [r for r in rows if _finite(r.get(metric)) and isinstance(r.get(cka_field), (list, tuple))
+            and r[cka_field] and all(_finite(v) for v in r[cka_field])]
+
+
 def correlate_recovery(rows: Sequence[dict], metric: str = "kl", cka_keys: Sequence[str] = ("mean", "last", "layers"),
                        *, cka_field: str = "cka", control: Sequence[str] = ("step",), within_run: bool = False,
                        n_boot: int = 2000, n_perm: int = 5000, seed: int = 0) -> dict:
@@ -192,8 +199,7 @@ def correlate_recovery(rows: Sequence[dict], metric: str = "kl", cka_keys: Seque
     without a finite metric or a CKA list are skipped and counted. A lower-is-better metric (KL,
     NLL) is expected to correlate negatively with CKA.
     """
-    usable = [r for r in rows if _finite(r.get(metric)) and isinstance(r.get(cka_field), (list, tuple))
-              and r[cka_field] and all(_finite(v) for v in r[cka_field])]
+    usable = usable_rows(rows, metric, cka_field)
     runs = sorted({str(r.get("run", "")) for r in usable})
     out = {"metric": metric, "n": len(usable), "skipped": len(rows) - len(usable), "runs": runs,
            "control": list(control) + (["run"] if within_run and len(runs) > 1 else []), "features": {}}
@@ -247,7 +253,7 @@ def correlation_of(x, y, rank: bool = False) -> Callable[[np.ndarray], float | N
     transform = _ranks if rank else _identity
 
     def statistic(idx: np.ndarray) -> float | None:
-        if idx.size < 3:
+        if np.unique(idx).size < 3:  # a resample repeating two rows would give an exact, meaningless +-1
             return None
         return float(_rows_r(transform(x[idx][None]), transform(y[idx][None]))[0])
 
@@ -262,13 +268,24 @@ def partial_correlation_of(x, y, control, groups) -> Callable[[np.ndarray], floa
     labels = np.asarray([str(g) for g in groups])
 
     def statistic(idx: np.ndarray) -> float | None:
-        names = np.unique(labels[idx])
-        dummies = [(labels[idx] == g).astype(float) for g in names[1:]]
-        design = np.column_stack([np.ones(idx.size), c[idx], *dummies])
-        if idx.size - np.linalg.matrix_rank(design) < 2:
+        design = _group_design(c, labels, idx)
+        # Degrees of freedom of the distinct rows: a resample that repeats a run adds rows, not
+        # information, and a fit left with none would give an exact, meaningless +-1.
+        distinct = np.unique(idx)
+        if distinct.size - np.linalg.matrix_rank(_group_design(c, labels, distinct)) < 2:
             return None
         rx, ry = residualise(x[idx], design), residualise(y[idx], design)
+        for v, res in ((x[idx], rx), (y[idx], ry)):
+            if np.linalg.norm(res) <= 1e-10 * np.linalg.norm(v - v.mean()):
+                return None  # x or y is a linear function of the controls on these rows
         r = _rows_r(rx[None], ry[None])[0]
         return None if not np.isfinite(r) else float(r)
 
     return statistic
+
+
+def _group_design(control: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Intercept, the controls and one indicator per group (but the first) of the rows `idx`."""
+    names = np.unique(labels[idx])
+    dummies = [(labels[idx] == g).astype(float) for g in names[1:]]
+    return np.column_stack([np.ones(idx.size), control[idx], *dummies])

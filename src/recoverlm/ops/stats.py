@@ -14,14 +14,16 @@ def recovery_ratio(teacher: float, degraded: float, recovered: float, min_gap: f
 
 
 def recovery_ratio_ci(teacher: list[float], degraded: list[float], recovered: list[float], n_boot: int = 2000,
-                      seed: int = 0, level: float = 0.95, weights: list[float] | None = None) -> dict:
+                      seed: int = 0, level: float = 0.95, weights: list[float] | None = None,
+                      min_gap: float = 1e-6) -> dict:
     """Recovery ratio with a paired bootstrap CI: items are resampled jointly for all three models.
 
     With `weights` (an item's token count, for per-token metrics given as per-item means) every
     mean is weighted, in the point estimate and in each resample alike: the interval is then about
     the token-weighted ratio that the point value reports, not a per-item one beside it.
     `meaningful` is False when the teacher-degraded gap's own interval contains zero: then any
-    ratio is noise divided by noise and should not be read.
+    ratio is noise divided by noise and should not be read. The point ratio is None below
+    `min_gap`, as `recovery_ratio`'s, so the two never disagree on one set of scores.
     """
     t, d, r = (np.asarray(v, dtype=np.float64) for v in (teacher, degraded, recovered))
     if not (len(t) == len(d) == len(r)) or len(t) < 2:
@@ -43,8 +45,7 @@ def recovery_ratio_ci(teacher: list[float], degraded: list[float], recovered: li
     gap_lo, gap_hi = np.quantile(gaps, [alpha, 1 - alpha])
     meaningful = bool(gap_lo > 0 or gap_hi < 0)
     mean = {name: float((v * w).sum() / w.sum()) for name, v in (("t", t), ("d", d), ("r", r))}
-    gap = mean["t"] - mean["d"]
-    ratio = float((mean["r"] - mean["d"]) / gap) if gap != 0 else None
+    ratio = recovery_ratio(mean["t"], mean["d"], mean["r"], min_gap)  # None where recovery_ratio says so
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = gains / gaps
     boot = boot[np.isfinite(boot)]

@@ -38,12 +38,13 @@ def mean_ci(values: list[float]) -> tuple[float, tuple[float, float] | None]:
     return mean, (mean - half, mean + half)
 
 
-def _recipe(record: dict) -> dict:
-    """Everything that defines a cell's training and measurement but the CKA term: the whole run
-    config (data, evaluation and the damage included) and the damaged copy it started from. Where
-    and how it ran is left out, so twins run on different machines still pair."""
+def recipe(record: dict, varied: tuple[str, ...] = CKA_KEYS) -> dict:
+    """Everything that defines a cell's training and measurement but the recover settings `varied`
+    (by default the CKA term): the whole run config (data, evaluation and the damage included) and
+    the damaged copy it started from. Where and how it ran is left out, so twins run on different
+    machines still pair."""
     config = run_identity(record.get("config", {}))
-    recover = {k: v for k, v in config.get("recover", {}).items() if k not in CKA_KEYS and k not in PLACEMENT_ONLY}
+    recover = {k: v for k, v in config.get("recover", {}).items() if k not in varied and k not in PLACEMENT_ONLY}
     return {**config, "recover": recover, "degraded_hash": record.get("degraded_hash")}
 
 
@@ -65,7 +66,7 @@ def paired_cells(records: list[dict]) -> list[tuple[dict, dict]]:
     pairs = []
     for r in records:
         if _uses_cka(r):
-            twins = [p for p in plain[(r["model"], r["degradation"], r["seed"])] if _recipe(p) == _recipe(r)]
+            twins = [p for p in plain[(r["model"], r["degradation"], r["seed"])] if recipe(p) == recipe(r)]
             if len(twins) == 1:  # two equal twins would be two names for one recipe: neither is taken
                 pairs.append((r, twins[0]))
     return pairs
@@ -87,12 +88,15 @@ def intervention(records: list[dict]) -> tuple[list[str], list[str]]:
              "knowledge change |", "|---|---|---|---|---|---|---|"]
     verdicts = []
     for (model, deg, arm, twin), pairs in groups.items():
-        d_cka = [a["cka"]["recovered"] - b["cka"]["recovered"] for a, b in pairs if a.get("cka") and b.get("cka")]
-        d_ratio = [a["ratio"] - b["ratio"] for a, b in pairs if a["ratio"] is not None and b["ratio"] is not None]
-        d_know = [_knowledge(a) - _knowledge(b) for a, b in pairs
+        # CKA and ratio changes from the same seeds, so that the verdict sets like against like
+        both = [(a, b) for a, b in pairs if a.get("cka") and b.get("cka") and a["ratio"] is not None
+                and b["ratio"] is not None]
+        d_cka = [a["cka"]["recovered"] - b["cka"]["recovered"] for a, b in both]
+        d_ratio = [a["ratio"] - b["ratio"] for a, b in both]
+        d_know = [_knowledge(a) - _knowledge(b) for a, b in both
                   if _knowledge(a) is not None and _knowledge(b) is not None]
         cells = [_fmt_ci(*mean_ci(v)) if v else "—" for v in (d_cka, d_ratio, d_know)]
-        lines.append(f"| {model} | {deg} | `{arm}` (vs `{twin}`) | {len(pairs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | {deg} | `{arm}` (vs `{twin}`) | {len(both)} | " + " | ".join(cells) + " |")
         verdicts.append(_verdict(deg, arm, d_cka, d_ratio))
     return lines, verdicts
 

@@ -4,8 +4,11 @@ trained parameters, at equal steps."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
+
+from .alignment import recipe
 
 
 def _knowledge(record: dict) -> float | None:
@@ -93,18 +96,24 @@ def targeted_section(records: list[dict]) -> str | None:
 
 
 def _chance_sentences(chosen: list[dict]) -> list[str]:
-    """Least-aligned against random blocks at each K: wins over (degradation, seed) pairs. Arms that
-    rank the blocks by different scores are compared with chance each on its own."""
+    """Least-aligned against random blocks at each K: wins over (degradation, seed) pairs of cells
+    equal in all but the choice of blocks. Arms that rank the blocks by different scores are
+    compared with chance each on its own."""
     out = []
-    keyed = {}
+    keyed, repeated = {}, set()
     for r in chosen:
         tb = r["recovery"]["train_blocks"]
         score = tb.get("score") if rule(tb) == "least_aligned" else None
-        keyed[(r["model"], r["degradation"], r["seed"], rule(tb), len(tb["blocks"]), score)] = r["ratio"]
-    ranked = sorted({(key[4], key[5] or "") for key in keyed if key[3] == "least_aligned"})
+        same = json.dumps(recipe(r, varied=("train_blocks",)), sort_keys=True, default=str)
+        key = (r["model"], r["degradation"], r["seed"], same, rule(tb), len(tb["blocks"]), score)
+        if key in keyed:
+            repeated.add(key)  # two names for one recipe: neither is taken
+        keyed[key] = r["ratio"]
+    keyed = {k: v for k, v in keyed.items() if k not in repeated}
+    ranked = sorted({(key[5], key[6] or "") for key in keyed if key[4] == "least_aligned"})
     for k, score in ranked:
-        pairs = [(v, keyed.get((*key[:3], "random", k, None))) for key, v in keyed.items()
-                 if key[3] == "least_aligned" and key[4] == k and (key[5] or "") == score]
+        pairs = [(v, keyed.get((*key[:4], "random", k, None))) for key, v in keyed.items()
+                 if key[4] == "least_aligned" and key[5] == k and (key[6] or "") == score]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if pairs:
             wins = sum(a > b for a, b in pairs)

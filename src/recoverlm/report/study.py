@@ -4,7 +4,6 @@ checkpoint of every cell, and what held, as sentences computed from the numbers.
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 from collections import defaultdict
@@ -144,20 +143,17 @@ def curves(records: list[dict], methods: list[str] | None = None, plot_dir: Path
 
 
 def evaluations(records: list[dict]) -> list[dict]:
-    """Every evaluation with CKA of every trained cell, labelled with its run and degradation. The
-    step-0 evaluation is the degraded model itself, the same in every cell of a degradation: it is
-    kept once per degradation, so repeats of one point cannot pass for evidence."""
-    rows, starts = [], set()
+    """Every evaluation with CKA of every trained cell, labelled with its run and degradation. Each
+    run keeps its own step-0 evaluation, the damaged model it started from: the within-run
+    correlation is about how a run moved from there, and the intervals resample whole runs, so the
+    repeated start counts once per resampled run. Cells that trained nothing (`none`) have no
+    trajectory and are left out, which also makes the rows independent of the records' order."""
+    rows = []
     for r in records:
+        if not any(h["step"] > 0 for h in r["history"]):
+            continue
         degradation = f"{_model(r)}/{r['degradation']}"
-        for h in r["history"]:
-            if not h.get("cka"):
-                continue
-            if h["step"] == 0:
-                if degradation in starts:
-                    continue
-                starts.add(degradation)
-            rows.append({**h, "run": r["name"], "degradation": degradation})
+        rows += [{**h, "run": r["name"], "degradation": degradation} for h in r["history"] if h.get("cka")]
     return rows
 
 
@@ -171,9 +167,10 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
         correlate_recovery,
         correlation_of,
         partial_correlation_of,
+        usable_rows,
     )
 
-    rows = evaluations(records)
+    rows = usable_rows(evaluations(records))
     runs = {r["run"] for r in rows}
     if len(rows) < 4 or len(runs) < 3:
         return (f"{len(rows)} checkpoints with CKA in {len(runs)} runs: too few to correlate yet.", None)
@@ -181,7 +178,7 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
     # interval it read as significant where the interval spans 0.
     res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last", "layers"), within_run=True,
                              n_boot=0, n_perm=0)
-    lines = [f"{res['n']} checkpoints of {len(runs)} runs (the degraded model counted once per degradation). "
+    lines = [f"{res['n']} checkpoints of {len(runs)} trained runs, each from its damaged start. "
              "Teacher KL is lower-is-better, so alignment that goes with recovery shows as a negative r. "
              "Intervals: 95%, from 1000 resamples of whole runs. layer_0 is the embeddings, layer_i block i; "
              "\"mean\" averages them all.", "",
@@ -189,8 +186,7 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
              "|---|---|---|---|"]
     groups, steps, kl = [r["run"] for r in rows], [r["step"] for r in rows], [r["kl"] for r in rows]
     for name, values in cka_features(rows, "cka", ("mean", "last", "layers")).items():
-        # the rows correlate_recovery keeps: both values finite
-        keep = [i for i, v in enumerate(values) if v is not None and kl[i] is not None and math.isfinite(v) and math.isfinite(kl[i])]
+        keep = [i for i, v in enumerate(values) if v is not None]  # as correlate_recovery: a layer some rows lack
         x, y, g, c = ([seq[i] for i in keep] for seq in (values, kl, groups, steps))
         f = res["features"][name]
         ci = {label: cluster_bootstrap_ci(g, stat, n_boot=1000) for label, stat in
@@ -249,8 +245,10 @@ def findings(records: list[dict], cka: dict | None, methods: list[str] | None = 
             elif ci and ci[0] > 0:
                 verdict = ("within runs, higher CKA went with worse KL: alignment, as mean CKA measures it, "
                            "does not track recovery here.")
-            else:
+            elif ci:
                 verdict = "its interval includes 0: no evidence that CKA tracks recovery beyond training time."
+            else:
+                verdict = "no run-level interval could be computed (too few runs), so this says nothing yet."
             out.append(f"Mean CKA and validation KL correlate at r = {raw:.2f} over {cka['n']} checkpoints; with the "
                        f"training step and the run removed, partial r = {partial['r']:.2f}"
                        + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f"; {verdict}")

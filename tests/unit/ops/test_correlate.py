@@ -82,12 +82,12 @@ def test_cluster_bootstrap_resamples_whole_runs():
 
     from recoverlm.ops.correlate import cluster_bootstrap_ci, correlation_of, partial_correlation_of
 
-    rng = np.random.default_rng(0)
+    rng, jitter = np.random.default_rng(0), np.random.default_rng(1)
     x, y, steps, groups = [], [], [], []
     for run in range(6):
         level = rng.normal()
         for step in range(8):
-            x.append(level + 0.01 * step)
+            x.append(level + 0.01 * step + 0.001 * jitter.normal())  # exactly linear, x would have no partial r
             y.append(rng.normal() - 0.05 * step)
             steps.append(step)
             groups.append(f"run{run}")
@@ -97,3 +97,19 @@ def test_cluster_bootstrap_resamples_whole_runs():
     # within each run x rises with the step and y falls with it: with the step removed nothing is left
     partial = cluster_bootstrap_ci(groups, partial_correlation_of(x, y, steps, groups), n_boot=300)
     assert partial is not None and partial[0] < 0 < partial[1]
+
+
+def test_resamples_of_too_few_distinct_rows_give_no_value():
+    """A resample that repeats two or three rows fits them exactly: counted by its distinct rows it
+    has no residual degrees of freedom, and gives no value instead of a spurious r of +-1."""
+    import numpy as np
+
+    from recoverlm.ops.correlate import correlation_of, partial_correlation_of
+
+    x, y = [0.1, 0.5, 0.2, 0.9, 0.4, 0.7], [1.0, 0.3, 0.8, 0.1, 0.6, 0.2]
+    partial = partial_correlation_of(x, y, np.arange(6), ["a"] * 6)
+    assert partial(np.array([0, 0, 0, 5, 5, 5])) is None
+    assert partial(np.array([0, 0, 0, 2, 2, 2, 5, 5, 5])) is None
+    assert partial(np.arange(6)) is not None
+    assert correlation_of(x, y)(np.array([0, 0, 3, 3])) is None
+    assert correlation_of(x, y)(np.array([0, 1, 3])) is not None

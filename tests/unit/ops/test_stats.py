@@ -39,3 +39,11 @@ def test_weighted_items_give_the_token_weighted_ratio_and_an_interval_around_it(
     assert recovery_ratio_ci(teacher, degraded, recovered)["ratio"] == pytest.approx(0.5 * 10 / 5.5)
     with pytest.raises(ValueError, match="one value per item"):
         recovery_ratio_ci(teacher, degraded, recovered, weights=[1.0])
+
+
+def test_the_interval_and_the_plain_ratio_agree_on_a_vanishing_gap():
+    from recoverlm.ops.stats import recovery_ratio
+
+    t, d, r = [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0 - 4e-7], [1.0, 1.0, 0.5, 0.5]
+    assert recovery_ratio(sum(t) / 4, sum(d) / 4, sum(r) / 4) is None
+    assert recovery_ratio_ci(t, d, r)["ratio"] is None

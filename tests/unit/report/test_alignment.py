@@ -114,3 +114,30 @@ def test_least_aligned_arms_of_two_scores_are_each_set_against_chance():
     text = targeted_section(cells)
     assert "K = 2 (score drop): the least-aligned blocks beat random blocks in 2 of 2" in text
     assert "K = 2 (score output): the least-aligned blocks beat random blocks in 0 of 2" in text
+
+
+def test_cka_and_ratio_changes_come_from_the_same_seeds():
+    """A twin pair without a ratio drops out of every column: CKA from two seeds beside a ratio
+    from one would set unlike against unlike (and left the verdict without an interval)."""
+    cells = []
+    for seed in range(2):
+        cells += [_cell(seed, "two-stage", 0.0, 0.8, 0.5, 0.6), _cell(seed, "two-stage+cka", 1.0, 0.9, 0.55, 0.6)]
+    cells[3]["ratio"] = None
+    text = alignment_section(cells)
+    assert "| m | wanda-50 | `two-stage+cka` (vs `two-stage`) | 1 |" in text
+    assert "one seed so far" in text
+
+
+def test_targeted_blocks_pair_only_with_random_blocks_of_the_same_recipe():
+    """Two least-aligned arms at one K with different recipes each meet the random arm of their own."""
+    from recoverlm.report.arms import targeted_section
+
+    def arm(seed, method, choice, ratio, lr):
+        cell = _targeted(seed, method, choice, [3, 7], ratio)
+        cell["config"]["recover"]["lr"] = lr
+        return cell
+
+    cells = [arm(0, "least-2", {"least_aligned": 2}, 0.30, 1e-4), arm(0, "least-2-fast", {"least_aligned": 2}, 0.10, 1e-3),
+             arm(0, "random-2", {"random": 2}, 0.20, 1e-4)]
+    text = targeted_section(cells)
+    assert "beat random blocks in 1 of 1 (degradation, seed) pairs (mean ratio 0.300 against 0.200)" in text
