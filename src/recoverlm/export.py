@@ -27,6 +27,7 @@ from .runs import ADAPTER_DIR, own_files, side_dir
 
 EXPORT_FILE = "export.json"
 FORMATS = ("compressed-tensors", "bitsandbytes-nf4")
+SERVED_BITS = (4, 8)  # the integer weight widths vLLM's WNA16 kernels take
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECK_PROMPTS = ["The capital of France is", "Write a haiku about the sea.", "def fibonacci(n):",
                  "Photosynthesis is the process by which"]
@@ -46,6 +47,13 @@ def check_export_fits(fmt: str, constraint) -> None:
     raise RecoverLMError(f"{fmt} export needs weights on {kind[fmt]}; this model's constraint is {constraint.kind}")
 
 
+def check_export_target(out: Path, inputs: list[Path]) -> None:
+    """One line, before any work, when `out` cannot take an export: it holds files that are not an
+    earlier export's, or it is one of the inputs. Exports were always written with their record in
+    the side folder, so a top-level export.json is another tool's file, not our mark."""
+    check_output_dir(Path(out), inputs, own_files(EXPORT_FILE, legacy=False))
+
+
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
@@ -60,25 +68,42 @@ def _packed_state(model, constraint, fmt: str, dtype: torch.dtype) -> tuple[dict
 
         named = dict(model.named_parameters())
         codes = {n: nf4_codes(named[n].detach().float(), a) for n, a in constraint.absmax.items()}
-        return compress_nf4(state, codes, constraint.absmax, constraint.blocksize), nf4_config()
+        packed = compress_nf4(state, codes, constraint.absmax, constraint.blocksize)
+        return packed, nf4_config(_float_linears(model, constraint.absmax))
     from .formats.compressed_tensors import compress_grid, grid_config
 
     linears = {f"{n}.weight": m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     state.update({n: model.get_parameter(n).detach().float() for n in constraint.scales})  # grids in float32
-    ignore = [n[: -len(".weight")] for n in linears if n not in constraint.scales]
+    ignore = _float_linears(model, constraint.scales)
     packed = compress_grid(state, constraint.scales, constraint.zeros, constraint.bits, constraint.symmetric, dtype)
     return packed, grid_config(constraint.scales, linears, constraint.bits, constraint.symmetric, ignore)
 
 
+def _float_linears(model, gridded) -> list[str]:
+    """The Linear modules left off the grid (the head, projections outside the blocks): named in
+    the config so that the loader keeps them in float instead of quantizing them itself."""
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and f"{n}.weight" not in gridded]
+
+
 @torch.no_grad()
 def _logits(model, tokenizer) -> torch.Tensor:
+    """Logits at the prompts' real tokens only (padding positions would agree trivially)."""
     batch = tokenizer(CHECK_PROMPTS, return_tensors="pt", padding=True)
-    return model(**batch).logits.float().masked_fill(~batch["attention_mask"].bool().unsqueeze(-1), 0.0)
+    return model(**batch).logits.float()[batch["attention_mask"].bool()]
 
 
 def _agreement(reference: torch.Tensor, other: torch.Tensor) -> dict:
     return {"max_abs_logit_diff": float((reference - other).abs().max()),
             "top1_agreement": float((reference.argmax(-1) == other.argmax(-1)).float().mean())}
+
+
+def _exact_kernels(model) -> None:
+    """bitsandbytes runs 4-bit layers on CPUs with AVX512-BF16 through a packed bf16 kernel whose
+    rounding grows with the model; the check asks whether the export holds the model's weights,
+    so it uses the kernel that dequantizes exactly."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _native_check(out: Path, reference: torch.Tensor, tokenizer, fmt: str) -> dict | None:
@@ -92,9 +117,11 @@ def _native_check(out: Path, reference: torch.Tensor, tokenizer, fmt: str) -> di
     models.quiet_transformers()
     try:
         native = AutoModelForCausalLM.from_pretrained(out, device_map="cpu").eval()
+        _exact_kernels(native)
+        logits = _logits(native, tokenizer)
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal: recoverlm's own reader is the check
-        return {"loaded": False, "error": str(exc).splitlines()[0][:200]}
-    return {"loaded": True, "class": type(native).__name__, **_agreement(reference, _logits(native, tokenizer))}
+        return {"loaded": False, "error": (str(exc).splitlines() or [type(exc).__name__])[0][:200]}
+    return {"loaded": True, "class": type(native).__name__, **_agreement(reference, logits)}
 
 
 def export_model(model_ref, fmt: str, out: Path, dtype: str = "float32", log=print) -> dict:
@@ -103,7 +130,7 @@ def export_model(model_ref, fmt: str, out: Path, dtype: str = "float32", log=pri
     out = Path(out)
     if dtype not in DTYPES:
         raise RecoverLMError(f"export dtype {dtype!r} is unknown; choose from {', '.join(DTYPES)}")
-    check_output_dir(out, [source], own_files(EXPORT_FILE))
+    check_export_target(out, [source])
     constraint = load_constraint(source)
     check_export_fits(fmt, constraint)
     if (source / ADAPTER_DIR).is_dir() and not constraint.lora_merges:
@@ -138,6 +165,9 @@ def export_model(model_ref, fmt: str, out: Path, dtype: str = "float32", log=pri
                 raise RecoverLMError(f"export check failed: {who}, the {fmt} export differs from {source} (max |logit "
                                      f"diff| {check['max_abs_logit_diff']:.3g}, top-1 agreement "
                                      f"{check['top1_agreement']:.3f}); nothing was written to {out}")
+        if fmt == "compressed-tensors" and constraint.bits not in SERVED_BITS:
+            record["note"] = (f"vLLM serves {' and '.join(map(str, SERVED_BITS))}-bit weight grids only; this "
+                              f"{constraint.bits}-bit export loads in transformers with compressed-tensors")
         write_json_atomic(side_dir(tmp, create=True) / EXPORT_FILE, record)
     log(export_text(record, out))
     return record
@@ -154,4 +184,6 @@ def export_text(record: dict, out: Path) -> str:
                      f"top-1 agreement {native['top1_agreement']:.3f}")
     elif native:
         lines.append(f"  transformers could not load it here: {native['error']}")
+    if record.get("note"):
+        lines.append(f"  note: {record['note']}")
     return "\n".join(lines)

@@ -44,10 +44,12 @@ def side_file(model_dir: Path, name: str) -> Path:
     return legacy if legacy.exists() and not new.exists() else new
 
 
-def own_files(name: str) -> tuple[str, str]:
+def own_files(name: str, legacy: bool = True) -> tuple[str, ...]:
     """The paths, relative to a model folder, at which recoverlm's record `name` marks the folder as
-    its own output (io.check_output_dir): in the side folder, or at the top level of older folders."""
-    return f"{SIDE_DIR}/{name}", name
+    its own output (io.check_output_dir): in the side folder, or at the top level of older folders.
+    `legacy=False` for records that never lay at the top level: a file of that name there is
+    another tool's, and must not make a user's folder count as ours."""
+    return (f"{SIDE_DIR}/{name}", name) if legacy else (f"{SIDE_DIR}/{name}",)
 
 
 def read_history(path: Path) -> list[dict]:

@@ -101,3 +101,19 @@ def test_an_empty_section_means_its_defaults(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("recover:\ndata:\n")
     assert _stage_configs(cfg) == (RecoverConfig(), DataConfig())
+
+
+def test_an_export_folder_holding_other_files_is_refused_before_training(tmp_path, tiny_model):
+    """recover.export writes beside the output: that folder is checked before the first step."""
+    deg = tmp_path / "deg"
+    assert runner.invoke(app, ["degrade", "--model", str(tiny_model), "--out", str(deg), "--method", "quant.rtn",
+                               "--bits", "4", "--group-size", "16"]).exit_code == 0
+    taken = tmp_path / "rec.compressed-tensors"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("my only copy")
+    config = tmp_path / "export.yaml"
+    config.write_text("recover:\n  export: compressed-tensors\n")
+    _one_line_error(runner.invoke(app, ["recover", "--teacher", str(tiny_model), "--student", str(deg), "--out",
+                                        str(tmp_path / "rec"), "--config", str(config), "--steps", "1"]),
+                    "rec.compressed-tensors", "did not write")
+    assert not (tmp_path / "rec").exists() and (taken / "notes.txt").read_text() == "my only copy"

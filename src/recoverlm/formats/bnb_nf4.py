@@ -60,7 +60,7 @@ def read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
         if cols % blocksize:
             raise RecoverLMError(f"{folder}: {module} has {cols} inputs, not a multiple of its NF4 block of {blocksize}; "
                                  "recoverlm keeps blocks within rows")
-        packed = raw[f"{module}.weight"].reshape(-1)
+        packed = raw[f"{module}.weight"].reshape(-1).view(torch.uint8)  # the same bytes whatever the storage dtype
         codes = torch.stack([packed >> 4, packed & 15], dim=1).reshape(-1)[: rows * cols].long()
         absmax = _absmax(raw, module, qs).reshape(rows, cols // blocksize)
         weight = NF4_CODE[codes].reshape(rows, cols // blocksize, blocksize) * absmax.unsqueeze(-1)
@@ -92,8 +92,9 @@ def compress_nf4(state: dict[str, torch.Tensor], codes: dict[str, torch.Tensor],
     return out
 
 
-def nf4_config() -> dict:
+def nf4_config(float_modules: list[str] | None = None) -> dict:
+    """transformers' quantization config; `float_modules` are the Linear layers kept in float."""
     return {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
             "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "float32",
-            "bnb_4bit_quant_storage": "uint8", "llm_int8_skip_modules": None, "llm_int8_threshold": 6.0,
+            "bnb_4bit_quant_storage": "uint8", "llm_int8_skip_modules": float_modules or None, "llm_int8_threshold": 6.0,
             "llm_int8_has_fp16_weight": False, "llm_int8_enable_fp32_cpu_offload": False}

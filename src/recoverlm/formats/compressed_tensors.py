@@ -35,6 +35,12 @@ def _library():
 
 
 def _groups(qc: dict, folder: Path) -> list[dict]:
+    sparsity = qc.get("sparsity_config")
+    if sparsity:  # read as a grid alone, recovery would move pruned weights and the export drop the pattern
+        structure = sparsity.get("sparsity_structure") or "unstructured"
+        raise RecoverLMError(f"{folder}: its compressed-tensors config also declares {structure} sparsity "
+                             f"(format {sparsity.get('format', '?')}), which recoverlm does not read from this "
+                             "format: decompress it to a float folder, whose sparsity recoverlm infers from its exact zeros")
     fmt = qc.get("format", "dense")
     if fmt not in SUPPORTED_FORMATS:
         raise RecoverLMError(f"{folder}: compressed-tensors format {fmt!r} is not supported; recoverlm reads the "

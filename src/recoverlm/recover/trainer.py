@@ -57,6 +57,7 @@ class Recovery:
                  progress: bool = True, log=print, resume: bool = False, timer: PhaseTimer | None = None):
         self.cfg, self.data_cfg, self.out, self.log, self.progress, self.timer = cfg, data_cfg, Path(out), log, progress, timer
         self.work = work_dir(self.out)
+        self.export_target = self.out.with_name(f"{self.out.name}.{cfg.export}") if cfg.export else None
         cfg.check_data(data_cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -91,6 +92,10 @@ class Recovery:
         check_output_dir(self.out, [self.teacher_path, self.student_path], own_files(RECOVERY_FILE))
         # the scratch folder beside the output is removed when a run starts afresh: it must be ours too
         check_output_dir(self.work, [self.teacher_path, self.student_path], (CHECKPOINT_DIR, METRICS_FILE))
+        if self.cfg.export:  # found unwritable after the steps, the export would fail the whole run's end
+            from ..export import check_export_target
+
+            check_export_target(self.export_target, [self.teacher_path, self.student_path])
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id
@@ -353,8 +358,7 @@ class Recovery:
         if cfg.export and self.acc.is_main_process:
             from ..export import export_model
 
-            target = self.out.with_name(f"{self.out.name}.{cfg.export}")
-            result["export"] = export_model(self.out, cfg.export, target, log=self.log)
+            result["export"] = export_model(self.out, cfg.export, self.export_target, log=self.log)
         self.acc.wait_for_everyone()  # no rank leaves while the main one still writes
         return result
 

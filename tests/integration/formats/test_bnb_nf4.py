@@ -49,3 +49,56 @@ def test_nf4_recovers_on_its_grid_and_exports_back(bnb_folder, tiny_model, tmp_p
     record = export_model(rec, "bitsandbytes-nf4", tmp_path / "out", log=lambda _: None)
     assert record["reread"]["max_abs_logit_diff"] == 0.0
     assert record["transformers"]["loaded"] and record["transformers"]["top1_agreement"] == 1.0
+
+
+def test_packed_bytes_stored_as_another_dtype_read_the_same(bnb_folder, tmp_path):
+    """FSDP-QLoRA setups store the packed NF4 bytes as bf16 (`bnb_4bit_quant_storage`): the same
+    bytes, so the same weights."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = bnb_folder
+    other = tmp_path / "bf16-storage"
+    shutil.copytree(folder, other)
+    shard = next(other.glob("*.safetensors"))
+    tensors = load_file(str(shard))
+    for name, t in list(tensors.items()):
+        if t.dtype == torch.uint8 and f"{name}.absmax" in tensors:
+            tensors[name] = t.reshape(-1).view(torch.bfloat16).reshape(-1, 1)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    config = json.loads((other / "config.json").read_text())
+    config["quantization_config"]["bnb_4bit_quant_storage"] = "bfloat16"
+    (other / "config.json").write_text(json.dumps(config))
+    ours, theirs = models.load_model(folder).state_dict(), models.load_model(other).state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_linears_off_the_grid_stay_float_in_the_export(tmp_path):
+    """A model with Linear layers outside its blocks (OPT's projections in and out): the export
+    names them, with the head, as float modules, and transformers runs it to the same logits."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from recoverlm.degrade import degrade
+    from recoverlm.models import save_model
+
+    tok = models.load_tokenizer(_tiny_tokenizer_folder(tmp_path))
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tok), hidden_size=64, word_embed_proj_dim=32, ffn_dim=128, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    source = save_model(OPTForCausalLM(config), tok, tmp_path / "opt")
+    degrade(source, "quant.nf4", {"blocksize": 32}, tmp_path / "nf4")
+    record = export_model(tmp_path / "nf4", "bitsandbytes-nf4", tmp_path / "out", log=lambda _: None)
+    import json
+
+    skipped = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]["llm_int8_skip_modules"]
+    assert {"lm_head", "model.decoder.project_in", "model.decoder.project_out"} <= set(skipped)
+    assert record["transformers"]["loaded"] and record["transformers"]["max_abs_logit_diff"] < 1e-4
+
+
+def _tiny_tokenizer_folder(tmp_path):
+    from helpers.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path / "tok-source")

@@ -115,3 +115,40 @@ def test_unsupported_schemes_are_one_line(tmp_path, tiny_model):
         (folder / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
         with pytest.raises(RecoverLMError, match=needle):
             models.load_model(folder)
+
+
+def test_declared_sparsity_is_refused_in_one_line(tmp_path, tiny_model):
+    """Read as its grid alone, a sparse-and-quantized checkpoint would lose its pattern in recovery."""
+    from recoverlm.errors import RecoverLMError
+
+    degrade(tiny_model, "quant.rtn", {"bits": 4, "group_size": 16}, tmp_path / "deg")
+    export_model(tmp_path / "deg", "compressed-tensors", tmp_path / "ct", log=_quiet)
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())
+    config["quantization_config"]["sparsity_config"] = {"format": "dense", "sparsity_structure": "2:4"}
+    (tmp_path / "ct" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RecoverLMError, match="2:4 sparsity"):
+        models.load_model(tmp_path / "ct")
+
+
+def test_widths_vllm_does_not_serve_are_noted(tmp_path, tiny_model):
+    degrade(tiny_model, "quant.rtn", {"bits": 3, "group_size": 16}, tmp_path / "deg")
+    lines = []
+    record = export_model(tmp_path / "deg", "compressed-tensors", tmp_path / "ct", log=lines.append)
+    assert "3-bit" in record["note"] and "note: vLLM serves 4 and 8-bit" in lines[0]
+    degrade(tiny_model, "quant.rtn", {"bits": 4, "group_size": 16}, tmp_path / "deg4")
+    assert "note" not in export_model(tmp_path / "deg4", "compressed-tensors", tmp_path / "ct4", log=_quiet)
+
+
+def test_a_folder_with_another_tools_export_json_is_not_taken_for_an_export(tmp_path, tiny_model):
+    from recoverlm.errors import RecoverLMError
+
+    degrade(tiny_model, "quant.rtn", {"bits": 4, "group_size": 16}, tmp_path / "deg")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "export.json").write_text("{}")
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(RecoverLMError, match="did not write"):
+        export_model(tmp_path / "deg", "compressed-tensors", theirs, log=_quiet)
+    assert (theirs / "notes.txt").read_text() == "keep me"
+    export_model(tmp_path / "deg", "compressed-tensors", tmp_path / "ours", log=_quiet)
+    export_model(tmp_path / "deg", "compressed-tensors", tmp_path / "ours", log=_quiet)  # an earlier export is replaced
