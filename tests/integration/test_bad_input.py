@@ -76,6 +76,11 @@ def _write(path: Path, content: bytes | str) -> Path:
     return path
 
 
+def _run_with(config_text: str):
+    """A case's command: `run` on a config holding `config_text`."""
+    return lambda t, m: ["run", str(_write(t / "c.yaml", config_text)), "--out", str(t / "o")]
+
+
 def _pickle_only(tmp_path, tiny_model):
     folder = tmp_path / "pickled"
     folder.mkdir()
@@ -131,29 +136,22 @@ INPUT_CASES = {
                                         "--prompts", str(_write(t / "p.jsonl", b'{"prompt": "caf\xe9"}\n'))], "p.jsonl"),
     "non-UTF-8 config": (lambda t, m: ["run", str(_write(t / "c.yaml", b"recover:\n  # r\xe9\n")), "--out", str(t / "o")],
                          "not UTF-8"),
-    "config not YAML": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: [unclosed")), "--out", str(t / "o")],
+    "config not YAML": (_run_with("recover: [unclosed"),
                         "not valid YAML"),
-    "config a list": (lambda t, m: ["run", str(_write(t / "c.yaml", "- 1\n- 2\n")), "--out", str(t / "o")], "mapping"),
+    "config a list": (_run_with("- 1\n- 2\n"), "mapping"),
     "unknown section": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
                                       "--config", str(_write(t / "c.yaml", "trainer: {}\n"))], "trainer"),
     "hidden_weight without distill": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out",
                                                     str(t / "o"), "--method", "sft-replay", "--hidden-weight", "1"],
                                       "hidden_weight needs method 'distill'"),
-    "EMA under LoRA": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {teacher_mode: ema, lora: {r: 4}}\n")),
-                                     "--out", str(t / "o")], "teacher_mode 'ema'"),
-    "learned scales under LoRA": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {grid_scales: learned, lora: {}}\n")),
-                                                "--out", str(t / "o")], "grid_scales 'learned'"),
-    "train_blocks with two rules": (lambda t, m: ["run", str(_write(t / "c.yaml",
-                                                                     "recover: {train_blocks: {random: 1, least_aligned: 1}}\n")),
-                                                  "--out", str(t / "o")], "exactly one of"),
+    "EMA under LoRA": (_run_with("recover: {teacher_mode: ema, lora: {r: 4}}\n"), "teacher_mode 'ema'"),
+    "learned scales under LoRA": (_run_with("recover: {grid_scales: learned, lora: {}}\n"), "grid_scales 'learned'"),
+    "train_blocks with two rules": (_run_with("recover: {train_blocks: {random: 1, least_aligned: 1}}\n"), "exactly one of"),
     "train_blocks beyond the depth": (lambda t, m: ["recover", "--teacher", str(m), "--student", str(m), "--out", str(t / "o"),
                                                     "--config", str(_write(t / "c.yaml", "recover: {train_blocks: [5]}\n"))],
                                       "block 5 does not exist"),
-    "written prompts without template": (lambda t, m: ["run", str(_write(t / "c.yaml",
-                                                                          "data: {teacher_prompts: 4, use_chat_template: false}\n")),
-                                                       "--out", str(t / "o")], "teacher_prompts"),
-    "replay data missing": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {method: sft-replay, replay_source: data}\n")),
-                                          "--out", str(t / "o")], "replay_data"),
+    "written prompts without template": (_run_with("data: {teacher_prompts: 4, use_chat_template: false}\n"), "teacher_prompts"),
+    "replay data missing": (_run_with("recover: {method: sft-replay, replay_source: data}\n"), "replay_data"),
     "output is the input": (lambda t, m: ["degrade", "--model", str(m), "--out", str(m)], "is the input"),
     "empty suite list": (lambda t, m: ["evaluate", "--model", str(m), "--teacher", str(m), "--suite", ",",
                                        "--out", str(t / "o.json")], "--suite"),
@@ -199,16 +197,10 @@ INPUT_CASES = {
                                "is a folder"),
     "cka into the student": (lambda t, m: ["cka", "--teacher", str(m), "--student", str(m), "--out",
                                            str(Path(m) / "cka.json")], "lies inside the input"),
-    "cka_layers without cka_weight": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {cka_layers: [0]}\n")),
-                                                    "--out", str(t / "o")], "set cka_weight too"),
-    "EMA teacher without on-policy steps": (lambda t, m: ["run", str(_write(t / "c.yaml", "recover: {teacher_mode: ema}\n")),
-                                                          "--out", str(t / "o")], "onpolicy_steps is 0"),
-    "sft-replay with on-policy steps": (lambda t, m: ["run", str(_write(t / "c.yaml",
-                                                                         "recover: {method: sft-replay, onpolicy_steps: 5}\n")),
-                                                      "--out", str(t / "o")], "has no on-policy stage"),
-    "skip_first_tokens past the responses": (lambda t, m: ["run", str(_write(t / "c.yaml",
-                                                                              "recover: {skip_first_tokens: 64}\n")),
-                                                           "--out", str(t / "o")], "leaves nothing of the teacher's"),
+    "cka_layers without cka_weight": (_run_with("recover: {cka_layers: [0]}\n"), "set cka_weight too"),
+    "EMA teacher without on-policy steps": (_run_with("recover: {teacher_mode: ema}\n"), "onpolicy_steps is 0"),
+    "sft-replay with on-policy steps": (_run_with("recover: {method: sft-replay, onpolicy_steps: 5}\n"), "has no on-policy stage"),
+    "skip_first_tokens past the responses": (_run_with("recover: {skip_first_tokens: 64}\n"), "leaves nothing of the teacher's"),
     "SFT on the held-out items' seed": (lambda t, m: ["degrade", "--model", str(m), "--method", "sft", "--param", "seed=999",
                                                       "--out", str(t / "o")], "seed 999 draws the task suites"),
     "missing required option": (lambda t, m: ["degrade", "--model", str(m)], "--out"),
