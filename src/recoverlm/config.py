@@ -145,7 +145,7 @@ class RecoverConfig(_Strict):
     beta: float = Field(0.5, gt=0.0, lt=1.0)  # generalised JSD mixture weight (jsd only)
     temperature: float = Field(1.0, gt=0)  # applied to both models' logits in the loss
     lmbda: float = Field(1.0, ge=0.0, le=1.0)  # fraction of stage-2 batches sampled by the student
-    ce_weight: float = Field(0.0, ge=0.0)  # + ce_weight * cross-entropy on the teacher's tokens (seq-KD)
+    ce_weight: float = Field(0.0, ge=0.0)  # + ce_weight * cross-entropy on the teacher's tokens (seq-KD; off-policy batches)
     skip_first_tokens: int = Field(0, ge=0)  # leave the first response tokens out of the loss
     # + hidden_weight * the relative squared error of every block's hidden state against the
     # teacher's (distill only; needs the teacher's layer shapes): aligns the activation trajectory

@@ -33,6 +33,7 @@ class MaskUpdater:
         self.act_sq = {n: torch.zeros(p.shape[1], dtype=torch.float64, device=p.device) for n, p in self.params.items()}
         self.grad_sum = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
         self.updates = self.swapped = 0
+        self.real = None  # the next forward's token positions (observe_rows)
         self.hooks = [module.register_forward_pre_hook(self._input_hook(name))
                       for name, module in modules_of(model, names, "mask_update")]
 
@@ -40,8 +41,16 @@ class MaskUpdater:
         def hook(module, args):
             if torch.is_grad_enabled() and args:  # training forwards only, not sampling or evaluation
                 x = args[0].detach()
-                self.act_sq[name] += x.reshape(-1, x.shape[-1]).float().square().sum(0).double()
+                x = x.reshape(-1, x.shape[-1])
+                if self.real is not None and self.real.numel() == x.shape[0]:
+                    x = x[self.real.to(x.device)]
+                self.act_sq[name] += x.float().square().sum(0).double()
         return hook
+
+    def observe_rows(self, attention_mask: torch.Tensor | None) -> None:
+        """The positions of the next training forward that hold tokens: Wanda's norms are of real
+        inputs, and a right-padded batch would count its padding too."""
+        self.real = None if attention_mask is None else attention_mask.reshape(-1).bool()
 
     @torch.no_grad()
     def observe_grads(self) -> None:

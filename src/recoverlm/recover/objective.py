@@ -64,6 +64,9 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
         rows, states = completion_outputs(student, mb.batch, hidden=want_hidden)
     keep = mb.keep.to(rows.device)
     targets = completion_targets(mb.batch).to(rows.device)
+    # Cross-entropy on the teacher's tokens: on-policy responses are the student's own samples,
+    # whose likelihood it must not be taught to raise.
+    ce_weight = 0.0 if mb.on_policy else cfg.ce_weight
 
     def mean(per_token: torch.Tensor) -> float:
         return float((per_token.detach() * keep).sum()) / max(mb.n_tokens, 1)
@@ -76,7 +79,7 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
 
     def per_token_of(logits: torch.Tensor, span: slice) -> torch.Tensor:
         """(divergence, cross-entropy) of the rows `span` from their student logits, shape (2, n)."""
-        nll = (token_nll(logits, targets[span]) if cfg.method == "sft-replay" or cfg.ce_weight
+        nll = (token_nll(logits, targets[span]) if cfg.method == "sft-replay" or ce_weight
                else torch.zeros(logits.shape[0], device=logits.device))
         if cfg.method == "sft-replay":
             return torch.stack([nll, nll])
@@ -94,8 +97,8 @@ def loss_sum(student, mb: MicroBatch, cfg: RecoverConfig, teachers, train_set, p
     if cfg.method == "sft-replay":
         return (terms[1] * keep).sum(), {"divergence": mean(terms[1])}
     per_token, parts = terms[0], {"divergence": mean(terms[0])}
-    if cfg.ce_weight:
-        per_token = per_token + cfg.ce_weight * terms[1]
+    if ce_weight:
+        per_token = per_token + ce_weight * terms[1]
     if want_hidden and cfg.hidden_weight:
         hidden = hidden_relative_mse(states, t_states)
         parts["hidden"] = mean(hidden)
@@ -127,7 +130,11 @@ def cka_term(states: torch.Tensor, t_states: torch.Tensor, keep: torch.Tensor, l
     """Mean over `layers` (None: every block) of the differentiable linear CKA between the student's
     and the teacher's (L, N, d) block outputs, on the kept rows the teacher carries at typical norms
     (at most `massive_ratio` x the median kept-row norm at every block, as in the CKA analysis);
-    None when fewer than 2 such rows remain. A float64 0-dim tensor, with the student's gradient."""
+    None when fewer than 2 such rows remain. A float64 0-dim tensor, with the student's gradient.
+
+    It is the analysis's (biased) linear CKA of this micro-batch's rows. CKA does not add up over
+    rows, and with rows not far above the width it reads high by chance, so unlike the other terms
+    its value and gradient depend on how a step is split (grad_accum, processes)."""
     if states.shape[0] != t_states.shape[0]:
         raise RecoverLMError(f"cka_weight pairs the blocks by index: the student has {states.shape[0]} blocks, "
                              f"the teacher {t_states.shape[0]}")

@@ -204,10 +204,11 @@ class Recovery:
         local = seq_indices[self.acc.process_index::self.acc.num_processes]
         per = math.ceil(len(local) / self.cfg.grad_accum) if local else 0
         rs, out = self.train_set, []
-        for chunk in ([local[i:i + per] for i in range(0, len(local), per)] if per else []):
+        for part, chunk in enumerate([local[i:i + per] for i in range(0, len(local), per)] if per else []):
             prompts = [rs.prompt_ids[i] for i in chunk]
             if on_policy:
-                seed = self.cfg.seed * 1_000_003 + step * 101 + self.acc.process_index
+                # each micro-batch its own stream: a prompt in two of them gets two samples
+                seed = self.cfg.seed * 1_000_003 + step * 101 + self.acc.process_index + part * 7_919
                 responses = student_part.sample(self.acc, self.student, self.tokenizer, prompts, self.cfg, seed,
                                                 self.sharded, self.timer)
             else:
@@ -220,7 +221,8 @@ class Recovery:
     def train_step(self, step: int, seq_indices: list[int], on_policy: bool) -> dict:
         """One optimizer step. Each micro-batch's loss is divided by the completion tokens of the
         whole global batch (all micro-batches, all ranks), and multiplied by the world size because
-        DDP averages gradients: the gradient equals that of one big batch."""
+        DDP averages gradients: the gradient equals that of one big batch (all terms but the CKA
+        term, which is each micro-batch's own)."""
         live = self.cfg.method == "distill" and (on_policy or self.cfg.hidden_weight or self.cfg.cka_weight)
         self.placement.need(bool(live))  # the cached top-k stage never runs the teacher
         micro = self.micro_batches(step, seq_indices, on_policy)
@@ -231,6 +233,8 @@ class Recovery:
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
             ctx = self.acc.no_sync(self.student) if not sync and self.acc.num_processes > 1 else nullcontext()
+            if self.masks is not None:
+                self.masks.observe_rows(mb.batch.attention_mask)
             with ctx, self.acc.autocast():
                 summed, parts = loss_sum(self.student, mb, self.cfg, self.teachers, self.train_set, self.pad_id)
                 loss = summed * self.acc.num_processes / max(total, 1)

@@ -101,3 +101,24 @@ def test_refused_where_it_cannot_work(tmp_path, tiny_model, quantized, data_cfg)
 
     with pytest.raises(RecoverLMError, match="mask_update needs full fine-tuning"):
         _cfg(lora=LoraConfig(r=2))
+
+
+def test_wanda_norms_count_real_tokens_not_padding(tiny_model, pruned):
+    """A sequence alone and the same sequence right-padded in a batch add the same input norms."""
+    from recoverlm import models
+    from recoverlm.recover.mask_update import MaskUpdater
+
+    model = models.load_model(pruned)
+    updater = MaskUpdater(load_constraint(pruned), model, None, MaskUpdateConfig(every=1, fraction=0.1), 10)
+    ids = torch.tensor([[5, 9, 13, 17, 21]])
+    padded = torch.tensor([[5, 9, 13, 17, 21, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
+    sums = []
+    for batch, attention in ((ids, torch.ones_like(ids)), (padded, mask)):
+        for acc in updater.act_sq.values():
+            acc.zero_()
+        updater.observe_rows(attention)
+        model(input_ids=batch, attention_mask=attention)  # grad enabled, as in training
+        sums.append({n: a.clone() for n, a in updater.act_sq.items()})
+    for name in sums[0]:
+        assert torch.allclose(sums[0][name], sums[1][name], rtol=1e-5, atol=1e-8), name
