@@ -141,6 +141,13 @@ def _plain_prompts(data_cfg, no_chat_template: bool, teacher):
     return prompts_for(teacher, data_cfg, log=lambda msg: typer.echo(msg, err=True))
 
 
+def _split_of(data_cfg, folders, given: bool):
+    """The held-out split the recovered models among `folders` were recovered around."""
+    from .evaluate.heldout_split import matching_split
+
+    return matching_split(data_cfg, folders, given, log=lambda msg: typer.echo(msg, err=True))
+
+
 def _stage_configs(config: Optional[Path], recover_options: dict | None = None, data_options: dict | None = None):
     """The `recover` and `data` sections of a YAML with the command line's options on top, each
     validated once, as the user wrote them together."""
@@ -225,6 +232,7 @@ def evaluate(
         raise RecoverLMError("--suite fidelity compares with a teacher: pass --teacher, or name task suites only")
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher or str(model))
+    data_cfg = _split_of(data_cfg, [model], config is not None)
     students = {"recovered": model} if degraded else {"model": model}
     if degraded:
         students = {"degraded": degraded, **students}
@@ -297,6 +305,7 @@ def cka(
     check_output_file(out, [teacher, *student, config])  # its plots go beside it: not into an input either
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
+    data_cfg = _split_of(data_cfg, student, config is not None)
     names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
                         massive_ratio=massive_ratio or None, use_cache=not no_cache)

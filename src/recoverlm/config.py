@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     def _compatible(self) -> "DataConfig":
         if self.teacher_prompts and not self.use_chat_template:
             raise RecoverLMError("data.teacher_prompts needs the chat template, which use_chat_template: false turns off")
+        if self.responses_per_prompt > 1 and self.temperature == 0:
+            raise RecoverLMError(f"data.responses_per_prompt = {self.responses_per_prompt} with temperature 0 gives "
+                                 "identical greedy copies of every response: set a temperature > 0, or one response")
         return self
 
 

@@ -44,20 +44,26 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
 
 
 def load_prompts(path: Path | None = None) -> list[str]:
-    """User prompts from JSONL: each line has "prompt" (a string) or "messages" (chat turns, last one the user's)."""
-    rows = read_jsonl(path or BUILTIN_PROMPTS)
+    """User prompts from JSONL: each line has "prompt" (a string) or "messages" (chat turns, whose
+    last user turn is the prompt: a conversation that ends in the assistant's answer, as task files
+    of question and answer do, is not prompted with that answer)."""
+    where = path or BUILTIN_PROMPTS
+    rows = read_jsonl(where)
     prompts = []
     for number, row in enumerate(rows, 1):
         if isinstance(row.get("prompt"), str) and row["prompt"].strip():
             prompts.append(row["prompt"])
         elif isinstance(row.get("messages"), list) and row["messages"]:
-            last = row["messages"][-1]
-            if not isinstance(last, dict) or not isinstance(last.get("content", ""), str):
-                raise RecoverLMError(f"{path or BUILTIN_PROMPTS}: record {number}: each message must be an object "
+            turns = row["messages"]
+            if not all(isinstance(m, dict) and isinstance(m.get("content", ""), str) for m in turns):
+                raise RecoverLMError(f"{where}: record {number}: each message must be an object "
                                      "with a string 'content', like {\"role\": \"user\", \"content\": \"...\"}")
-            prompts.append(last.get("content", ""))
+            users = [m for m in turns if m.get("role", "user") == "user"]
+            if not users:
+                raise RecoverLMError(f"{where}: record {number}: no message has the role 'user', so there is no prompt")
+            prompts.append(users[-1].get("content", ""))
         else:
-            raise RecoverLMError(f"{path or BUILTIN_PROMPTS}: record {number} (of the non-blank lines) has neither a "
+            raise RecoverLMError(f"{where}: record {number} (of the non-blank lines) has neither a "
                                  "non-empty 'prompt' nor 'messages'")
     return prompts
 

@@ -317,6 +317,25 @@ def model_hash(path: Path) -> str:
     return value
 
 
+# What, besides the weights, decides a model's results: its architecture settings, its decoding
+# defaults and stop tokens, its tokenizer and chat template.
+SETUP_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+               "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def setup_hash(path: Path) -> str:
+    """sha256 over the files beside the weights that change a model's results (SETUP_FILES): cached
+    results keyed by it are not returned after a template or stop token is edited."""
+    path = resolve_model(path)
+    digest = hashlib.sha256()
+    for name in SETUP_FILES:
+        f = path / name
+        if f.is_file():
+            digest.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def has_chat_template(model_ref) -> bool:
     return bool(getattr(load_tokenizer(model_ref), "chat_template", None))
 

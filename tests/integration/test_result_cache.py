@@ -69,3 +69,17 @@ def test_a_damaged_cache_entry_is_a_miss(tmp_path):
         assert result_cache.load(entry) is None, text
     result_cache.store(entry, {"kl": 0.5}, {})
     assert result_cache.load(entry) == {"kl": 0.5}
+
+
+def test_a_student_with_the_teachers_weights_is_measured_as_a_student(tiny_model, prompt_file, tmp_path):
+    """The teacher's cached entry holds figures by construction (no generations): a student with the
+    same weights gets its own entry, measured, not the teacher's."""
+    import shutil
+
+    cfg = _cfg(prompt_file, split_seed=12)
+    evaluate_models(tiny_model, {"other": build_tiny_model(tmp_path / "other", seed=3)}, cfg, progress=False,
+                    log=lambda *_: None)
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    report = evaluate_models(tiny_model, {"copy": copy}, cfg, progress=False, log=lambda *_: None)
+    assert report["metrics"]["copy"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert report["samples"][0]["copy"] == report["samples"][0]["teacher"]

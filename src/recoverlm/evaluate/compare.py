@@ -114,7 +114,8 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
         entries = {}
         for suite in suites:
             settings = {"limit": limit, "batch_size": batch_size, "dtype": "float32",
-                        "chat_template": uses_chat_template(suite, apply_chat_template)}
+                        "chat_template": uses_chat_template(suite, apply_chat_template),
+                        "setup": models.setup_hash(path)}  # its tokenizer and template score it too
             entries[suite] = suite_cache.cache_path(models.model_hash(path), suite,
                                                     suite_cache.suite_version(suite, SUITES_DIR), settings)
         cached = {s: result_cache.load(p) for s, p in entries.items()} if use_cache else {}

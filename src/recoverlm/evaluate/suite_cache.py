@@ -21,6 +21,9 @@ CACHE_VERSION = 1
 SFT_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
 
+SUITE_SUFFIXES = {".yaml", ".yml", ".jsonl", ".json", ".py", ".csv", ".parquet"}
+
+
 def suite_version(suite: str, suites_dir: Path) -> str:
     folder = suites_dir / suite if (suites_dir / suite).is_dir() else None
     if folder is None and suite.endswith((".yaml", ".yml")) and Path(suite).is_file():
@@ -28,8 +31,10 @@ def suite_version(suite: str, suites_dir: Path) -> str:
     if folder is None:  # one of lm-eval's own tasks: the harness's versions are all there is to key on
         return "lm-eval task; " + "; ".join(_harness())
     digest = hashlib.sha256()
-    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".yaml", ".yml", ".jsonl", ".json", ".py"}):
-        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    # Subfolders too: a suite's data often lies in data/ beside its YAML (data_files: data/test.jsonl).
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in SUITE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+        digest.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     for part in _outside_sources(suite) + _harness():
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]

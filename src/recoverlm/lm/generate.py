@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
 
@@ -31,6 +33,26 @@ def stop_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+@contextmanager
+def plain_decoding(model):
+    """The model's generation config replaced, for the call, by one that keeps only its special
+    tokens: a shipped repetition_penalty, no_repeat_ngram_size or min_new_tokens would otherwise
+    apply to every call (transformers fills unset options from it), so "greedy" would not be the
+    argmax and samples would not come from the distribution the cached logits describe."""
+    from transformers import GenerationConfig
+
+    shipped = getattr(model, "generation_config", None)
+    if shipped is None:
+        yield
+        return
+    tokens = {k: getattr(shipped, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
+    model.generation_config = GenerationConfig(**{k: v for k, v in tokens.items() if v is not None})
+    try:
+        yield
+    finally:
+        model.generation_config = shipped
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 16, seed: int = 0, desc: str = "generating",
@@ -48,7 +70,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     out: list[list[int] | None] = [None] * len(prompt_ids)
     gen = torch.Generator().manual_seed(seed)
     bar = tqdm(total=len(order), desc=desc, unit="seq", disable=not progress, leave=False)
-    with eval_mode(model):
+    with eval_mode(model), plain_decoding(model):
         for start in range(0, len(order), batch_size):
             chunk = order[start: start + batch_size]
             ids, attn = left_padded([prompt_ids[i] for i in chunk], pad)

@@ -93,7 +93,7 @@ def build_response_set(teacher_ref, prompts: list[str], *, max_prompt_tokens: in
     tokenizer = models.load_tokenizer(path)
     generation_dtype = environment.generation_dtype(generation_dtype)  # the cache records what ran
     settings = {
-        "teacher_hash": models.model_hash(path), "prompts_hash": texts_hash(prompts),
+        "teacher_hash": models.model_hash(path), "setup_hash": models.setup_hash(path), "prompts_hash": texts_hash(prompts),
         "tokenizer_hash": texts_hash([str(getattr(tokenizer, "chat_template", None)), str(len(tokenizer)),
                                       str(tokenizer.eos_token_id), str(tokenizer.pad_token_id)]),
         "max_prompt_tokens": max_prompt_tokens, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -203,11 +203,15 @@ def concat(sets: list[ResponseSet]) -> ResponseSet:
     return out
 
 
-def replay_set(tokenizer, path: Path, data_cfg: DataConfig) -> ResponseSet:
-    """User prompt/response pairs as a set without teacher logits (the sft-replay baseline on original data)."""
+def replay_set(tokenizer, path: Path, data_cfg: DataConfig, keep=None) -> ResponseSet:
+    """User prompt/response pairs as a set without teacher logits (the sft-replay baseline on
+    original data); `keep` maps the prompts to those that may be trained on."""
     from ..data import read_jsonl
 
     rows = read_jsonl(path, required=("prompt", "response"))
+    if keep is not None:
+        allowed = set(keep([r["prompt"] for r in rows]))
+        rows = [r for r in rows if r["prompt"] in allowed]
     prompt_ids, kept, _ = encode_prompts(tokenizer, [r["prompt"] for r in rows], data_cfg.max_prompt_tokens,
                                          data_cfg.use_chat_template, data_cfg.overflow)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -35,3 +35,12 @@ def test_degrade_records_the_split_and_old_calibrations_are_refused(tmp_path, ti
     check_calibration_kept_apart(magnitude, tmp_path / "m")  # nothing calibrated: nothing to refuse
     assert json.loads((tmp_path / "w" / "recoverlm" / "degradation.json").read_text())["calibration"]["source"] == \
         record["calibration"]["source"]
+
+
+def test_calibration_is_formatted_as_the_runs_prompts(tmp_path, tiny_model):
+    """With the chat template off for the run, calibration texts are plain too; the saved model keeps its template."""
+    params = {"sparsity": 0.5, "n_calibration": 8}
+    templated = degrade(tiny_model, "prune.wanda", params, tmp_path / "t")
+    plain = degrade(tiny_model, "prune.wanda", params, tmp_path / "p", data_cfg=DataConfig(use_chat_template=False))
+    assert plain["calibration"]["hash"] != templated["calibration"]["hash"]
+    assert load_tokenizer(tmp_path / "p").chat_template == load_tokenizer(tiny_model).chat_template

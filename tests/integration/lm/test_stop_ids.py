@@ -21,3 +21,15 @@ def test_a_response_ends_at_the_first_turn_end(tiny_model):
     model.generation_config.eos_token_id = [tok.eos_token_id, turn_end]
     stopped = generate(model, tok, prompt, 8, progress=False)[0]
     assert stopped == free[: free.index(turn_end) + 1]
+
+
+def test_decoding_options_the_model_ships_do_not_apply(tiny_model):
+    """A shipped repetition penalty (Qwen2.5's 1.05), n-gram ban or minimum length would make greedy
+    answers other than the argmax and samples other than the cached distribution's."""
+    model, tok = models.load_model(tiny_model), models.load_tokenizer(tiny_model)
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ("rain", "List three fruits.")]
+    plain = generate(model, tok, prompts, 10, progress=False)
+    shipped = model.generation_config
+    shipped.repetition_penalty, shipped.no_repeat_ngram_size, shipped.min_new_tokens = 1.3, 2, 10
+    assert generate(model, tok, prompts, 10, progress=False) == plain
+    assert model.generation_config is shipped and shipped.repetition_penalty == 1.3  # given back as it was

@@ -58,3 +58,18 @@ def test_the_cached_top_k_is_tempered_as_the_student_is(tiny_model, data_cfg):
                           tokenizer, log=lambda _: None)
     assert torch.equal(replay.topk_logprobs, training_set(RecoverConfig(), data_cfg, tiny_model, tiny_model, tokenizer,
                                                           log=lambda _: None).topk_logprobs)
+
+
+def test_prompts_the_run_scores_are_not_trained_on(data_cfg):
+    """Task prompts or replay pairs that repeat a validation or held-out prompt are left out, and said."""
+    from recoverlm.data import load_prompts, scored_prompts
+    from recoverlm.recover.training_data import scored_texts, unscored
+
+    scored = scored_prompts(load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.n_validation,
+                            data_cfg.split_seed)
+    said = []
+    kept = unscored(["A prompt of my own.", scored[0].upper() + "  ", scored[-1]], scored_texts(data_cfg),
+                    "task_prompts", said.append)
+    assert kept == ["A prompt of my own."] and "left out 2 of 3" in said[0]
+    with pytest.raises(RecoverLMError, match="every prompt is a validation or held-out prompt"):
+        unscored([scored[0]], scored_texts(data_cfg), "replay_data")

@@ -17,7 +17,11 @@ def test_suite_version_follows_the_suite_files(tmp_path):
     assert before == suite_cache.suite_version(task_yaml, SUITES_DIR)
     with open(folder / "knowledge.jsonl", "a") as fh:
         fh.write(json.dumps({"question": "q?", "choices": ["a", "b"], "answer": 0}) + "\n")
-    assert suite_cache.suite_version(task_yaml, SUITES_DIR) != before
+    after = suite_cache.suite_version(task_yaml, SUITES_DIR)
+    assert after != before
+    (folder / "data").mkdir()  # data files beside the YAML in a subfolder count too
+    (folder / "data" / "test.jsonl").write_text('{"question": "q?"}\n')
+    assert suite_cache.suite_version(task_yaml, SUITES_DIR) != after
     assert suite_cache.suite_version("knowledge", SUITES_DIR) != suite_cache.suite_version("arithmetic", SUITES_DIR)
     assert suite_cache.suite_version("hellaswag", SUITES_DIR).startswith("lm-eval ")
 
