@@ -332,7 +332,7 @@ def run(
         from .config import updated
 
         cfg = updated(cfg, "--no-chat-template", data={**cfg.data.model_dump(), "use_chat_template": False})
-    result = run_experiment(cfg, out)
+    result = run_experiment(cfg, out, config_file=config)
     typer.echo("")
     typer.echo(result["summary"])
     typer.echo(f"run folder: {out}")
@@ -395,6 +395,9 @@ def study(
     spec = load_study(config)
     target = doc or spec.doc or Path("docs/results.md")
     ledger = records or spec.records or records_dir_for(target)
+    from .io import check_output_file
+
+    check_output_file(target, [config, readme])  # the results page replaces neither the study's config nor the README
     if show_plan:
         rows = plan(spec, out, ledger, only)
         width = max(len(r["cell"]) for r in rows)

@@ -386,6 +386,14 @@ def run_identity(settings):
     return settings
 
 
+def result_identity(settings: dict) -> dict:
+    """A run config as it decides the run's results: run_identity without the placement-only
+    settings of its recover and data sections, so a twin run elsewhere is the same run."""
+    settings = run_identity(settings)
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in PLACEMENT_ONLY} if k in ("recover", "data")
+                and isinstance(v, dict) else v) for k, v in settings.items()}
+
+
 def same_config(stored: Path, cfg: BaseModel) -> bool:
     """Whether the config saved at `stored` describes the same run as `cfg`. Compared as settings,
     not text, so a run saved before a field with a default existed still matches."""
@@ -402,7 +410,7 @@ def same_settings(raw: dict, cfg: BaseModel, source: str = "stored config") -> b
         old = parse_config(type(cfg), raw, source)
     except RecoverLMError:
         return False
-    return run_identity(old.model_dump(mode="json")) == run_identity(cfg.model_dump(mode="json"))
+    return result_identity(old.model_dump(mode="json")) == result_identity(cfg.model_dump(mode="json"))
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -112,10 +112,19 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    try:
+        try:
+            os.replace(scratch, final)  # nothing there yet (replacing an empty folder too)
+            return
+        except OSError:
+            if not final.exists():
+                raise
+        # A folder is there (ours from before, or one a parallel writer of the same cache entry just
+        # finished): moved aside under a fresh name, so no stale name from an earlier crash is in the way.
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, old)
         os.replace(scratch, final)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(scratch, final)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)

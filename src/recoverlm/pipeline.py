@@ -24,20 +24,19 @@ from .report.summary import write_report
 from .runs import CHECKPOINT_DIR, CONFIG_FILE, DEGRADATION_FILE, RUN_FILE, TEACHER_FILE, side_file, work_dir
 
 
-def claim_run_dir(cfg: RunConfig, out: Path, teacher: Path) -> None:
-    """The run folder made ours before anything is written: refused where it is or holds an input,
-    holds files of something else, or holds a run of another config or from other inputs."""
-    inputs = [teacher] + [Path(p) for p in (cfg.data.prompts, cfg.data.task_teacher, cfg.data.replay_data)
+def claim_run_dir(cfg: RunConfig, out: Path, teacher: Path, config_file: Path | None = None) -> None:
+    """The run folder made ours before anything is written: refused where it is or holds an input
+    (the config file run included), holds files of something else, or holds a run of another config
+    or from other inputs. A run's own mark is its teacher record, written first: a config.yaml
+    alone may be the user's own."""
+    inputs = [teacher] + [Path(p) for p in (cfg.data.prompts, cfg.data.task_teacher, cfg.data.replay_data, config_file)
                           if p is not None and Path(p).exists()]
-    check_output_dir(out, inputs, (CONFIG_FILE,))
-    out.mkdir(parents=True, exist_ok=True)
-    stored = out / CONFIG_FILE
+    check_output_dir(out, inputs, (TEACHER_FILE, RUN_FILE))
+    stored, record = out / CONFIG_FILE, out / TEACHER_FILE
     if stored.exists() and not same_config(stored, cfg):
         raise RecoverLMError(f"{out} holds a run with a different config; choose another --out or remove it")
-    write_text_atomic(stored, dump_config(cfg))
     made = {"model": cfg.model, "path": str(teacher), "hash": models.model_hash(teacher),
             "prompts_hash": _file_hash(cfg.data.prompts)}
-    record = out / TEACHER_FILE
     if record.exists():
         was = _read(record)
         changed = [k for k in ("hash", "prompts_hash") if k in was and was[k] != made[k]]
@@ -45,7 +44,9 @@ def claim_run_dir(cfg: RunConfig, out: Path, teacher: Path) -> None:
             what = " and ".join({"hash": "the teacher's weights", "prompts_hash": "the prompts file"}[k] for k in changed)
             raise RecoverLMError(f"{out}: {what} changed since this run began, so its finished stages no longer "
                                  "follow from its inputs; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, made)
+    write_text_atomic(stored, dump_config(cfg))
 
 
 def _file_hash(path) -> str | None:
@@ -86,17 +87,17 @@ class StageClock:
             write_json_atomic(self.path, self.record)
 
 
-def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
+def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print, config_file: Path | None = None) -> dict:
     out = Path(out)
     teacher = models.resolve_model(cfg.model)
     cfg = cfg.model_copy(update={"data": models.prompts_for(teacher, cfg.data, log)})
-    claim_run_dir(cfg, out, teacher)
+    claim_run_dir(cfg, out, teacher, config_file)
     degraded, recovered = out / "degraded", out / "recovered"
     clock = StageClock(out)
 
     if models.is_model_dir(degraded):
         if side_file(degraded, DEGRADATION_FILE).is_file():
-            check_calibration_kept_apart(_read(side_file(degraded, DEGRADATION_FILE)), degraded)
+            check_calibration_kept_apart(_read(side_file(degraded, DEGRADATION_FILE)), degraded, cfg.data)
         log(f"[1/5] degrade: reusing {degraded}")
     else:
         log(f"[1/5] degrade: {cfg.degrade.method} {cfg.degrade.params}")

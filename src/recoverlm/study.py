@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import environment, models
 from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config, same_settings
-from .degrade import check_calibration_kept_apart, degrade, method_params
+from .degrade import calibration_split, check_calibration_kept_apart, degrade, is_calibrated_on_builtin, method_params
 from .errors import RecoverLMError
 from .io import read_json, write_json_atomic
 from .report.records import cell_record, load_records, store
@@ -79,6 +79,15 @@ def _merged(base: dict, override: dict) -> dict:
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
+def _check_base(study: StudyConfig) -> None:
+    """A base section the cells would merge into must be a mapping: merged, another value would be
+    replaced by the axes' settings without a word, and the study would run on defaults."""
+    for key in ("recover", "data", "evaluate", "degrade", "cka"):
+        value = study.base.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise RecoverLMError(f"base.{key} must be a mapping of settings, got {type(value).__name__}")
+
+
 def _check_names(study: StudyConfig) -> None:
     """Cell names are folder names: one safe path part each, and no two cells alike."""
     for kind, names in (("degradation", study.degradations), ("method", study.methods)):
@@ -103,6 +112,7 @@ def _check_names(study: StudyConfig) -> None:
 def cells(study: StudyConfig) -> list[Cell]:
     """Every cell with its merged run config, all validated before any of them runs: an invalid
     cell is one line naming the cell and the key."""
+    _check_base(study)
     _check_names(study)
     out = []
     for model in study.models:
@@ -121,7 +131,25 @@ def cells(study: StudyConfig) -> list[Cell]:
                     except RecoverLMError as exc:
                         raise RecoverLMError(f"degradation {deg_name!r}: {exc}") from exc
                     out.append(Cell(model, deg_name, method, seed, cfg))
+    _check_splits(out)
     return out
+
+
+def _check_splits(all_cells: list[Cell]) -> None:
+    """The cells of a degradation share one damaged model; calibrated on the built-in prompts, it
+    left out one split's scored prompts, so every cell of it must score that split."""
+    first: dict[tuple[str, str], Cell] = {}
+    for cell in all_cells:
+        d = cell.config.degrade
+        if not is_calibrated_on_builtin(d.method, d.params):
+            continue
+        key = (cell.model, cell.degradation)
+        other = first.setdefault(key, cell)
+        if calibration_split(d.method, d.params, cell.config.data) != calibration_split(d.method, d.params,
+                                                                                        other.config.data):
+            raise RecoverLMError(f"cell {cell.name}: its data split differs from {other.name}'s, but both share the "
+                                 f"damaged model of {cell.degradation!r}, calibrated around one split; give them one "
+                                 "split, or separate degradations")
 
 
 def selected(all_cells: list[Cell], only: str | None) -> list[Cell]:
@@ -188,7 +216,9 @@ def plan(study: StudyConfig, out: Path | None, records_dir: Path, only: str | No
             rows.append({"cell": cell.name, "state": "recorded", "device": rec.get("device", "?"),
                          "seconds": rec.get("seconds")})
         elif out is not None and (cell.folder(out) / CELL_FILE).exists():
-            rows.append({"cell": cell.name, "state": "finished, not recorded", "device": "", "seconds": None})
+            current = same_config(cell.folder(out) / CONFIG_FILE, cell.config)
+            rows.append({"cell": cell.name, "state": "finished, not recorded" if current else "stale: other settings",
+                         "device": "", "seconds": None})
         else:
             rows.append({"cell": cell.name, "state": "to run", "device": "",
                          "seconds": estimate(cell, kept.values(), here)})
@@ -242,14 +272,17 @@ def _degrade_once(todo: list[Cell], out: Path, log) -> None:
             if not record.is_file():
                 raise RecoverLMError(f"{target} holds a model without its {DEGRADATION_FILE}, so what damaged it is "
                                      "unknown; remove it or write the study to another --out")
-            made = read_json(record)
+            try:
+                made = read_json(record)
+            except (ValueError, OSError) as exc:
+                raise RecoverLMError(f"{record} cannot be read ({exc}); remove {target} so that it is made again") from exc
             if made.get("source_hash") and made["source_hash"] != models.model_hash(models.resolve_model(cell.model)):
                 raise RecoverLMError(f"{target} was degraded from another copy of {cell.model} than the study's; "
                                      "remove it or write the study to another --out")
             if made.get("method") != d.method or made.get("params") != method_params(d.method, d.params):
                 raise RecoverLMError(f"{target} holds a {made.get('method')} degradation with other settings than "
                                      f"{cell.degradation!r} asks for; remove it or write the study to another --out")
-            check_calibration_kept_apart(made, target)
+            check_calibration_kept_apart(made, target, cell.config.data)
             continue
         log(f"degrade {model_tag(cell.model)}/{cell.degradation}: {d.method} {d.params}")
         # the cells of a degradation share their prompt split, which its calibration leaves out
@@ -352,7 +385,11 @@ def _failure(cell: Cell, exc: BaseException, out: Path | None) -> str:
 def _first_per_teacher(pending: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     seen, first, rest = set(), [], []
     for cell in pending:
-        key = (cell.model, cell.config.data.model_dump_json())
+        rc, data = cell.config.recover, cell.config.data
+        # what the cached response sets are keyed by: the data, the distillation temperature of the
+        # cached top-k, and the damaged student where it answers the task prompts itself
+        key = (cell.model, data.model_dump_json(), rc.temperature if rc.method == "distill" else 1.0,
+               cell.degradation if data.task_prompts is not None and data.task_teacher is None else None)
         (rest if key in seen else first).append(cell)
         seen.add(key)
     return first, rest

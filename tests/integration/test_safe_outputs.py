@@ -117,3 +117,17 @@ def test_an_export_folder_holding_other_files_is_refused_before_training(tmp_pat
                                         str(tmp_path / "rec"), "--config", str(config), "--steps", "1"]),
                     "rec.compressed-tensors", "did not write")
     assert not (tmp_path / "rec").exists() and (taken / "notes.txt").read_text() == "my only copy"
+
+
+def test_a_users_folder_with_its_own_config_is_not_taken_for_a_run(tmp_path, tiny_model):
+    """A config.yaml alone does not mark a folder as a run's: the user's config, notes and all are kept."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    config = proj / "config.yaml"
+    config.write_text(f"# my experiment\nmodel: {tiny_model}\n")
+    (proj / "notes.md").write_text("my notes")
+    _one_line_error(runner.invoke(app, ["run", str(config), "--out", str(proj)]), "contains the input")
+    elsewhere = tmp_path / "run.yaml"
+    elsewhere.write_text(config.read_text())  # the same settings, run from elsewhere into the folder
+    _one_line_error(runner.invoke(app, ["run", str(elsewhere), "--out", str(proj)]), "did not write")
+    assert config.read_text().startswith("# my experiment") and (proj / "notes.md").read_text() == "my notes"

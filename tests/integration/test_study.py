@@ -189,3 +189,66 @@ def test_a_method_can_be_limited_to_some_degradations(tmp_path, tiny_model, prom
     spec.write_text(yaml.safe_dump(raw))
     with pytest.raises(RecoverLMError, match="method 'mixed': degradations is empty"):
         cells(load_study(spec))
+
+
+def test_cells_sharing_a_calibrated_damage_must_share_its_split(tmp_path, tiny_model, prompt_file):
+    """A damage calibrated on the built-in prompts left one split's scored prompts out: a method
+    scoring another split on it would be measured on calibration texts."""
+    from recoverlm.errors import RecoverLMError
+    from recoverlm.study import cells, load_study
+
+    spec = _study(tmp_path, tiny_model, prompt_file)
+    raw = yaml.safe_load(spec.read_text())
+    raw["base"]["data"].pop("prompts")
+    raw["degradations"] = {"wanda": {"method": "prune.wanda", "params": {"sparsity": 0.5}}}
+    raw["methods"]["other-split"] = {"recover": {"offpolicy_steps": 1}, "data": {"split_seed": 3}}
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecoverLMError, match="other-split-seed0: its data split differs"):
+        cells(load_study(spec))
+    raw["degradations"] = {"mag": {"method": "prune.magnitude", "params": {"sparsity": 0.5}}}  # not calibrated
+    spec.write_text(yaml.safe_dump(raw))
+    assert len(cells(load_study(spec))) == 3
+
+
+def test_a_base_section_that_is_not_a_mapping_is_refused(tmp_path, tiny_model, prompt_file):
+    spec = _study(tmp_path, tiny_model, prompt_file)
+    raw = yaml.safe_load(spec.read_text())
+    raw["base"]["recover"] = "lr=3e-4"
+    spec.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["study", str(spec), "--plan"])
+    assert result.exit_code == 2 and "base.recover must be a mapping" in result.output
+
+
+def test_where_a_cell_runs_does_not_change_which_cell_it_is(tmp_path, tiny_model, prompt_file):
+    """Threads, devices, checkpoint cadence: a record made with other placement settings is still the cell's."""
+    from recoverlm.study import cells, load_study, records_cell
+
+    spec = _study(tmp_path, tiny_model, prompt_file)
+    cell = cells(load_study(spec))[1]
+    record = {"name": cell.name, "cell_config": cell.config.model_dump(mode="json")}
+    raw = yaml.safe_load(spec.read_text())
+    raw["base"]["recover"].update(threads=2, save_every=10)
+    spec.write_text(yaml.safe_dump(raw))
+    assert records_cell(record, cells(load_study(spec))[1])
+    raw["base"]["recover"]["lr"] = 1e-3
+    spec.write_text(yaml.safe_dump(raw))
+    assert not records_cell(record, cells(load_study(spec))[1])
+
+
+def test_the_results_page_never_replaces_the_studys_config(tmp_path, tiny_model, prompt_file):
+    spec = _study(tmp_path, tiny_model, prompt_file)
+    before = spec.read_text()
+    result = runner.invoke(app, ["study", str(spec), "--render", "--doc", str(spec)])
+    assert result.exit_code == 2 and "is the input" in result.output and spec.read_text() == before
+
+
+def test_a_damaged_cell_folder_is_one_line(tmp_path, tiny_model, prompt_file):
+    spec, out = _study(tmp_path, tiny_model, prompt_file), tmp_path / "study"
+    args = ["study", str(spec), "--out", str(out), "--doc", str(tmp_path / "r.md"), "--records", str(tmp_path / "rec")]
+    assert runner.invoke(app, args + ["--only", "*/none-*"]).exit_code == 0
+    metrics = out / "teacher/mag/none-seed0/metrics.json"
+    metrics.write_text(metrics.read_text()[:40])
+    (tmp_path / "rec" / "teacher" / "mag" / "none-seed0.json").unlink()
+    result = runner.invoke(app, args + ["--render"])
+    assert result.exit_code == 2 and "cannot be read as a finished cell" in result.output
+    assert len(result.output.strip().splitlines()) == 1

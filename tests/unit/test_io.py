@@ -69,3 +69,20 @@ def test_an_output_is_checked_for_writability_before_the_work(tmp_path, monkeypa
         check_output_dir(tmp_path / "new" / "run", [], ())
     with pytest.raises(RecoverLMError, match="is not writable"):
         check_output_file(tmp_path / "out.json", [])
+
+
+def test_a_folder_is_replaced_whole_even_when_another_writer_got_there_first(tmp_path):
+    """A parallel writer of the same cache entry may finish while this one writes: the later
+    complete folder replaces the earlier, nothing is left half-written or beside it."""
+    from recoverlm.io import atomic_dir
+
+    final = tmp_path / "entry"
+    with atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("mine")
+        final.mkdir()
+        (final / "a.txt").write_text("theirs")  # the other writer finished meanwhile
+    assert (final / "a.txt").read_text() == "mine"
+    with atomic_dir(final) as tmp:  # and again, over our own
+        (tmp / "a.txt").write_text("again")
+    assert (final / "a.txt").read_text() == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

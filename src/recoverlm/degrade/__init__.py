@@ -74,13 +74,31 @@ def is_calibrated_on_builtin(method: str, params: dict[str, Any]) -> bool:
         method == "prune.nm" and full["score"] == "magnitude")
 
 
-def check_calibration_kept_apart(record: dict, where: Path) -> None:
-    """A damaged model calibrated on the built-in prompts before calibration left the scored ones
-    out was fitted to the prompts its damage is measured on: refused for reuse, in one line."""
-    if is_calibrated_on_builtin(record.get("method", ""), record.get("params", {})) and \
-            "held-out" not in str((record.get("calibration") or {}).get("source", "")):
+def calibration_split(method: str, params: dict[str, Any], data_cfg) -> str | None:
+    """What a built-in calibration depends on beyond the method: the prompts the run scores (left
+    out) and whether texts take the chat template. None for a method not calibrated on them."""
+    from .. import data
+
+    if not is_calibrated_on_builtin(method, params):
+        return None
+    scored = data.scored_prompts(data.load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.n_validation,
+                                 data_cfg.split_seed)
+    return data.texts_hash([*scored, f"chat_template={data_cfg.use_chat_template}"])
+
+
+def check_calibration_kept_apart(record: dict, where: Path, data_cfg=None) -> None:
+    """A damaged model calibrated on the built-in prompts is reused only by runs whose scored
+    prompts its calibration left out: one made before calibration left them out, or for another
+    split (`data_cfg`'s, when given), was fitted to prompts its damage is measured on. One line."""
+    if not is_calibrated_on_builtin(record.get("method", ""), record.get("params", {})):
+        return
+    if "held-out" not in str((record.get("calibration") or {}).get("source", "")):
         raise RecoverLMError(f"{where} was calibrated on prompts that include the held-out and validation ones "
                              "(made by an earlier recoverlm); remove it so that it is made again")
+    if data_cfg is not None and record.get("calibration_split") != calibration_split(
+            record["method"], record["params"], data_cfg):
+        raise RecoverLMError(f"{where} was calibrated around another prompt split than this run's (its scored "
+                             "prompts could be among the calibration texts); remove it so that it is made again")
 
 
 @torch.no_grad()
@@ -142,6 +160,7 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
         "source_model": str(source),
         "source_hash": models.model_hash(source),
         "calibration": details.pop("calibration", None),
+        "calibration_split": calibration_split(method, full, split),
         "constraint": check,
         "model": {"before": before, "after": _shape(model)},
         **details,

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections import defaultdict
 
-from ..config import PLACEMENT_ONLY, run_identity
+from ..config import result_identity
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (paired differences over few seeds).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -43,8 +43,8 @@ def recipe(record: dict, varied: tuple[str, ...] = CKA_KEYS) -> dict:
     (by default the CKA term): the whole run config (data, evaluation and the damage included) and
     the damaged copy it started from. Where and how it ran is left out, so twins run on different
     machines still pair."""
-    config = run_identity(record.get("config", {}))
-    recover = {k: v for k, v in config.get("recover", {}).items() if k not in varied and k not in PLACEMENT_ONLY}
+    config = result_identity(record.get("config", {}))
+    recover = {k: v for k, v in config.get("recover", {}).items() if k not in varied}
     return {**config, "recover": recover, "degraded_hash": record.get("degraded_hash")}
 
 

@@ -23,8 +23,17 @@ def records_dir_for(doc: Path) -> Path:
 
 
 def cell_record(folder: Path) -> dict:
-    """The record of the finished cell in run folder `folder` (it holds cell.json)."""
+    """The record of the finished cell in run folder `folder` (it holds cell.json); a damaged file
+    in it (a folder copied in part, a run killed mid-write) is named in one line."""
     folder = Path(folder)
+    try:
+        return _cell_record(folder)
+    except (ValueError, KeyError, TypeError, OSError, yaml.YAMLError) as exc:
+        raise RecoverLMError(f"cell folder {folder} cannot be read as a finished cell ({type(exc).__name__}: {exc}); "
+                             "remove it to run that cell again") from exc
+
+
+def _cell_record(folder: Path) -> dict:
     rec = read_json(folder / CELL_FILE)
     metrics = read_json(folder / "metrics.json")
     rec["kl"] = {name: m["kl"] for name, m in metrics["metrics"].items()}

@@ -44,3 +44,11 @@ def test_calibration_is_formatted_as_the_runs_prompts(tmp_path, tiny_model):
     plain = degrade(tiny_model, "prune.wanda", params, tmp_path / "p", data_cfg=DataConfig(use_chat_template=False))
     assert plain["calibration"]["hash"] != templated["calibration"]["hash"]
     assert load_tokenizer(tmp_path / "p").chat_template == load_tokenizer(tiny_model).chat_template
+
+
+def test_a_calibrated_damage_is_reused_only_for_its_own_split(tmp_path, tiny_model):
+    record = degrade(tiny_model, "prune.wanda", {"sparsity": 0.5, "n_calibration": 8}, tmp_path / "w",
+                     data_cfg=DataConfig(n_heldout=10))
+    check_calibration_kept_apart(record, tmp_path / "w", DataConfig(n_heldout=10, max_new_tokens=8))
+    with pytest.raises(RecoverLMError, match="calibrated around another prompt split"):
+        check_calibration_kept_apart(record, tmp_path / "w", DataConfig(n_heldout=10, split_seed=1))
