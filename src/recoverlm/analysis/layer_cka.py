@@ -118,7 +118,8 @@ def layer_cka(teacher, students: dict[str, torch.nn.Module], eval_set: ResponseS
               massive_ratio: float | None = DEFAULT_MASSIVE_RATIO) -> dict[str, dict]:
     """Per student, linear and debiased CKA between teacher layer l and student layer l.
 
-    Layer 0 is the embeddings, layer l the output of block l. Layers are paired by index up to the
+    Layer 0 is the embeddings, layer l the output of block l - 1 (blocks count from 0, as
+    recover.cka_layers and train_blocks count them). Layers are paired by index up to the
     shallower model's depth (a depth-pruned student has fewer); `cross_tokens` > 0 adds, per student,
     the full teacher-layers x student-layers matrix on a seeded subsample of at most that many rows
     (tokens, or sequences with pooling="mean"), the same rows for every student. Debiased values

@@ -48,7 +48,7 @@ def plot_trajectories(cka_result: dict, path: Path, title: str = "Linear CKA wit
         depth, low = max(depth, len(r["layers"])), min([low, *r["linear"]])
     _layer_ticks(ax, depth)
     ax.set_ylim(min(0.0, low - 0.05) if low < 0.5 else low - 0.05, 1.01)
-    ax.set_xlabel("layer (emb = embeddings, l = output of block l)")
+    ax.set_xlabel("layer (emb = embeddings, l = output of block l - 1, blocks from 0)")
     ax.set_ylabel("linear CKA")
     ax.set_title(title)
     ax.grid(alpha=0.3)

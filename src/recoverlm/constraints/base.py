@@ -123,3 +123,16 @@ class Constraint:
     def load(cls, files: Path, meta: dict) -> "Constraint":
         """Read back what `save` wrote; `files` is the folder holding constraint.json."""
         return cls()
+
+
+class Float32State(torch.nn.Module):
+    """A parametrization whose own tensors (scales, zero points, absmax) keep their dtype, float32,
+    through module-wide casts such as DeepSpeed's bf16 `module.bfloat16()`: rounded to bf16, the
+    grid the student trains on would not be the one it is exported on. Device moves still apply."""
+
+    def _apply(self, fn, recurse=True):
+        def keep_dtype(t):
+            moved = fn(t)
+            return t.to(device=moved.device) if t.is_floating_point() and moved.dtype != t.dtype else moved
+
+        return super()._apply(keep_dtype, recurse)

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from ..errors import RecoverLMError
 from ..io import write_json_atomic
 from ..runs import side_dir
-from .base import CONSTRAINT_FILE, Constraint, modules_of
+from .base import CONSTRAINT_FILE, Constraint, Float32State, modules_of
 from .grid_math import (
     FakeQuant,
     fake_quantize,
@@ -25,7 +25,7 @@ from .grid_math import (
 GRID_FILE = "quant_grid.safetensors"
 
 
-class _GridParametrization(torch.nn.Module):
+class _GridParametrization(Float32State):
     def __init__(self, scale, zero, qmin, qmax):
         super().__init__()
         self.register_buffer("scale", scale, persistent=False)
@@ -42,7 +42,7 @@ class _GridParametrization(torch.nn.Module):
         return FakeQuant.apply(weight, self.scale, self.zero, self.qmin, self.qmax)
 
 
-class _LearnedScaleGridParametrization(torch.nn.Module):
+class _LearnedScaleGridParametrization(Float32State):
     """A grid whose group scales train with the weights. They are kept as logarithms: an Adam step
     then changes every scale by about the same fraction, whatever its size."""
 

@@ -32,9 +32,11 @@ def grid_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) ->
 
 
 def fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Project `weight` (out, in) on a group-wise grid: scale and zero are (out, in // group)."""
-    levels, s = grid_levels(weight, scale, zero, qmin, qmax)
-    return (levels * s).reshape(weight.shape)
+    """Project `weight` (out, in) on a group-wise grid: scale and zero are (out, in // group). The
+    grid is computed in float32 whatever the weight's dtype (a bf16 scale would move every level),
+    and only the result takes the weight's dtype."""
+    levels, s = grid_levels(weight.float(), scale.float(), zero.float(), qmin, qmax)
+    return (levels * s).reshape(weight.shape).to(weight.dtype)
 
 
 def latent_within_cell(weight: torch.Tensor, reference: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
@@ -76,15 +78,16 @@ class _FakeQuantLearnedScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, scale, zero, qmin, qmax):
-        levels, s = grid_levels(weight, scale, zero, qmin, qmax)
+        levels, s = grid_levels(weight.float(), scale.float(), zero.float(), qmin, qmax)
         ctx.save_for_backward(levels)
-        return (levels * s).reshape(weight.shape)
+        ctx.scale_dtype = scale.dtype
+        return (levels * s).reshape(weight.shape).to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (levels,) = ctx.saved_tensors
-        grad_scale = (grad.reshape(levels.shape) * levels).sum(-1)
-        return grad, grad_scale, None, None, None
+        grad_scale = (grad.float().reshape(levels.shape) * levels).sum(-1)
+        return grad, grad_scale.to(ctx.scale_dtype), None, None, None
 
 
 def learned_scale_fake_quantize(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int,

@@ -22,7 +22,7 @@ from ..errors import RecoverLMError
 from ..formats.bnb_nf4 import NF4_CODE
 from ..io import write_json_atomic
 from ..runs import side_dir
-from .base import CONSTRAINT_FILE, Constraint, find_param, modules_of
+from .base import CONSTRAINT_FILE, Constraint, Float32State, find_param, modules_of
 
 NF4_FILE = "nf4_absmax.safetensors"
 
@@ -61,7 +61,7 @@ class _NF4STE(torch.autograd.Function):
         return grad, None
 
 
-class _NF4Parametrization(torch.nn.Module):
+class _NF4Parametrization(Float32State):
     def __init__(self, absmax: torch.Tensor):
         super().__init__()
         self.register_buffer("absmax", absmax, persistent=False)

@@ -125,7 +125,7 @@ def load_calibration(tokenizer, calibration=None, n_calibration: int = 128, max_
 @dataclass
 class BlockInput:
     hidden: torch.Tensor  # (B, T, d)
-    kwargs: dict  # what the model passes to every block besides the hidden states
+    kwargs: dict  # what the model passes to this block besides the hidden states (mask, rotary tables)
     valid: torch.Tensor  # (B, T) bool: real tokens, not right padding
 
 
@@ -133,25 +133,34 @@ BATCH_SIZE = 16  # samples per forward; batching is several times faster than on
 
 
 @torch.no_grad()
-def _block0_inputs(model, calib: Calibration) -> list[BlockInput]:
-    """Run everything before block 0 (embeddings, rotary tables) once and keep block 0's arguments.
+def _block_inputs(model, calib: Calibration) -> tuple[list[BlockInput], list[list[dict]]]:
+    """Block 0's inputs per batch, and every block's own arguments per batch.
 
-    Samples are sorted by length and right-padded in small batches without an attention mask:
-    attention is causal, so a real token never sees the padding after it, and the statistics
-    skip the padded positions. Every real token counts as if its sample had run alone.
+    The model's forward runs up to the last block once: models that mix attention kinds (Gemma 3's
+    sliding-window and global layers) hand each block its own mask and rotary tables, so block
+    i's arguments are taken from the call to block i, never reused from block 0's. Samples are
+    sorted by length and right-padded in small batches without an attention mask: attention is
+    causal, so a real token never sees the padding after it, and the statistics skip the padded
+    positions. Every real token counts as if its sample had run alone.
     """
     _, layers = decoder_layers(model)
-    captured = []
+    last = len(layers) - 1
+    captured: dict[int, tuple[torch.Tensor, dict]] = {}
 
-    def grab(module, args, kwargs):
-        kwargs = dict(kwargs)
-        captured.append((args[0] if args else kwargs.pop("hidden_states"), kwargs))
-        raise StopForward
+    def grab(index):
+        def hook(module, args, kwargs):
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            kwargs.pop("hidden_states", None)
+            captured[index] = (hidden if index == 0 else None, kwargs)  # later inputs come from run_block
+            if index == last:
+                raise StopForward
+        return hook
 
     ordered = sorted(calib.ids, key=len)
     batches = [ordered[i:i + BATCH_SIZE] for i in range(0, len(ordered), BATCH_SIZE)]
-    inputs = []
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    inputs, per_block = [], []
+    handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
         for batch in batches:
             width = len(batch[-1])
@@ -160,12 +169,15 @@ def _block0_inputs(model, calib: Calibration) -> list[BlockInput]:
             for row, sample in enumerate(batch):
                 ids[row, : len(sample)] = sample
                 valid[row, : len(sample)] = True
+            captured.clear()
             forward_until_stop(model, input_ids=ids.to(model.device), use_cache=False)
-            hidden, kwargs = captured.pop()
-            inputs.append(BlockInput(hidden, kwargs, valid.to(hidden.device)))
+            hidden = captured[0][0]
+            inputs.append(BlockInput(hidden, captured[0][1], valid.to(hidden.device)))
+            per_block.append([captured[i][1] for i in range(len(layers))])
     finally:
-        handle.remove()
-    return inputs
+        for h in handles:
+            h.remove()
+    return inputs, per_block
 
 
 @torch.no_grad()
@@ -205,7 +217,8 @@ def walk_blocks(model, calib: Calibration, desc: str) -> Iterator[tuple[int, tor
     """
     _, layers = decoder_layers(model)
     with eval_mode(model):
-        inputs = _block0_inputs(model, calib)
+        inputs, per_block = _block_inputs(model, calib)
         for i, block in enumerate(tqdm(list(layers), desc=desc, unit="block", leave=False)):
+            inputs = [BlockInput(b.hidden, kwargs[i], b.valid) for b, kwargs in zip(inputs, per_block)]
             yield i, block, inputs
             inputs = [BlockInput(h, b.kwargs, b.valid) for h, b in zip(run_block(block, inputs), inputs)]

@@ -180,7 +180,7 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
                              n_boot=0, n_perm=0)
     lines = [f"{res['n']} checkpoints of {len(runs)} trained runs, each from its damaged start. "
              "Teacher KL is lower-is-better, so alignment that goes with recovery shows as a negative r. "
-             "Intervals: 95%, from 1000 resamples of whole runs. layer_0 is the embeddings, layer_i block i; "
+             "Intervals: 95%, from 1000 resamples of whole runs. layer_0 is the embeddings, layer_i the output of block i - 1 (blocks from 0); "
              "\"mean\" averages them all.", "",
              "| CKA feature | Pearson r [95% CI] | Spearman rho [95% CI] | partial r, step and run removed [95% CI] |",
              "|---|---|---|---|"]
