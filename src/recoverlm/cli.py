@@ -142,10 +142,15 @@ def _plain_prompts(data_cfg, no_chat_template: bool, teacher):
 
 
 def _split_of(data_cfg, folders, given: bool):
-    """The held-out split the recovered models among `folders` were recovered around."""
+    """The held-out split the recovered models among `folders` were recovered around; a damaged
+    model among them calibrated around another is refused."""
+    from .degrade import check_folder_split
     from .evaluate.heldout_split import matching_split
 
-    return matching_split(data_cfg, folders, given, log=lambda msg: typer.echo(msg, err=True))
+    data_cfg = matching_split(data_cfg, folders, given, log=lambda msg: typer.echo(msg, err=True))
+    for folder in folders:
+        check_folder_split(folder, data_cfg)
+    return data_cfg
 
 
 def _stage_configs(config: Optional[Path], recover_options: dict | None = None, data_options: dict | None = None):
@@ -232,7 +237,7 @@ def evaluate(
         raise RecoverLMError("--suite fidelity compares with a teacher: pass --teacher, or name task suites only")
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher or str(model))
-    data_cfg = _split_of(data_cfg, [model], config is not None)
+    data_cfg = _split_of(data_cfg, [p for p in (degraded, model) if p is not None], config is not None)
     students = {"recovered": model} if degraded else {"model": model}
     if degraded:
         students = {"degraded": degraded, **students}

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import RecoverLMError
 from ..lm.blocks import linear_weights
-from ..runs import DEGRADATION_FILE, own_files, side_dir
+from ..runs import DEGRADATION_FILE, own_files, side_dir, side_file
 from .calibration import CALIBRATION_DEFAULTS
 from .gptq import quantize_gptq
 from .nf4 import quantize_nf4
@@ -99,6 +99,20 @@ def check_calibration_kept_apart(record: dict, where: Path, data_cfg=None) -> No
             record["method"], record["params"], data_cfg):
         raise RecoverLMError(f"{where} was calibrated around another prompt split than this run's (its scored "
                              "prompts could be among the calibration texts); remove it so that it is made again")
+
+
+def check_folder_split(folder: Path, data_cfg) -> None:
+    """check_calibration_kept_apart for the damaged model in `folder`, from its record (a folder
+    without one, not degraded by recoverlm, has nothing to check)."""
+    from ..io import read_json
+
+    record = side_file(Path(folder), DEGRADATION_FILE)
+    if record.is_file():
+        try:
+            made = read_json(record)
+        except (ValueError, OSError) as exc:
+            raise RecoverLMError(f"{record} cannot be read ({exc})") from exc
+        check_calibration_kept_apart(made, Path(folder), data_cfg)
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .. import environment, models
 from ..config import PLACEMENT_ONLY, DataConfig, RecoverConfig, run_identity
 from ..data import collate
+from ..degrade import check_folder_split
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
 from ..io import check_output_dir
@@ -96,6 +97,7 @@ class Recovery:
             from ..export import check_export_target
 
             check_export_target(self.export_target, [self.teacher_path, self.student_path])
+        check_folder_split(self.student_path, self.data_cfg)  # a calibrated damage left this split's prompts out
         self.tokenizer = models.load_tokenizer(self.teacher_path)
         models.check_same_vocab(self.tokenizer, models.load_tokenizer(self.student_path))
         self.pad_id = self.tokenizer.pad_token_id

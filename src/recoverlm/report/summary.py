@@ -138,7 +138,7 @@ def cka_table(cka: dict) -> str:
     deg, rec = cka["cka"]["degraded"], cka["cka"]["recovered"]
     lines = ["| layer | CKA degraded | CKA recovered |", "|---|---|---|"]
     for layer, a, b in zip(deg["layers"], deg["linear"], rec["linear"]):
-        name = "embeddings" if layer == 0 else f"block {layer}"
+        name = "embeddings" if layer == 0 else f"block {layer - 1}"  # blocks count from 0, as train_blocks does
         lines.append(f"| {name} | {a:.4f} | {b:.4f} |")
     mean_d = sum(deg["linear"]) / len(deg["linear"])
     mean_r = sum(rec["linear"]) / len(rec["linear"])

@@ -52,3 +52,14 @@ def test_a_calibrated_damage_is_reused_only_for_its_own_split(tmp_path, tiny_mod
     check_calibration_kept_apart(record, tmp_path / "w", DataConfig(n_heldout=10, max_new_tokens=8))
     with pytest.raises(RecoverLMError, match="calibrated around another prompt split"):
         check_calibration_kept_apart(record, tmp_path / "w", DataConfig(n_heldout=10, split_seed=1))
+
+
+def test_recover_refuses_a_damage_calibrated_around_another_split(tmp_path, tiny_model, data_cfg):
+    from helpers.recovery import short_config
+
+    from recoverlm.recover.trainer import recover
+
+    degrade(tiny_model, "prune.wanda", {"sparsity": 0.5, "n_calibration": 8}, tmp_path / "w")  # the default split
+    with pytest.raises(RecoverLMError, match="calibrated around another prompt split"):
+        recover(tiny_model, tmp_path / "w", tmp_path / "r", short_config(), data_cfg, progress=False)
+    assert not (tmp_path / "r").exists()
