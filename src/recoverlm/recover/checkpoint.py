@@ -131,6 +131,21 @@ def rng_states() -> list[dict[str, torch.Tensor]]:
     return every
 
 
+def unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with every name that views an earlier name's memory left out (a tied head and
+    embedding are one tensor under two names), contiguous: safetensors refuses shared memory, and
+    loading the first name restores the tie."""
+    seen, out = set(), {}
+    for name, t in tensors.items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) \
+            if t.device.type != "meta" else (name,)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous()
+    return out
+
+
 def save_checkpoint(work_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, rngs: list[dict],
                     step: int, state: dict, ema=None, extra: dict[str, dict[str, torch.Tensor]] | None = None,
                     best: dict[str, torch.Tensor] | None = None) -> Path:
@@ -139,13 +154,13 @@ def save_checkpoint(work_dir: Path, weights: dict[str, torch.Tensor], optimizer_
     step's weights so far, in the same folder, so that they and the state naming them change
     together or not at all."""
     with atomic_dir(Path(work_dir) / CHECKPOINT_DIR) as tmp:
-        save_file(weights, str(tmp / "trainable.safetensors"))
+        save_file(unaliased(weights), str(tmp / "trainable.safetensors"))
         if best is not None:
-            save_file(best, str(tmp / BEST_FILE))
+            save_file(unaliased(best), str(tmp / BEST_FILE))
         for name, tensors in (extra or {}).items():
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
         if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+            save_file(unaliased(ema.state_dict()), str(tmp / "ema.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         save_file({f"{kind}.{rank}": t for rank, own in enumerate(rngs) for kind, t in own.items()},
                   str(tmp / "rng.safetensors"))
@@ -191,7 +206,12 @@ def load_checkpoint(work_dir: Path, model, optimizer, ema=None, layout: str = "p
                                  f"delete {folder.parent} to start over")
         optimizer.load_state_dict(optimizer_state)
     if ema is not None and (folder / "ema.safetensors").exists():
-        ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+        stored = load_file(str(folder / "ema.safetensors"))
+        tied = set(ema.state_dict()) - set(unaliased(ema.state_dict()))  # restored with the name they alias
+        missing, unexpected = ema.load_state_dict(stored, strict=False)
+        if unexpected or set(missing) - tied:
+            raise RecoverLMError(f"{folder / 'ema.safetensors'} does not match the EMA teacher "
+                                 f"({len(set(missing) - tied)} missing, {len(unexpected)} unexpected tensors)")
     torch.set_rng_state(_rank_state(rng, "torch", rank))
     cuda = _rank_state(rng, "cuda", rank)
     if cuda is not None and torch.cuda.is_available():

@@ -29,6 +29,7 @@ def make_accelerator(cfg: RecoverConfig, trackers: dict | None = None):
     acc = Accelerator(mixed_precision="bf16" if environment.training_bf16(cfg.bf16) else "no", cpu=on_cpu and not deepspeed_on_cpu,
                       kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
                       **(trackers or {}))
+    check_even_split(acc, cfg)
     if acc.distributed_type == DistributedType.FSDP:
         refuse_partitioned(cfg, "FSDP", "DDP (configs/accelerate/ddp_gpu.yaml)")
     if acc.distributed_type == DistributedType.DEEPSPEED:
@@ -85,6 +86,33 @@ def whole_weights_while_loading(acc):
         acc.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
+def all_finite(acc, loss: torch.Tensor) -> bool:
+    """Whether every rank's loss is finite: one rank stopping alone would leave the others waiting
+    in a collective it never joins."""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if acc.num_processes == 1:
+        return finite
+    flag = torch.tensor([0.0 if finite else 1.0], device=acc.device)
+    return float(acc.reduce(flag, reduction="sum")) == 0.0
+
+
+def main_says(acc, decision: bool) -> bool:
+    """The main process's `decision`, on every rank."""
+    if acc.num_processes == 1:
+        return decision
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([decision], from_process=0)[0])
+
+
+def check_even_split(acc, cfg: RecoverConfig) -> None:
+    """Every rank must run the same number of micro-batches of a step: a rank with fewer (or none)
+    leaves its peers waiting in a gradient reduction it never joins."""
+    if acc.num_processes > 1 and cfg.batch_size % (acc.num_processes * cfg.grad_accum):
+        raise RecoverLMError(f"with {acc.num_processes} processes, batch_size ({cfg.batch_size}) must be a multiple of "
+                             f"processes x grad_accum ({acc.num_processes} x {cfg.grad_accum})")
+
+
 def uses_deepspeed(acc) -> bool:
     from accelerate.utils import DistributedType
 
@@ -95,9 +123,6 @@ def configure_deepspeed(acc, cfg: RecoverConfig) -> None:
     """ZeRO steps, clips and reduces inside its engine. The recover config stays the one place
     for those settings: its clipping threshold is handed to the engine, and every rank must run
     the same number of micro-batches, because ZeRO reduces gradients after each of them."""
-    if cfg.batch_size % (acc.num_processes * cfg.grad_accum):
-        raise RecoverLMError(f"under DeepSpeed, batch_size ({cfg.batch_size}) must be a multiple of processes x "
-                             f"grad_accum ({acc.num_processes} x {cfg.grad_accum})")
     ds_config = acc.state.deepspeed_plugin.deepspeed_config
     if ds_config.get("zero_optimization", {}).get("stage") == 3:
         refuse_partitioned(cfg, "DeepSpeed ZeRO-3", "ZeRO-2 or DDP")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -240,7 +241,7 @@ class Recovery:
             with ctx, self.acc.autocast():
                 summed, parts = loss_sum(self.student, mb, self.cfg, self.teachers, self.train_set, self.pad_id)
                 loss = summed * self.acc.num_processes / max(total, 1)
-            if not torch.isfinite(loss):
+            if not distributed.all_finite(self.acc, loss):  # decided by every rank together
                 raise FloatingPointError(f"non-finite loss at step {step}")
             distributed.backward(self.acc, loss, sync)
             loss_value += float(loss.detach()) / self.acc.num_processes
@@ -292,7 +293,9 @@ class Recovery:
             with open(self.work / METRICS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
         sign = 1 if LOWER_IS_BETTER[self.cfg.select_metric] else -1
-        if self.best is None or sign * row[self.cfg.select_metric] < sign * self.best[self.cfg.select_metric]:
+        better = self.best is None or sign * row[self.cfg.select_metric] < sign * self.best[self.cfg.select_metric]
+        # one decision for every rank (float noise could split it), as gathering the best weights is a collective
+        if distributed.main_says(self.acc, better):
             self.best = row
             if self.cfg.select_best:
                 self.best_state = self._trainable_state()
@@ -356,7 +359,7 @@ class Recovery:
         bar = tqdm(total=steps, initial=self.start_step, desc="recover", unit="step",
                    disable=not self.progress or not self.acc.is_main_process)
         started = time.perf_counter()
-        with _finish_step_on_interrupt(self.acc.num_processes, self.log) as interrupted:
+        with _finish_step_on_interrupt(self.acc.num_processes) as interrupted:
             self._loop(plan, on_policy, steps, bar, interrupted)
         bar.close()
         tracking.finish(self.acc, cfg.log_with)
@@ -378,6 +381,7 @@ class Recovery:
             except FloatingPointError as exc:
                 bar.close()
                 self._export(stopped=str(exc))
+                self.acc.wait_for_everyone()  # no rank fails (and has the launcher stop the rest) mid-write
                 raise RecoverLMError(f"{exc}; stopped and kept the best checkpoint in {self.out}") from exc
             self.tokens += stats["tokens"]
             window.append(stats)
@@ -389,9 +393,10 @@ class Recovery:
                 window = []
                 bar.write(f"step {step} ({row['stage']}): validation KL {row['kl']:.4f}  NLL {row['nll']:.3f}  "
                           f"top-1 agreement {row['top1_agreement']:.3f}")
-            if step != steps and ((cfg.save_every and step % cfg.save_every == 0) or interrupted["stop"]):
+            stop = interrupted["stop"]  # read once: an interrupt arriving now is handled after the next step
+            if step != steps and ((cfg.save_every and step % cfg.save_every == 0) or stop):
                 self._checkpoint(step)
-            if interrupted["stop"] and step != steps:
+            if stop and step != steps:
                 bar.close()
                 self.log(f"stopped after step {step}; its checkpoint is in {self.work}: rerun with --resume "
                          "(recoverlm run resumes by itself)")
@@ -447,7 +452,7 @@ class Recovery:
 
 
 @contextlib.contextmanager
-def _finish_step_on_interrupt(processes: int, log):
+def _finish_step_on_interrupt(processes: int):
     """A first Ctrl-C lets the current step finish and be checkpointed, so nothing trained is lost;
     a second stops at once. One process only: ranks would stop after different steps."""
     interrupted = {"stop": False}
@@ -459,7 +464,12 @@ def _finish_step_on_interrupt(processes: int, log):
         if interrupted["stop"]:
             raise KeyboardInterrupt
         interrupted["stop"] = True
-        log("interrupted: finishing this step, then saving a checkpoint (interrupt again to stop at once)")
+        # One raw write to the terminal: a handler that prints while the loop prints to the same
+        # buffered stream breaks that write ("reentrant call"), and the run would die there.
+        try:
+            os.write(2, b"interrupted: finishing this step, then saving a checkpoint (interrupt again to stop at once)\n")
+        except OSError:
+            pass
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

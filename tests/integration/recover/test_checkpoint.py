@@ -8,10 +8,14 @@ from recoverlm.recover import trainer as trainer_mod
 from recoverlm.recover.trainer import recover
 
 
-@pytest.mark.parametrize("student,grid_scales", [("pruned", "fixed"), ("quantized", "learned")])
-def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, data_cfg, monkeypatch, request):
+@pytest.mark.parametrize("student,grid_scales,ema", [("pruned", "fixed", False), ("quantized", "learned", False),
+                                                     ("pruned", "fixed", True)])
+def test_resume_continues_exactly(tmp_path, tiny_model, student, grid_scales, ema, data_cfg, monkeypatch, request):
+    """With an EMA teacher too: the tiny model ties its head to its embeddings, which the EMA copy
+    holds as one tensor under two names."""
     degraded = request.getfixturevalue(student)
-    cfg = _cfg(offpolicy_steps=4, save_every=2, select_best=False, grid_scales=grid_scales)
+    extra = {"teacher_mode": "ema", "onpolicy_steps": 2, "offpolicy_steps": 2} if ema else {"offpolicy_steps": 4}
+    cfg = _cfg(save_every=2, select_best=False, grid_scales=grid_scales, **extra)
     straight = recover(tiny_model, degraded, tmp_path / "straight", cfg, data_cfg, progress=False)
     crash_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):

@@ -28,7 +28,7 @@ def _run(tiny_model, student, out, data_cfg, share):
                                            ("quant.nf4", {"blocksize": 32})])
 def test_one_copy_trains_as_two_copies_do(tmp_path, tiny_model, data_cfg, method, params):
     student = tmp_path / "deg"
-    degrade(tiny_model, method, params, student)
+    degrade(tiny_model, method, params, student, data_cfg=data_cfg)
     one, logs, shared = _run(tiny_model, student, tmp_path / "one", data_cfg, "auto")
     assert shared and any("one copy of the weights" in line for line in logs)
     two, _, shared_off = _run(tiny_model, student, tmp_path / "two", data_cfg, "off")
@@ -60,6 +60,6 @@ def test_a_masked_matrix_without_an_adapter_keeps_two_copies(tmp_path, tiny_mode
 
 def test_a_student_that_is_not_the_teachers_projection_keeps_two_copies(tmp_path, tiny_model, data_cfg):
     student = tmp_path / "gptq"
-    degrade(tiny_model, "quant.gptq", {"bits": 4, "group_size": 16}, student)
+    degrade(tiny_model, "quant.gptq", {"bits": 4, "group_size": 16}, student, data_cfg=data_cfg)
     _, logs, shared = _run(tiny_model, student, tmp_path / "r", data_cfg, "auto")
     assert not shared and any("two copies" in line and "not the teacher's" in line for line in logs)

@@ -101,7 +101,7 @@ def test_choices_beyond_the_depth_fail_before_teacher_work(tmp_path, tiny_model,
     with pytest.raises(RecoverLMError, match="block 2 does not exist"):
         recover(tiny_model, pruned, tmp_path / "r", short_config(train_blocks=[2]), data_cfg, progress=False)
     shallow = tmp_path / "shallow"
-    degrade(tiny_model, "prune.depth", {"n_blocks": 1}, shallow)
+    degrade(tiny_model, "prune.depth", {"n_blocks": 1}, shallow, data_cfg=data_cfg)
     with pytest.raises(RecoverLMError, match="needs the teacher's depth"):
         recover(tiny_model, shallow, tmp_path / "r", short_config(train_blocks={"least_aligned": 1}), data_cfg,
                 progress=False)

@@ -217,7 +217,7 @@ def test_overlong_prompts_are_counted(tmp_path, tiny_model, pruned, data_cfg):
                                            ("prune.nm", {"n": 2, "m": 4})])
 def test_saved_constraints_survive_recovery(tmp_path, tiny_model, data_cfg, method, params):
     degraded = tmp_path / "deg"
-    degrade(tiny_model, method, params, degraded)
+    degrade(tiny_model, method, params, degraded, data_cfg=data_cfg)
     res = recover(tiny_model, degraded, tmp_path / "r", _cfg(lr=5e-2, select_best=False), data_cfg, progress=False)
     assert res["constraint"]["kind"] == load_constraint(degraded).kind
     load_constraint(tmp_path / "r").verify(load_model(tmp_path / "r"))
@@ -228,6 +228,6 @@ def test_hidden_weight_needs_distill_and_matching_layers(tmp_path, tiny_model, d
         recover(tiny_model, tiny_model, tmp_path / "r", _cfg(method="sft-replay", hidden_weight=1.0), data_cfg,
                 progress=False)
     shallow = tmp_path / "shallow"
-    degrade(tiny_model, "prune.depth", {"n_blocks": 1}, shallow)
+    degrade(tiny_model, "prune.depth", {"n_blocks": 1}, shallow, data_cfg=data_cfg)
     with pytest.raises(RecoverLMError, match="the teacher has 2 layers of width 64, the student 1"):
         recover(tiny_model, shallow, tmp_path / "r", _cfg(hidden_weight=1.0), data_cfg, progress=False)

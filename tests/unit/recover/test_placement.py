@@ -43,3 +43,18 @@ def test_teacher_device_is_checked():
     if not torch.cuda.is_available():
         with pytest.raises(RecoverLMError, match="no CUDA devices"):
             teacher_device("cuda:1", cpu, 1)
+
+
+def test_every_rank_splits_a_step_alike_or_the_run_is_refused():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from recoverlm.config import RecoverConfig
+    from recoverlm.errors import RecoverLMError
+    from recoverlm.recover.distributed import check_even_split
+
+    check_even_split(SimpleNamespace(num_processes=2), RecoverConfig(batch_size=8, grad_accum=2))
+    check_even_split(SimpleNamespace(num_processes=1), RecoverConfig(batch_size=7, grad_accum=3))
+    with pytest.raises(RecoverLMError, match="with 3 processes, batch_size \\(8\\) must be a multiple"):
+        check_even_split(SimpleNamespace(num_processes=3), RecoverConfig(batch_size=8, grad_accum=1))
