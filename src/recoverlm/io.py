@@ -123,7 +123,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         # finished): moved aside under a fresh name, so no stale name from an earlier crash is in the way.
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
         os.replace(final, old)
-        os.replace(scratch, final)
+        try:
+            os.replace(scratch, final)
+        except BaseException:
+            if not final.exists():  # interrupted between the two renames: the previous one goes back
+                os.replace(old, final)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         if scratch.exists():

@@ -95,17 +95,21 @@ class MaskUpdater:
             self.constraint.set_mask(name, mask)
 
     def state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps to resume exactly: the masks, both accumulators and the counts."""
+        """What a checkpoint keeps to resume exactly: the masks, both accumulators and the counts.
+        Each process sums the inputs it saw, so the activation sums are summed over processes (a
+        collective: every rank calls it); the gradients are the same everywhere already."""
         out = {f"mask.{n}": m.to(torch.uint8) for n, m in self.constraint.masks.items()}
-        out.update({f"act.{n}": a for n, a in self.act_sq.items()})
+        out.update({f"act.{n}": self.reduce(a.clone()) if self.reduce else a for n, a in self.act_sq.items()})
         out.update({f"grad.{n}": g for n, g in self.grad_sum.items()})
         out["counts"] = torch.tensor([self.updates, self.swapped], dtype=torch.int64)
         return out
 
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_state(self, tensors: dict[str, torch.Tensor], main: bool = True) -> None:
+        """`main`: this process takes the saved activation sums (those of every process); the others
+        start theirs from zero, so that the next update's sum over processes is what it was."""
         for name in self.params:
             self.constraint.set_mask(name, tensors[f"mask.{name}"])
-            self.act_sq[name].copy_(tensors[f"act.{name}"])
+            self.act_sq[name].copy_(tensors[f"act.{name}"] if main else torch.zeros_like(self.act_sq[name]))
             self.grad_sum[name].copy_(tensors[f"grad.{name}"])
         self.updates, self.swapped = (int(v) for v in tensors["counts"])
 

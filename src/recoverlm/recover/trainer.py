@@ -313,7 +313,7 @@ class Recovery:
         self.best_state = load_best(self.work)
         saved_masks = load_extra(self.work, "mask_update") if self.masks is not None else None
         if saved_masks is not None:
-            self.masks.load_state(saved_masks)
+            self.masks.load_state(saved_masks, main=self.acc.is_main_process)
             self.best_masks = load_extra(self.work, "best_masks")
         # the masks as they were at the checkpoint: DeepSpeed restores its unmasked master copy
         self._keep_constraint(self.acc.unwrap_model(self.student))
@@ -322,6 +322,7 @@ class Recovery:
     def _checkpoint(self, step: int) -> None:
         """Every rank takes part (its RNG is kept; FSDP and DeepSpeed gather the shards); the main process writes."""
         rngs = rng_states()
+        extra = self._checkpoint_extra()  # every rank: the mask update's activation sums are summed over them
         if self.layout == "plain" and not self.acc.is_main_process:
             return  # its weights and optimizer state are the main process's
         weights, optimizer_state = training_state(self.acc.unwrap_model(self.student), self.optimizer, self.layout)
@@ -329,7 +330,7 @@ class Recovery:
             return
         save_checkpoint(self.work, weights, optimizer_state, rngs, step,
                         {"best": self.best, "history": self.history, "tokens": self.tokens, "identity": self._identity()},
-                        self.teachers.ema, self._checkpoint_extra(), best=self.best_state)
+                        self.teachers.ema, extra, best=self.best_state)
 
     def _identity(self) -> dict:
         """What a checkpoint must have been written by to be resumed here: these settings (where and

@@ -122,3 +122,26 @@ def test_wanda_norms_count_real_tokens_not_padding(tiny_model, pruned):
         sums.append({n: a.clone() for n, a in updater.act_sq.items()})
     for name in sums[0]:
         assert torch.allclose(sums[0][name], sums[1][name], rtol=1e-5, atol=1e-8), name
+
+
+def test_the_activation_sums_of_every_process_are_kept_once(tiny_model, pruned):
+    """Each process sums its own inputs: a checkpoint keeps their sum (through `reduce`), and on
+    resume one process takes it while the others start from zero, so the next update's sum over
+    processes is what a straight run's would be."""
+    from recoverlm import models
+    from recoverlm.recover.mask_update import MaskUpdater
+
+    def updater(reduce=None):
+        return MaskUpdater(load_constraint(pruned), models.load_model(pruned), None,
+                           MaskUpdateConfig(every=1, fraction=0.1), 10, reduce)
+
+    ranks = [updater(reduce=lambda t: t * 2) for _ in range(2)]  # two processes that saw the same inputs
+    for u in ranks:
+        for a in u.act_sq.values():
+            a.fill_(3.0)
+    saved = ranks[0].state()
+    assert all(torch.all(saved[f"act.{n}"] == 6.0) for n in ranks[0].act_sq)
+    main, other = updater(), updater()
+    main.load_state(saved, main=True)
+    other.load_state(saved, main=False)
+    assert all(torch.all(a == 6.0) for a in main.act_sq.values()) and all(torch.all(a == 0) for a in other.act_sq.values())
