@@ -43,6 +43,10 @@ PROMISES = [
      ["tests/integration/recover/test_checkpoint.py::test_resume_continues_exactly",
       "tests/integration/recover/test_checkpoint.py::test_a_checkpoint_resumes_only_the_run_that_wrote_it",
       "tests/integration/recover/test_trainer.py::test_non_finite_loss_stops_and_keeps_best"]),
+    ("A damage calibrated on the built-in prompts never saw the prompts its run scores: calibration leaves out "
+     "the run's validation and held-out prompts, and the damaged model is refused by a run, study, recover, "
+     "evaluate or cka whose split is another",
+     ["tests/integration/degrade/test_calibration_apart.py"]),
     ("A damaged cache entry (teacher responses, scores) is made again, never a dead end",
      ["tests/integration/teacher/test_response_set.py::test_a_damaged_cached_set_is_made_again",
       "tests/integration/test_result_cache.py::test_a_damaged_cache_entry_is_a_miss"]),
