@@ -9,6 +9,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from ..io import write_text_atomic
 from .alignment import alignment_section
 from .arms import mask_section, targeted_section
@@ -159,8 +161,9 @@ def evaluations(records: list[dict]) -> list[dict]:
 
 def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dict | None]:
     """CKA against validation teacher KL over every checkpoint of every cell: Pearson and Spearman,
-    and the partial correlation with the step and the run removed (what is left once "both move
-    with training" and "runs differ" are accounted for); every interval resamples whole runs."""
+    and the partial correlation with each evaluation step and each run removed (what is left once
+    "both move with training, every run alike" and "runs differ" are accounted for); every interval
+    resamples whole runs."""
     from ..ops.correlate import (
         cka_features,
         cluster_bootstrap_ci,
@@ -182,17 +185,23 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
              "Teacher KL is lower-is-better, so alignment that goes with recovery shows as a negative r. "
              "Intervals: 95%, from 1000 resamples of whole runs. layer_0 is the embeddings, layer_i the output of block i - 1 (blocks from 0); "
              "\"mean\" averages them all.", "",
-             "| CKA feature | Pearson r [95% CI] | Spearman rho [95% CI] | partial r, step and run removed [95% CI] |",
+             "| CKA feature | Pearson r [95% CI] | Spearman rho [95% CI] | partial r, each step and run removed [95% CI] |",
              "|---|---|---|---|"]
-    groups, steps, kl = [r["run"] for r in rows], [r["step"] for r in rows], [r["kl"] for r in rows]
+    groups, kl = [r["run"] for r in rows], [r["kl"] for r in rows]
+    # The step as a level of its own, not a line: recovery curves bend (most of the change comes in
+    # the first steps), and a linear step term would leave that common bend in both CKA and KL,
+    # where it would read as CKA tracking KL. With one level per evaluation step and one per run,
+    # what is left is how a run's CKA and KL differ from every run's at that step.
+    levels = sorted({r["step"] for r in rows})
+    steps = [[float(r["step"] == s) for s in levels[1:]] for r in rows]
     for name, values in cka_features(rows, "cka", ("mean", "last", "layers")).items():
         keep = [i for i, v in enumerate(values) if v is not None]  # as correlate_recovery: a layer some rows lack
         x, y, g, c = ([seq[i] for i in keep] for seq in (values, kl, groups, steps))
         f = res["features"][name]
+        partial = partial_correlation_of(x, y, c, g)
         ci = {label: cluster_bootstrap_ci(g, stat, n_boot=1000) for label, stat in
-              (("pearson", correlation_of(x, y)), ("spearman", correlation_of(x, y, rank=True)),
-               ("partial", partial_correlation_of(x, y, c, g)))}
-        f["partial"]["ci"] = ci["partial"]  # the run-level interval replaces the pairwise one
+              (("pearson", correlation_of(x, y)), ("spearman", correlation_of(x, y, rank=True)), ("partial", partial))}
+        f["partial"] = {"r": partial(np.arange(len(keep))), "ci": ci["partial"]}  # run-level interval
         lines.append(f"| {name} | {_r(f['pearson']['r'], ci['pearson'])} | {_r(f['spearman']['r'], ci['spearman'])} | "
                      f"{_r(f['partial']['r'], ci['partial'])} |")
     if plot is not None:
@@ -250,7 +259,7 @@ def findings(records: list[dict], cka: dict | None, methods: list[str] | None = 
             else:
                 verdict = "no run-level interval could be computed (too few runs), so this says nothing yet."
             out.append(f"Mean CKA and validation KL correlate at r = {raw:.2f} over {cka['n']} checkpoints; with the "
-                       f"training step and the run removed, partial r = {partial['r']:.2f}"
+                       f"training step and the run removed (each as its own level), partial r = {partial['r']:.2f}"
                        + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f"; {verdict}")
     return out
 
