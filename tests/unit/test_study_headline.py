@@ -51,3 +51,25 @@ def test_the_cka_correlation_does_not_depend_on_the_records_order():
     assert len(rows) == 12 and {r["run"] for r in rows} == {r["name"] for r in records[1:]}
     forward, backward = cka_section(records)[0], cka_section(records[::-1])[0]
     assert forward == backward and "12 checkpoints of 4 trained runs" in forward
+
+
+def test_a_bend_every_run_shares_is_not_read_as_cka_tracking_kl():
+    """CKA and KL both follow the same bent curve in every run, with independent noise: with each
+    step removed as a level, nothing is left to correlate (a linear step term would leave the bend)."""
+    import random
+
+    from recoverlm.report.study import cka_section
+
+    rng = random.Random(1)  # independent noise; a linear step term gives partial r = -0.99 on these rows
+    records = []
+    for seed in range(6):
+        history = []
+        for step in (0, 20, 40, 60, 80):
+            bend = 1.0 / (1.0 + step / 5)  # most of the change in the first steps
+            c = 0.9 - 0.3 * bend + rng.gauss(0, 0.01)
+            history.append({"step": step, "kl": 0.2 + bend + rng.gauss(0, 0.01), "cka": [1.0, c, c]})
+        records.append({**_rec("two-stage", seed, 0.3), "seed": seed, "history": history})
+    text, res = cka_section(records)
+    partial = res["features"]["mean"]["partial"]
+    assert abs(partial["r"]) < 0.5 and partial["ci"][0] < 0 < partial["ci"][1], text
+    assert res["features"]["mean"]["pearson"]["r"] < -0.9  # the raw correlation is the shared bend
