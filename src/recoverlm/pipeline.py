@@ -15,13 +15,13 @@ from pathlib import Path
 from . import environment, models
 from .analysis.layers import cka_models
 from .config import RunConfig, dump_config, same_config
-from .degrade import check_calibration_kept_apart, degrade
+from .degrade import check_folder_split, degrade
 from .errors import RecoverLMError
 from .evaluate.compare import evaluate_models, evaluate_task_suites
 from .io import check_output_dir, read_json, write_json_atomic, write_text_atomic
 from .recover.trainer import recover
 from .report.summary import write_report
-from .runs import CHECKPOINT_DIR, CONFIG_FILE, DEGRADATION_FILE, RUN_FILE, TEACHER_FILE, side_file, work_dir
+from .runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, TEACHER_FILE, work_dir
 
 
 def claim_run_dir(cfg: RunConfig, out: Path, teacher: Path, config_file: Path | None = None) -> None:
@@ -96,8 +96,7 @@ def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print, 
     clock = StageClock(out)
 
     if models.is_model_dir(degraded):
-        if side_file(degraded, DEGRADATION_FILE).is_file():
-            check_calibration_kept_apart(_read(side_file(degraded, DEGRADATION_FILE)), degraded, cfg.data)
+        check_folder_split(degraded, cfg.data)
         log(f"[1/5] degrade: reusing {degraded}")
     else:
         log(f"[1/5] degrade: {cfg.degrade.method} {cfg.degrade.params}")

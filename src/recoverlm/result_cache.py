@@ -14,7 +14,7 @@ from typing import Any
 from . import models
 from .io import read_json, write_json_atomic
 
-CACHE_VERSION = 2  # 2: the teacher's entry apart from a student's with the same weights; setup files
+CACHE_VERSION = 2  # 2: the teacher measured as a student is; keyed by the setup files too
 
 
 def entry(kind: str, settings: dict[str, Any]) -> Path:
@@ -42,11 +42,10 @@ def against_teacher(kind: str, teacher_path: Path, refs: dict[str, str | Path], 
     `use_cache` False nothing is found, and what is measured then replaces the entries."""
     base = {"teacher": models.model_hash(teacher_path), "teacher_setup": models.setup_hash(teacher_path),
             "heldout": eval_meta, "settings": settings, "device": models.compute_device().type}
-    # The teacher's entry is its role's: measured against itself its figures are by construction (no
-    # generation, exact match 1), which a student with the same weights must not be handed.
+    # The teacher is measured as a student is (its greedy answers included), so a student with the
+    # teacher's weights and files shares its entry.
     paths = {name: entry(kind, {**base, "model": models.model_hash(models.resolve_model(ref)),
-                                "setup": models.setup_hash(models.resolve_model(ref)),
-                                "role": "teacher" if name == "teacher" else "student"})
+                                "setup": models.setup_hash(models.resolve_model(ref))})
              for name, ref in refs.items()}
     found = {name: r for name, p in paths.items() if use_cache and (r := load(p)) is not None}
     return found, paths

@@ -138,15 +138,14 @@ def cells(study: StudyConfig) -> list[Cell]:
 def _check_splits(all_cells: list[Cell]) -> None:
     """The cells of a degradation share one damaged model; calibrated on the built-in prompts, it
     left out one split's scored prompts, so every cell of it must score that split."""
-    first: dict[tuple[str, str], Cell] = {}
+    first: dict[tuple[str, str], tuple[Cell, str]] = {}
     for cell in all_cells:
         d = cell.config.degrade
         if not is_calibrated_on_builtin(d.method, d.params):
             continue
-        key = (cell.model, cell.degradation)
-        other = first.setdefault(key, cell)
-        if calibration_split(d.method, d.params, cell.config.data) != calibration_split(d.method, d.params,
-                                                                                        other.config.data):
+        split = calibration_split(d.method, d.params, cell.config.data)
+        other, other_split = first.setdefault((cell.model, cell.degradation), (cell, split))
+        if split != other_split:
             raise RecoverLMError(f"cell {cell.name}: its data split differs from {other.name}'s, but both share the "
                                  f"damaged model of {cell.degradation!r}, calibrated around one split; give them one "
                                  "split, or separate degradations")

@@ -72,8 +72,8 @@ def test_a_damaged_cache_entry_is_a_miss(tmp_path):
 
 
 def test_a_student_with_the_teachers_weights_is_measured_as_a_student(tiny_model, prompt_file, tmp_path):
-    """The teacher's cached entry holds figures by construction (no generations): a student with the
-    same weights gets its own entry, measured, not the teacher's."""
+    """The teacher is measured as a student is, greedy answers included: a student with the same
+    weights and files, found in the cache, has every figure a student needs."""
     import shutil
 
     cfg = _cfg(prompt_file, split_seed=12)

@@ -131,19 +131,24 @@ def rng_states() -> list[dict[str, torch.Tensor]]:
     return every
 
 
-def unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`tensors` with every name that views an earlier name's memory left out (a tied head and
-    embedding are one tensor under two names), contiguous: safetensors refuses shared memory, and
-    loading the first name restores the tie."""
-    seen, out = set(), {}
+def aliases(tensors: dict[str, torch.Tensor]) -> set[str]:
+    """The names that view an earlier name's memory (a tied head and embedding are one tensor
+    under two names)."""
+    seen, repeats = set(), set()
     for name, t in tensors.items():
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) \
             if t.device.type != "meta" else (name,)
         if key in seen:
-            continue
+            repeats.add(name)
         seen.add(key)
-        out[name] = t.detach().contiguous()
-    return out
+    return repeats
+
+
+def unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` without their aliases, contiguous: safetensors refuses shared memory, and loading
+    the first name restores the tie."""
+    repeats = aliases(tensors)
+    return {name: t.detach().contiguous() for name, t in tensors.items() if name not in repeats}
 
 
 def save_checkpoint(work_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict, rngs: list[dict],
@@ -207,7 +212,7 @@ def load_checkpoint(work_dir: Path, model, optimizer, ema=None, layout: str = "p
         optimizer.load_state_dict(optimizer_state)
     if ema is not None and (folder / "ema.safetensors").exists():
         stored = load_file(str(folder / "ema.safetensors"))
-        tied = set(ema.state_dict()) - set(unaliased(ema.state_dict()))  # restored with the name they alias
+        tied = aliases(ema.state_dict())  # restored with the name they alias
         missing, unexpected = ema.load_state_dict(stored, strict=False)
         if unexpected or set(missing) - tied:
             raise RecoverLMError(f"{folder / 'ema.safetensors'} does not match the EMA teacher "

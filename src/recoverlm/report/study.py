@@ -179,7 +179,8 @@ def cka_section(records: list[dict], plot: Path | None = None) -> tuple[str, dic
         return (f"{len(rows)} checkpoints with CKA in {len(runs)} runs: too few to correlate yet.", None)
     # No permutation p: it takes a run's checkpoints as independent, and printed beside the run-level
     # interval it read as significant where the interval spans 0.
-    res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last", "layers"), within_run=True,
+    # Pearson and Spearman only: the partial correlation, with the step as levels, is computed below.
+    res = correlate_recovery(rows, metric="kl", cka_keys=("mean", "last", "layers"), control=(),
                              n_boot=0, n_perm=0)
     lines = [f"{res['n']} checkpoints of {len(runs)} trained runs, each from its damaged start. "
              "Teacher KL is lower-is-better, so alignment that goes with recovery shows as a negative r. "
