@@ -31,7 +31,7 @@ from .degrade import calibration_split, check_calibration_kept_apart, degrade, i
 from .errors import RecoverLMError
 from .io import read_json, write_json_atomic
 from .report.records import cell_record, load_records, store
-from .runs import CELL_FILE, CONFIG_FILE, DEGRADATION_FILE, side_file
+from .runs import CELL_FILE, CONFIG_FILE, DEGRADATION_FILE, RUN_FILE, TEACHER_FILE, side_file
 
 
 @dataclass(frozen=True)
@@ -161,22 +161,52 @@ def selected(all_cells: list[Cell], only: str | None) -> list[Cell]:
     return picked
 
 
-def finished(cell: Cell, out: Path) -> bool:
-    """Whether the cell's run is complete. A folder holding a run of another config is an error:
-    the study's axes changed under an existing folder."""
+def finished(cell: Cell, out: Path, teacher_hash: str | None = None) -> bool:
+    """Whether the cell's run is complete. A folder holding a run of another config, or (given
+    `teacher_hash`) one taught by another copy of the model, is an error: what the study asks for
+    changed under an existing folder."""
     folder = cell.folder(out)
-    stored = folder / CONFIG_FILE
+    stored, teacher = folder / CONFIG_FILE, folder / TEACHER_FILE
     if stored.exists() and not same_config(stored, cell.config):
         raise RecoverLMError(f"cell {cell.name}: {folder} holds a run with a different config; "
+                             "remove it or write the study to another --out")
+    if teacher_hash and teacher.exists() and _stored_hash(teacher) not in (None, teacher_hash):
+        raise RecoverLMError(f"cell {cell.name}: {folder} was run with another copy of {cell.model} as teacher; "
                              "remove it or write the study to another --out")
     return (folder / CELL_FILE).exists()
 
 
-def records_cell(record: dict, cell: Cell) -> bool:
+def _stored_hash(teacher_file: Path) -> str | None:
+    try:
+        value = read_json(teacher_file)
+    except (ValueError, OSError):
+        return None  # a damaged record is the run's to report when it claims the folder
+    return value.get("hash") if isinstance(value, dict) else None
+
+
+def records_cell(record: dict, cell: Cell, teachers: dict[str, str | None] | None = None) -> bool:
     """Whether `record` is of `cell` as the study now defines it: same name, same settings (those
-    the study gave it; records written before they were kept compare the run's own config)."""
+    the study gave it; records written before they were kept compare the run's own config) and,
+    given `teachers` (model -> hash of the copy here), the same teacher weights where it names them."""
     raw = record.get("cell_config") or record.get("config")
-    return record.get("name") == cell.name and isinstance(raw, dict) and same_settings(raw, cell.config, cell.name)
+    if not (record.get("name") == cell.name and isinstance(raw, dict) and same_settings(raw, cell.config, cell.name)):
+        return False
+    here = (teachers or {}).get(cell.model)
+    return not (here and record.get("teacher_hash") and record["teacher_hash"] != here)
+
+
+def teacher_hashes(chosen: list[Cell], required: bool = True) -> dict[str, str | None]:
+    """The hash of each chosen cell's model as it is on this machine. Without `required`, a model
+    that is not here (a study planned where it was not run) is None: its records are not checked."""
+    hashes = {}
+    for model in dict.fromkeys(c.model for c in chosen):
+        try:
+            hashes[model] = models.model_hash(models.resolve_model(model))
+        except RecoverLMError:
+            if required:
+                raise
+            hashes[model] = None
+    return hashes
 
 
 def study_records(study: StudyConfig, records_dir: Path) -> list[dict]:
@@ -206,11 +236,15 @@ def plan(study: StudyConfig, out: Path | None, records_dir: Path, only: str | No
     every_cell = cells(study)
     chosen = selected(every_cell, only)
     found = load_records(records_dir)
+    teachers = teacher_hashes(chosen, required=False)
     kept = {c.name: found[c.name] for c in every_cell if c.name in found and records_cell(found[c.name], c)}
     here = environment.device_label()
     rows = []
     for cell in chosen:
-        if cell.name in kept:
+        if cell.name in kept and not records_cell(kept[cell.name], cell, teachers):
+            rows.append({"cell": cell.name, "state": "stale: another teacher", "device": kept[cell.name].get("device", "?"),
+                         "seconds": estimate(cell, kept.values(), here)})
+        elif cell.name in kept:
             rec = kept[cell.name]
             rows.append({"cell": cell.name, "state": "recorded", "device": rec.get("device", "?"),
                          "seconds": rec.get("seconds")})
@@ -314,7 +348,8 @@ def run_cell(cell: Cell, out: Path, threads: int | None = None, settings: dict |
             traceback.print_exc(file=fh)
             raise
     record = {"name": cell.name, "model": cell.model, "degradation": cell.degradation, "method": cell.method,
-              "seed": cell.seed, "device": environment.device_label(), "seconds": round(time.perf_counter() - start, 1),
+              "seed": cell.seed, "device": environment.device_label(),
+              "seconds": round(max(time.perf_counter() - start, stage_seconds(folder)), 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ratio": result["metrics"].get("recovery_ratio", {}).get("kl")}
     if settings is not None:
         record["cell_config"] = settings
@@ -330,13 +365,20 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
     out = Path(out)
     chosen = selected(cells(study), only)
     given = {c.name: c.config.model_dump(mode="json") for c in chosen}
+    teachers = teacher_hashes(chosen)
+    recorded = set()
     if records_dir is not None:
         record_finished(study, out, records_dir)
-        recorded = {r["name"] for r in study_records(study, records_dir)}
-    else:
-        recorded = set()
+        by_name = {c.name: c for c in chosen}
+        for rec in study_records(study, records_dir):
+            if rec["name"] not in by_name:
+                continue
+            if records_cell(rec, by_name[rec["name"]], teachers):
+                recorded.add(rec["name"])
+            else:
+                log(f"{rec['name']}: recorded with another copy of {by_name[rec['name']].model} as teacher; it runs again")
     todo = _as_run([c for c in chosen if c.name not in recorded], log)
-    pending = [c for c in todo if not finished(c, out)]
+    pending = [c for c in todo if not finished(c, out, teachers.get(c.model))]
     log(f"study: {len(chosen)} cells, {len(chosen) - len(pending)} finished already, {len(pending)} to run, "
         f"{max(jobs, 1)} at a time")
     if not pending:
@@ -364,6 +406,17 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
         _run_parallel(rest, out, jobs, done, given)
     bar.close()
     return records
+
+
+def stage_seconds(folder: Path) -> float:
+    """The wall time of every part of a cell's run: its stages' clock keeps the time of a part that
+    was interrupted, which a resumed cell's own clock never saw."""
+    path = Path(folder) / RUN_FILE
+    try:
+        stages = read_json(path).get("stages", {}) if path.exists() else {}
+        return float(sum(v for v in stages.values() if isinstance(v, (int, float))))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
 
 def _named(cell: Cell, fn, *args, out: Path | None = None):

@@ -252,3 +252,41 @@ def test_a_damaged_cell_folder_is_one_line(tmp_path, tiny_model, prompt_file):
     result = runner.invoke(app, args + ["--render"])
     assert result.exit_code == 2 and "cannot be read as a finished cell" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_cell_taught_by_another_copy_of_the_model_runs_again(tmp_path, tiny_model, prompt_file):
+    """A record names the teacher's weights; another copy under the same name makes the record stale,
+    and a folder it left here is refused rather than counted as finished."""
+    from recoverlm import models
+
+    spec, out = _study(tmp_path, tiny_model, prompt_file), tmp_path / "study"
+    records = tmp_path / "rec"
+    args = ["study", str(spec), "--doc", str(tmp_path / "r.md"), "--records", str(records), "--only", "*/none-*"]
+    assert runner.invoke(app, args + ["--out", str(out)]).exit_code == 0
+    path = records / "teacher" / "mag" / "none-seed0.json"
+    record = json.loads(path.read_text())
+    assert record["teacher_hash"] == models.model_hash(tiny_model)
+    stages = json.loads((out / "teacher/mag/none-seed0/run.json").read_text())["stages"]
+    assert record["seconds"] >= round(sum(stages.values()), 1) - 0.1  # every part of the run, not the last one
+
+    (out / "teacher/mag/none-seed0/teacher.json").write_text(json.dumps({"hash": "0" * 16}))
+    refused = runner.invoke(app, args + ["--out", str(out)])
+    assert refused.exit_code == 2 and "another copy of" in refused.output, refused.output
+
+    record["teacher_hash"] = "0" * 16
+    path.write_text(json.dumps(record))
+    planned = runner.invoke(app, args + ["--plan"])
+    assert planned.exit_code == 0 and "stale: another teacher" in planned.output, planned.output
+    again = runner.invoke(app, args + ["--out", str(tmp_path / "elsewhere")])
+    assert again.exit_code == 0 and "it runs again" in again.output and "0 finished already, 1 to run" in again.output
+    assert json.loads(path.read_text())["teacher_hash"] == models.model_hash(tiny_model)
+
+
+def test_a_cells_time_counts_the_stages_of_every_part(tmp_path):
+    from recoverlm.study import stage_seconds
+
+    assert stage_seconds(tmp_path) == 0.0
+    (tmp_path / "run.json").write_text(json.dumps({"stages": {"recover": 100.5, "evaluate": 20.0, "odd": "x"}}))
+    assert stage_seconds(tmp_path) == 120.5
+    (tmp_path / "run.json").write_text("{")
+    assert stage_seconds(tmp_path) == 0.0

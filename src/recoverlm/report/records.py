@@ -13,7 +13,7 @@ import yaml
 from ..errors import RecoverLMError
 from ..io import read_json, write_json_atomic
 from ..models import is_model_dir, model_hash
-from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, RUN_FILE, read_history, side_file
+from ..runs import CELL_FILE, DEGRADATION_FILE, METRICS_FILE, RECOVERY_FILE, RUN_FILE, TEACHER_FILE, read_history, side_file
 
 
 def records_dir_for(doc: Path) -> Path:
@@ -52,6 +52,9 @@ def _cell_record(folder: Path) -> dict:
     rec["degrade"] = {k: v for k, v in made.items() if k != "matrices"}  # per-matrix figures stay with the model
     if is_model_dir(folder / "degraded"):
         rec["degraded_hash"] = model_hash(folder / "degraded")  # which damaged copy the cell started from
+    teacher = read_json(folder / TEACHER_FILE) if (folder / TEACHER_FILE).exists() else {}
+    if teacher.get("hash"):
+        rec["teacher_hash"] = teacher["hash"]  # which copy of the model taught it: a changed one makes it stale
     run = read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
     rec["stages"] = run.get("stages", {})
     config = folder / "config.yaml"
