@@ -38,7 +38,7 @@ def constraint_of(student_path: Path, cfg: RecoverConfig, log=print) -> Constrai
             f"({grid.kind}); recovery keeps that grid")
         return grid
     constraint, summary = infer_sparsity(student_path, cfg.sparsity_threshold)
-    if summary["masked"] or summary["below_threshold"]:  # a dense model has nothing to say
+    if summary["masked"] or summary["below_threshold"] or summary["on_grid"]:  # a dense model has nothing to say
         log(f"{student_path}: {describe_inferred(summary)}")
     return constraint
 
