@@ -166,7 +166,7 @@ class RecoverConfig(_Strict):
     onpolicy_max_new_tokens: int = Field(64, ge=1)
     onpolicy_temperature: float = Field(1.0, ge=0.0)
     replay_source: Literal["teacher_text", "data"] = "teacher_text"  # sft-replay: teacher text or user data
-    # Quantization-grid students: also train the group scales, as log-scales with their own peak lr.
+    # Quantization-grid students: also train the group scales, as log gains on the degraded scales with their own peak lr.
     grid_scales: Literal["fixed", "learned"] = "fixed"
     grid_scale_lr: float = Field(1e-3, gt=0)
     # Their latent (QAT) weights start on the grid, or at the teacher's weights inside each grid

@@ -43,18 +43,21 @@ class _GridParametrization(Float32State):
 
 
 class _LearnedScaleGridParametrization(Float32State):
-    """A grid whose group scales train with the weights. They are kept as logarithms: an Adam step
-    then changes every scale by about the same fraction, whatever its size."""
+    """A grid whose group scales train with the weights. Each trains as the logarithm of a gain on
+    the degraded model's scale: an Adam step then changes every scale by about the same fraction,
+    whatever its size, and a scale no step moved is its old value exactly (exp(0) is 1; exp(log s)
+    is s only to an ulp)."""
 
     def __init__(self, scale, zero, qmin, qmax):
         super().__init__()
-        self.log_scale = torch.nn.Parameter(scale.float().log())
+        self.register_buffer("scale", scale, persistent=False)
+        self.log_gain = torch.nn.Parameter(torch.zeros_like(scale, dtype=torch.float32))
         self.register_buffer("zero", zero, persistent=False)
         self.qmin, self.qmax = qmin, qmax
         self.lifted = False
 
     def current_scale(self) -> torch.Tensor:
-        return self.log_scale.exp()
+        return self.scale.float() * self.log_gain.exp()
 
     def forward(self, weight):
         if self.lifted:

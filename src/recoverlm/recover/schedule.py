@@ -20,12 +20,12 @@ def lr_at(step: int, cfg: RecoverConfig) -> float:
 
 
 def param_groups(model, cfg: RecoverConfig) -> list[dict]:
-    """The trainable weights, and learned grid log-scales apart: their own peak lr and no weight
-    decay (decay would pull every scale towards 1)."""
+    """The trainable weights, and learned grid scale gains apart: their own peak lr and no weight
+    decay (decay on a log gain would pull every scale back to the degraded model's)."""
     weights, scales = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (scales if name.endswith(".log_scale") else weights).append(p)
+            (scales if name.endswith(".log_gain") else weights).append(p)
     groups = [{"params": weights, "weight_decay": cfg.weight_decay, "lr_ratio": 1.0}]
     if scales:
         groups.append({"params": scales, "weight_decay": 0.0, "lr_ratio": cfg.grid_scale_lr / cfg.lr})

@@ -72,3 +72,20 @@ def test_learned_grid_scales_move_and_the_export_verifies_on_them(tiny_model, tm
     stale.scales = degraded_scales
     with pytest.raises(RecoverLMError, match="off the grid"):
         stale.verify(model)
+
+
+def test_learned_scales_that_no_step_moved_are_the_degraded_ones_exactly(tiny_model):
+    """A learned scale is the degraded scale times exp(gain): untouched, it re-bakes bit for bit."""
+    model = load_model(tiny_model)
+    model, constraint = quantize_rtn(model, bits=4, group_size=32)
+    degraded = {k: v.clone() for k, v in constraint.scales.items()}
+    before = {k: v.detach().clone() for k, v in linear_weights(model).items()}
+    constraint.learn_scales = True
+    constraint.attach(model)
+    gains = [p for n, p in model.named_parameters() if n.endswith(".log_gain")]
+    assert len(gains) == len(degraded) and all(float(g.detach().abs().max()) == 0 for g in gains)
+    constraint.finalize(model)
+    assert all(torch.equal(degraded[k], v) for k, v in constraint.scales.items())
+    after = linear_weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    constraint.verify(model)
