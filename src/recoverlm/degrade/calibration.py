@@ -50,18 +50,30 @@ def check_calibration_args(calibration, n_calibration, max_length) -> None:
         raise RecoverLMError(f"calibration must be a file path (JSONL or text), got {calibration!r}")
 
 
-def _render(tokenizer, messages: list[dict]) -> str:
-    """A conversation as the model sees it; plain turns joined by newlines for a model without a chat template."""
+def _render(tokenizer, messages: list[dict]) -> tuple[str, bool]:
+    """A conversation as the model sees it, and whether a chat template rendered it (its special
+    tokens are then in the text); plain turns joined by newlines for a model without one."""
     if getattr(tokenizer, "chat_template", None):
         add = messages[-1].get("role") == "user"
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add)
-    return "\n".join(str(m.get("content", "")) for m in messages)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add), True
+    return "\n".join(str(m.get("content", "")) for m in messages), False
 
 
-def _file_texts(path: Path, tokenizer) -> list[str]:
+def _encode(tokenizer, text: str, templated: bool) -> list[int]:
+    """Token ids as the run's own prompts get them: a template's text holds its special tokens; any
+    other text gets the tokenizer's (a BOS a base model such as Gemma expects before every sequence),
+    once, even where the text already begins with it."""
+    if templated:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return ids[1:] if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos else ids
+
+
+def _file_texts(path: Path, tokenizer) -> list[tuple[str, bool]]:
     """JSONL: each record has "text" (used as written), "prompt" (a user turn) or "messages" (chat
     turns), the last two rendered with the chat template. Any other file: plain UTF-8 text, one
-    sample per blank-line-separated paragraph."""
+    sample per blank-line-separated paragraph. Each text comes with whether a template rendered it."""
     if not path.is_file():
         raise RecoverLMError(f"calibration: file not found: {path}")
     try:
@@ -69,7 +81,7 @@ def _file_texts(path: Path, tokenizer) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecoverLMError(f"calibration: cannot read {path}: {exc}") from exc
     if path.suffix != ".jsonl":
-        texts = [p.strip() for p in content.split("\n\n") if p.strip()]
+        texts = [(p.strip(), False) for p in content.split("\n\n") if p.strip()]
     else:
         texts = []
         for lineno, line in enumerate(content.splitlines(), 1):
@@ -81,7 +93,7 @@ def _file_texts(path: Path, tokenizer) -> list[str]:
                 raise RecoverLMError(f"calibration: {path}:{lineno}: invalid JSON ({exc.msg})") from exc
             row = row if isinstance(row, dict) else {}
             if isinstance(row.get("text"), str) and row["text"].strip():
-                texts.append(row["text"])
+                texts.append((row["text"], False))
             elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
                 texts.append(_render(tokenizer, [{"role": "user", "content": row["prompt"]}]))
             elif isinstance(row.get("messages"), list) and row["messages"] and all(isinstance(m, dict) for m in row["messages"]):
@@ -109,17 +121,21 @@ def load_calibration(tokenizer, calibration=None, n_calibration: int = 128, max_
         scored = set(held_out)
         prompts = [p for p in data.load_prompts() if p not in scored]
         random.Random(0).shuffle(prompts)
-        texts = [_render(tokenizer, [{"role": "user", "content": p}]) for p in prompts[:n_calibration]]
+        rendered = [_render(tokenizer, [{"role": "user", "content": p}]) for p in prompts[:n_calibration]]
         source = f"builtin, less {len(scored)} held-out and validation prompts"
     else:
-        texts = _file_texts(Path(calibration), tokenizer)[:n_calibration]
+        rendered = _file_texts(Path(calibration), tokenizer)[:n_calibration]
         source = str(calibration)
-    # The texts already hold their special tokens (chat template): add none.
-    ids = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"][:max_length], dtype=torch.long) for t in texts]
+    encoded = [_encode(tokenizer, text, templated) for text, templated in rendered]
+    ids = [torch.tensor(e[:max_length], dtype=torch.long) for e in encoded]
     ids = [t for t in ids if len(t) >= 2]
     if not ids:
         raise RecoverLMError(f"calibration: no sample of {source} has two or more tokens")
-    return Calibration(source, texts, ids, data.texts_hash(texts + [f"max_length={max_length}"]))
+    texts = [text for text, _ in rendered]
+    # Special tokens added to plain texts change the samples, so they are part of what is hashed.
+    added = any(e != tokenizer(t, add_special_tokens=False)["input_ids"] for e, (t, _) in zip(encoded, rendered))
+    return Calibration(source, texts, ids, data.texts_hash(texts + [f"max_length={max_length}"]
+                                                          + (["special tokens added"] if added else [])))
 
 
 @dataclass

@@ -36,7 +36,7 @@ def magnitude_mask(score: torch.Tensor, sparsity: float, scope: str = "row") -> 
         return mask
     if scope == "tensor":
         n_prune = int(round(sparsity * score.numel()))
-        mask = torch.ones(score.numel(), dtype=torch.bool)
+        mask = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
         if n_prune:
             mask[torch.argsort(score.flatten(), stable=True)[:n_prune]] = False
         return mask.view_as(score)

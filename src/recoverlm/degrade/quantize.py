@@ -22,7 +22,9 @@ def rtn_grid(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool) 
     """Round-to-nearest scales and zero points per (row, group) from the group's min/max.
 
     Symmetric: scale = max|w| / (2^(b-1) - 1), zero = 0 (grid -2^(b-1)..2^(b-1)-1).
-    Asymmetric: scale = (max - min) / (2^b - 1), zero = round(-min / scale) (grid 0..2^b-1).
+    Asymmetric: scale = (max - min) / (2^b - 1), zero = round(-min / scale) (grid 0..2^b-1), with
+    min clamped to at most 0 and max to at least 0, so that zero is always on the grid (as GPTQ's
+    reference does): a group of one sign spends levels on the values between it and zero.
     Computed in float32 so the grid is reproducible whatever the model's dtype.
     """
     out_features, in_features = weight.shape

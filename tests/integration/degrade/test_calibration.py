@@ -40,3 +40,23 @@ def test_calibration_from_user_files(tok, tmp_path):
     base = copy.deepcopy(tok)  # a base model without a chat template gets the prompts as plain text
     base.chat_template = None
     assert "<|im_start|>" not in load_calibration(base, None, 8, 32).texts[0]
+
+
+def test_plain_calibration_text_gets_the_bos_a_base_model_expects(tok, tmp_path):
+    """Without a chat template the texts carry no special tokens: they are encoded as the run's own
+    prompts are (Gemma's tokenizer puts a BOS before each), once even where a text already has it."""
+    from tokenizers.processors import TemplateProcessing
+
+    from recoverlm.data import encode_prompt
+
+    base = copy.deepcopy(tok)
+    base.chat_template = None
+    base.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", base.bos_token_id)])
+    calib = load_calibration(base, None, 8, 32)
+    assert all(int(ids[0]) == base.bos_token_id for ids in calib.ids)
+    assert calib.ids[0].tolist() == encode_prompt(base, calib.texts[0], use_chat_template=False)[:32]
+    assert calib.hash != load_calibration(tok, None, 8, 32).hash
+    jsonl = tmp_path / "cal.jsonl"
+    jsonl.write_text('{"text": "<|im_start|>The quick brown fox."}\n')
+    assert load_calibration(base, jsonl, 8, 32).ids[0].tolist().count(base.bos_token_id) == 1
