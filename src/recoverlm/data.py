@@ -104,6 +104,11 @@ def scored_prompts(prompts: list[str], n_heldout: int, n_validation: int | None,
     return validation + heldout
 
 
+def heldout_hash(prompts: list[str], n_heldout: int, seed: int = 0) -> str:
+    """Which prompts a split holds out, by content: the same file name may hold other prompts later."""
+    return texts_hash(split_prompts(prompts, n_heldout, seed)[1])
+
+
 def texts_hash(texts: list[str]) -> str:
     digest = hashlib.sha256()
     for t in texts:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import environment, models
 from ..config import PLACEMENT_ONLY, DataConfig, RecoverConfig, run_identity
-from ..data import collate
+from ..data import collate, heldout_hash, load_prompts
 from ..degrade import check_folder_split
 from ..errors import RecoverLMError
 from ..evaluate.fidelity import LOWER_IS_BETTER, fidelity
@@ -438,6 +438,8 @@ class Recovery:
         model = self._model_to_export()
         record = {"teacher": str(self.teacher_path), "student": str(self.student_path),
                   "recover": self.cfg.model_dump(mode="json"), "data": self.data_cfg.model_dump(mode="json"),
+                  "heldout_hash": heldout_hash(load_prompts(self.data_cfg.prompts), self.data_cfg.n_heldout,
+                                               self.data_cfg.split_seed),
                   "train_sequences": len(self.train_set), "train_tokens": self.train_set.n_response_tokens,
                   "best_step": self.best["step"] if self.best else 0, "select_metric": self.cfg.select_metric,
                   "teacher_generation_dtype": environment.generation_dtype(self.data_cfg.teacher_generation_dtype),

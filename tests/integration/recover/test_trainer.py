@@ -7,6 +7,7 @@ import torch
 from helpers.recovery import short_config as _cfg, verified as _sparsity_ok, weights as _weights
 from safetensors.torch import load_file
 
+from recoverlm import data
 from recoverlm.config import LoraConfig
 from recoverlm.constraints import load_constraint
 from recoverlm.degrade import degrade
@@ -26,6 +27,8 @@ def test_offpolicy_divergences_train_and_keep_masks(tmp_path, tiny_model, pruned
     assert _sparsity_ok(tmp_path / "r")["sparsity"] == pytest.approx(0.5)
     before, after = _weights(pruned), _weights(tmp_path / "r")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    held_out = data.split_prompts(data.load_prompts(data_cfg.prompts), data_cfg.n_heldout, data_cfg.split_seed)[1]
+    assert res["heldout_hash"] == data.texts_hash(held_out)  # what evaluation later checks its prompts against
 
 
 def test_onpolicy_stage_samples_from_student(tmp_path, tiny_model, pruned, data_cfg, monkeypatch):

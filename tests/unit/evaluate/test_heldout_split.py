@@ -37,3 +37,23 @@ def test_two_recovered_models_of_different_splits_are_refused(tmp_path):
     a, b = _recovered(tmp_path / "a", split_seed=1), _recovered(tmp_path / "b", split_seed=2)
     with pytest.raises(RecoverLMError, match="split_seed"):
         matching_split(DataConfig(), [a, b], given=False, log=lambda _: None)
+
+
+def test_a_prompts_file_that_changed_since_recovery_is_refused(tmp_path):
+    """Same path, same settings, one prompt more: the shuffle now holds out prompts it trained on."""
+    from recoverlm.data import heldout_hash, load_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(40)))
+    folder = _recovered(tmp_path / "rec", prompts=str(prompts), n_heldout=8)
+    record = json.loads((folder / "recoverlm" / "recovery.json").read_text())
+    record["heldout_hash"] = heldout_hash(load_prompts(prompts), 8)
+    (folder / "recoverlm" / "recovery.json").write_text(json.dumps(record))
+    asked = DataConfig(prompts=str(prompts), n_heldout=8)
+    assert matching_split(asked, [folder], given=True) == asked
+    with prompts.open("a") as fh:
+        fh.write(json.dumps({"prompt": "question 40"}) + "\n")
+    with pytest.raises(RecoverLMError, match="other held-out prompts"):
+        matching_split(asked, [folder], given=True)
+    with pytest.raises(RecoverLMError, match="other held-out prompts"):
+        matching_split(DataConfig(), [folder], given=False, log=lambda _: None)  # its settings taken, then checked
