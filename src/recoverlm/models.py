@@ -318,10 +318,11 @@ def model_hash(path: Path) -> str:
 
 
 # What, besides the weights, decides a model's results: its architecture settings, its decoding
-# defaults and stop tokens, its tokenizer and chat template.
+# defaults and stop tokens, its tokenizer and chat template, and a LoRA adapter's rank, scaling
+# and targets (its tensors alone do not say how they merge).
 SETUP_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-               "tokenizer.model", "vocab.json", "merges.txt")
+               "tokenizer.model", "vocab.json", "merges.txt", f"{ADAPTER_DIR}/adapter_config.json")
 
 
 def setup_hash(path: Path) -> str:

@@ -51,3 +51,10 @@ def test_the_setup_hash_follows_template_and_decoding_files_not_weights(tmp_path
     assert setup_hash(folder) != before and model_hash(folder) == weights
     copy = shutil.copytree(folder, tmp_path / "copy")
     assert setup_hash(copy) == setup_hash(folder)
+    adapter = copy / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
+    with_adapter = setup_hash(copy)
+    assert with_adapter != setup_hash(folder)
+    (adapter / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 32}')  # same tensors merge otherwise
+    assert setup_hash(copy) != with_adapter

@@ -115,6 +115,7 @@ def evaluate_task_suites(teacher_ref, students: dict[str, str | Path], suites: l
         entries = {}
         for suite in suites:
             settings = {"limit": limit, "batch_size": batch_size, "dtype": "float32",
+                        "device": models.compute_device().type,  # greedy answers may differ between devices
                         "chat_template": uses_chat_template(suite, apply_chat_template),
                         "setup": models.setup_hash(path)}  # its tokenizer and template score it too
             entries[suite] = suite_cache.cache_path(models.model_hash(path), suite,

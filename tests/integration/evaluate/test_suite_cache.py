@@ -28,3 +28,7 @@ def test_teacher_suite_results_are_cached(tiny_model, tmp_path, monkeypatch):
         evaluate_task_suites(tiny_model, {}, ["knowledge"], limit=4, log=lambda *_: None)
     with pytest.raises(AssertionError, match="loaded again"):
         evaluate_task_suites(tiny_model, {}, ["knowledge"], limit=3, log=lambda *_: None, use_cache=False)
+    # scores made on another device are not served: greedy answers can differ between them
+    monkeypatch.setattr(models, "compute_device", lambda: __import__("torch").device("cuda"))
+    with pytest.raises(AssertionError, match="loaded again"):
+        evaluate_task_suites(tiny_model, {}, ["knowledge"], limit=3, log=lambda *_: None)
