@@ -57,21 +57,28 @@ def _max_positions(model) -> int | None:
 
 
 def sliding_window_nll(model, input_ids: torch.Tensor, window: int, stride: int, batch_size: int = 8,
-                       progress: bool = False) -> tuple[float, int, list[dict]]:
+                       progress: bool = False, prefix: list[int] | tuple[int, ...] = ()) -> tuple[float, int, list[dict]]:
     """Summed NLL (nats) and count of the scored tokens of a 1-D token sequence, plus per-window sums.
 
     Several windows go through one forward pass; the shorter last window is right-padded and
     masked, which a causal model's real tokens never see. Only the positions that predict a scored
-    token reach the LM head. Returns (total_nll, n_tokens, [{begin, end, tokens, nll}, ...]).
+    token reach the LM head. `prefix` (a BOS token) opens every window, within its `window`
+    positions, and predicts the text's first token, which is then scored too.
+    Returns (total_nll, n_tokens, [{begin, end, tokens, nll}, ...]).
     """
     if input_ids.dim() != 1:
         raise RecoverLMError(f"input_ids must be one sequence (1-D), got shape {tuple(input_ids.shape)}")
     if batch_size < 1:
         raise RecoverLMError(f"batch_size must be at least 1, got {batch_size}")
     check_window(window, stride, _max_positions(model))
-    spans = window_spans(len(input_ids), window, stride)
+    p = len(prefix)
+    if window - p < 2:
+        raise RecoverLMError(f"window must be at least {p + 2} tokens with a {p}-token prefix, got {window}")
+    spans = window_spans(len(input_ids), window - p, min(stride, window - p))
     if not spans:
         raise RecoverLMError(f"need at least 2 tokens to score, got {len(input_ids)}")
+    if p:
+        spans[0] = (spans[0][0], spans[0][1], 0)  # the prefix predicts the text's first token
     device = next(model.parameters()).device
     ids = input_ids.long().cpu()
     total, n_tokens, per_window = 0.0, 0, []
@@ -79,15 +86,16 @@ def sliding_window_nll(model, input_ids: torch.Tensor, window: int, stride: int,
         bar = tqdm(total=len(spans), desc="perplexity", unit="window", disable=not progress, leave=False)
         for start in range(0, len(spans), batch_size):
             chunk = spans[start:start + batch_size]
-            length = max(end - begin for begin, end, _ in chunk)
+            length = p + max(end - begin for begin, end, _ in chunk)
             batch = torch.zeros(len(chunk), length, dtype=torch.long)
             mask = torch.zeros(len(chunk), length, dtype=torch.long)
-            # predicts[r, p]: position p of row r predicts a scored token (the one at p + 1).
+            # predicts[r, i]: position i of row r predicts a scored token (the one at i + 1).
             predicts = torch.zeros(len(chunk), length - 1, dtype=torch.bool)
             for r, (begin, end, first) in enumerate(chunk):
-                batch[r, :end - begin] = ids[begin:end]
-                mask[r, :end - begin] = 1
-                predicts[r, first - begin - 1:end - begin - 1] = True
+                batch[r, :p] = torch.tensor(list(prefix), dtype=torch.long)
+                batch[r, p:p + end - begin] = ids[begin:end]
+                mask[r, :p + end - begin] = 1
+                predicts[r, p + first - begin - 1:p + end - begin - 1] = True
             cols = predicts.any(0).nonzero().squeeze(1)
             out = model(input_ids=batch.to(device), attention_mask=mask.to(device),
                         logits_to_keep=cols.to(device), use_cache=False)
@@ -108,7 +116,8 @@ def perplexity(model, tokenizer, texts: list[str], window: int | None = None, st
     """exp(mean NLL per token) of the texts read as one stream, with a sliding window.
 
     Texts are joined with the tokenizer's EOS token (or a blank line) and tokenized once without
-    special tokens, as the usual wikitext evaluation does; empty texts are dropped. The window
+    special tokens, as the usual wikitext evaluation does; every window opens with the BOS token
+    where the tokenizer adds one (bos_prefix); empty texts are dropped. The window
     defaults to the model's positions, at most 1024, and the stride to half the window.
     """
     max_positions = _max_positions(model)
@@ -124,10 +133,24 @@ def perplexity(model, tokenizer, texts: list[str], window: int | None = None, st
     ids = tokenizer(sep.join(docs), add_special_tokens=False)["input_ids"]
     if len(ids) < 2:
         raise RecoverLMError(f"the text has {len(ids)} token(s); perplexity needs at least 2")
-    total, n_tokens, per_window = sliding_window_nll(model, torch.tensor(ids), window, stride, batch_size, progress)
+    prefix = bos_prefix(tokenizer)
+    total, n_tokens, per_window = sliding_window_nll(model, torch.tensor(ids), window, stride, batch_size, progress,
+                                                     prefix=prefix)
     nll = total / n_tokens
     return {"perplexity": math.exp(nll) if nll < 700 else math.inf, "nll": nll, "tokens": n_tokens,
-            "window": window, "stride": stride, "documents": len(docs), "windows": len(per_window)}
+            "window": window, "stride": stride, "documents": len(docs), "windows": len(per_window),
+            "bos_prefix": bool(prefix)}
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """[BOS] where the tokenizer opens every sequence with it (Gemma: the model is lost without it,
+    and lm-eval's rolling windows open with it too); [] where it adds none (Llama 3, SmolLM2)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    added = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return [bos] if added[:1] == [bos] and plain[:1] != [bos] else []
 
 
 def _offline_datasets():

@@ -1,5 +1,6 @@
 """Sliding-window perplexity on a tiny model: the window maths against plain forward passes, the errors, the command."""
 
+import copy
 import json
 import math
 
@@ -196,3 +197,36 @@ def test_cli(tmp_path, tiny_model, lm):
     _one_line_error(runner.invoke(app, ["perplexity", "--model", str(tiny_model), "--data", str(corpus),
                                         "--window", "8", "--stride", "9"]), "stride")
     assert not (tmp_path / "nope.json").exists()
+
+
+@pytest.mark.parametrize("window,stride", [(512, 256), (16, 16), (9, 4)])
+def test_a_bos_prefix_opens_every_window_and_scores_the_first_token(lm, ids, window, stride):
+    """As a base model that needs BOS sees text: every window starts with it, within its length."""
+    model, tok = lm
+    bos = tok.bos_token_id
+    total, n, per_window = sliding_window_nll(model, ids, window, stride, batch_size=3, prefix=[bos])
+    assert n == len(ids) == sum(w["tokens"] for w in per_window)
+    if window >= len(ids) + 1:
+        assert total == pytest.approx(_sum_nll(model, torch.cat([torch.tensor([bos]), ids])), rel=1e-5)
+    expected = 0.0
+    for w in per_window:  # each window: [BOS] + its tokens, scoring its new tokens only
+        chunk = torch.cat([torch.tensor([bos]), ids[w["begin"]:w["end"]]])
+        assert len(chunk) <= window
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=chunk[None]).logits[0, :-1].float(), -1)
+        nll = -logp.gather(1, chunk[1:, None]).squeeze(1)
+        expected += float(nll[-w["tokens"]:].sum())
+    assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_bos_prefix_follows_the_tokenizer(lm):
+    from tokenizers.processors import TemplateProcessing
+
+    from recoverlm.evaluate.perplexity import bos_prefix
+
+    _, tok = lm
+    assert bos_prefix(tok) == []  # it adds no BOS: windows are scored as before
+    gemma_like = copy.deepcopy(tok)
+    gemma_like.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", tok.bos_token_id)])
+    assert bos_prefix(gemma_like) == [tok.bos_token_id]
