@@ -81,8 +81,20 @@ def _parse_params(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise RecoverLMError(f"--param expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise RecoverLMError(f"--param {key.strip()}: {value!r} is not a value ({str(exc).splitlines()[0]})") from exc
     return params
+
+
+def _models_exist(*refs) -> None:
+    """Every model named is found before any of them is scored (teacher responses take minutes)."""
+    from .models import resolve_model
+
+    for ref in refs:
+        if ref is not None:
+            resolve_model(ref)
 
 
 @app.command()
@@ -219,14 +231,14 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, help="YAML with a `data:` section (held-out split)."),
     suite: str = typer.Option("fidelity", help="Comma-separated: fidelity and/or task suites "
                               "(knowledge, instructions, arithmetic, or any lm-eval task or YAML path)."),
-    limit: Optional[int] = typer.Option(None, help="Items per task suite (default: all): the first N, and the shipped "
+    limit: Optional[int] = typer.Option(None, min=1, help="Items per task suite (default: all): the first N, and the shipped "
                                         "suites are grouped by category, so a limit is a quick check, not a sample."),
     no_chat_template: bool = NO_CHAT_TEMPLATE,
     no_cache: bool = typer.Option(False, "--no-cache", help="Rescore every model, ignoring cached results."),
 ) -> None:
     """Teacher fidelity (KL, NLL, agreement, greedy match), task suites, and recovery ratios with CIs."""
     from .evaluate.compare import evaluate_models, evaluate_task_suites
-    from .evaluate.lm_eval_runner import available_suites
+    from .evaluate.lm_eval_runner import available_suites, check_suites
     from .io import check_output_file, write_json_atomic
 
     check_output_file(out, [model, degraded, teacher, config])
@@ -235,6 +247,9 @@ def evaluate(
         raise RecoverLMError(f"--suite is empty; choose from fidelity, {', '.join(available_suites())}")
     if "fidelity" in names and teacher is None:
         raise RecoverLMError("--suite fidelity compares with a teacher: pass --teacher, or name task suites only")
+    _models_exist(teacher, degraded, model)
+    if [n for n in names if n != "fidelity"]:
+        check_suites([n for n in names if n != "fidelity"])
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher or str(model))
     data_cfg = _split_of(data_cfg, [p for p in (degraded, model) if p is not None], config is not None)
@@ -305,13 +320,21 @@ def cka(
 ) -> None:
     """Per-layer linear CKA between teacher and student hidden states, cross-layer maps and plots."""
     from .analysis.layers import cka_models
+    from .config import CKAConfig, parse_config
     from .io import check_output_file, write_json_atomic
 
     check_output_file(out, [teacher, *student, config])  # its plots go beside it: not into an input either
+    parse_config(CKAConfig, {"pooling": pooling, "cross_tokens": cross_tokens, "massive_ratio": massive_ratio or None},
+                 "command line")
+    _models_exist(teacher, *student)
+    names = {p.name or str(p): p for p in student}
+    if len(names) < len(student):
+        names = {str(p): p for p in student}  # a/recovered and b/recovered: named by their paths
+    if len(names) < len(student):
+        raise RecoverLMError("a student is named twice in --student")
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher)
     data_cfg = _split_of(data_cfg, student, config is not None)
-    names = {p.name or str(p): p for p in student}
     result = cka_models(teacher, names, data_cfg, pooling=pooling, cross_tokens=cross_tokens, plots_dir=out.parent,
                         massive_ratio=massive_ratio or None, use_cache=not no_cache)
     write_json_atomic(out, result)
@@ -353,6 +376,8 @@ def inspect(
     """What a model folder is, which Constraint it carries or implies, and what `recover` keeps."""
     from .describe import inspect_model, inspect_text
 
+    if not 0 < sparsity_threshold <= 1:  # written so that NaN fails too
+        raise RecoverLMError(f"--sparsity-threshold must be in (0, 1], got {sparsity_threshold}")
     info = inspect_model(model, sparsity_threshold)
     typer.echo(json.dumps(info, indent=2) if json_out else inspect_text(info))
 
@@ -403,13 +428,24 @@ def study(
     from .io import check_output_file
 
     check_output_file(target, [config, readme])  # the results page replaces neither the study's config nor the README
+    if readme is not None:
+        try:
+            readme.read_text(encoding="utf-8")
+        except IsADirectoryError as exc:
+            raise RecoverLMError(f"--readme {readme} is a folder, not a file to quote the headline in") from exc
+        except FileNotFoundError as exc:
+            raise RecoverLMError(f"--readme {readme}: no such file") from exc
+        except UnicodeDecodeError as exc:
+            raise RecoverLMError(f"--readme {readme} is not UTF-8 text") from exc
+    if ledger.exists() and not ledger.is_dir():
+        raise RecoverLMError(f"--records {ledger} is a file; the cell records are a folder")
     if show_plan:
         rows = plan(spec, out, ledger, only)
         width = max(len(r["cell"]) for r in rows)
         for r in rows:
-            took = "" if r["seconds"] is None else f"{'~' if r['state'] == 'to run' else ''}{r['seconds'] / 60:.0f} min"
+            took = "" if r["seconds"] is None else f"{'~' if r['state'].startswith('to run') else ''}{r['seconds'] / 60:.0f} min"
             typer.echo(f"{r['cell']:<{width}}  {r['state']:<22}  {took:>8}  {r['device']}".rstrip())
-        todo = [r for r in rows if r["state"] == "to run"]
+        todo = [r for r in rows if r["state"].startswith("to run")]
         left = sum(r["seconds"] or 0 for r in todo)
         typer.echo(f"{len(rows)} cell{'' if len(rows) == 1 else 's'}: {len(rows) - len(todo)} finished, {len(todo)} to run"
                    + (f", about {left / 3600:.1f} h at the recorded cells' pace" if left else ""))

@@ -19,7 +19,16 @@ class _Strict(BaseModel):
 
 class DegradeConfig(_Strict):
     method: str = "prune.magnitude"
-    params: dict[str, Any] = Field(default_factory=lambda: {"sparsity": 0.5})
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_params(cls, raw):
+        """The default damage is magnitude pruning at 50%; another method named without params takes
+        its own defaults (not a sparsity it does not have)."""
+        if isinstance(raw, dict) and raw.get("params") is None and raw.get("method", "prune.magnitude") == "prune.magnitude":
+            return {**raw, "params": {"sparsity": 0.5}}
+        return raw
 
 
 class DataConfig(_Strict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from . import formats, models
 from .constraints import (
@@ -23,6 +23,7 @@ from .constraints.infer import (
     infer_sparsity,
     nm_pattern,
 )
+from .errors import RecoverLMError
 from .runs import side_file
 
 
@@ -81,8 +82,13 @@ def _in_features(folder: Path, weight_name: str) -> int:
 
 def inspect_model(ref, threshold: float = DEFAULT_THRESHOLD) -> dict:
     folder = models.resolve_model(ref)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    parameters, dtypes = _parameters(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("config.json is not a JSON object")
+        parameters, dtypes = _parameters(folder)
+    except (ValueError, SafetensorError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RecoverLMError(f"cannot read {folder}: {exc}".splitlines()[0]) from exc
     info = {"path": str(folder), "architecture": ", ".join(config.get("architectures") or [config.get("model_type", "?")]),
             "layers": config.get("num_hidden_layers"), "hidden_size": config.get("hidden_size"),
             "intermediate_size": config.get("intermediate_size"), "vocab_size": config.get("vocab_size"),

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import environment, models
 from .analysis.layers import cka_models
 from .config import RunConfig, dump_config, same_config
-from .degrade import check_folder_split, degrade
+from .degrade import check_folder_split, check_params, degrade
 from .errors import RecoverLMError
 from .evaluate.compare import evaluate_models, evaluate_task_suites
 from .io import check_output_dir, read_json, write_json_atomic, write_text_atomic
@@ -87,10 +87,24 @@ class StageClock:
             write_json_atomic(self.path, self.record)
 
 
+def check_run_inputs(cfg: RunConfig) -> None:
+    """What a run can refuse before it claims its folder: a folder claimed by a run that then fails
+    on a typo would refuse the corrected config as "another run"."""
+    from .recover.training_data import check_inputs
+
+    check_params(cfg.degrade.method, cfg.degrade.params)
+    check_inputs(cfg.data)
+    if cfg.evaluate.suites:
+        from .evaluate.lm_eval_runner import check_suites
+
+        check_suites(cfg.evaluate.suites)
+
+
 def run_experiment(cfg: RunConfig, out: Path, progress: bool = True, log=print, config_file: Path | None = None) -> dict:
     out = Path(out)
     teacher = models.resolve_model(cfg.model)
     cfg = cfg.model_copy(update={"data": models.prompts_for(teacher, cfg.data, log)})
+    check_run_inputs(cfg)
     claim_run_dir(cfg, out, teacher, config_file)
     degraded, recovered = out / "degraded", out / "recovered"
     clock = StageClock(out)

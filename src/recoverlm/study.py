@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 
 from . import environment, models
 from .config import RunConfig, StudyConfig, load_yaml, parse_config, same_config, same_settings
-from .degrade import calibration_split, check_calibration_kept_apart, degrade, is_calibrated_on_builtin, method_params
+from .degrade import (
+    calibration_split,
+    check_calibration_kept_apart,
+    check_params,
+    degrade,
+    is_calibrated_on_builtin,
+    method_params,
+)
 from .errors import RecoverLMError
 from .io import read_json, write_json_atomic
 from .report.records import cell_record, load_records, store
@@ -127,7 +134,7 @@ def cells(study: StudyConfig) -> list[Cell]:
                     name = cell_name(model, deg_name, method, seed)
                     cfg = parse_config(RunConfig, raw, f"cell {name}")
                     try:
-                        method_params(cfg.degrade.method, cfg.degrade.params)
+                        check_params(cfg.degrade.method, cfg.degrade.params)
                     except RecoverLMError as exc:
                         raise RecoverLMError(f"degradation {deg_name!r}: {exc}") from exc
                     out.append(Cell(model, deg_name, method, seed, cfg))
@@ -174,6 +181,27 @@ def finished(cell: Cell, out: Path, teacher_hash: str | None = None) -> bool:
         raise RecoverLMError(f"cell {cell.name}: {folder} was run with another copy of {cell.model} as teacher; "
                              "remove it or write the study to another --out")
     return (folder / CELL_FILE).exists()
+
+
+CELL_FOLDER = re.compile(r"[^/]+-seed-?\d+")
+
+
+def check_study_folder(out: Path) -> None:
+    """A study writes into `out` only if it holds nothing but study folders (model/degradation/
+    {degraded, METHOD-seedN}, and the hidden scratch of an interrupted write): a user's folder with
+    other files in it is refused, not filled."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RecoverLMError(f"--out {out} is a file, not a study folder")
+    for model_dir in out.iterdir():
+        strays = [model_dir] if not model_dir.is_dir() else [
+            p for d in model_dir.iterdir() for p in ([d] if not d.is_dir() else d.iterdir())
+            if not (p.name == "degraded" or p.name.startswith(".") or (p.is_dir() and CELL_FOLDER.fullmatch(p.name)))]
+        if strays:
+            raise RecoverLMError(f"--out {out} holds {strays[0]}, which no study wrote; give the study a folder "
+                                 "of its own")
 
 
 def _stored_hash(teacher_file: Path) -> str | None:
@@ -242,7 +270,7 @@ def plan(study: StudyConfig, out: Path | None, records_dir: Path, only: str | No
     rows = []
     for cell in chosen:
         if cell.name in kept and not records_cell(kept[cell.name], cell, teachers):
-            rows.append({"cell": cell.name, "state": "stale: another teacher", "device": kept[cell.name].get("device", "?"),
+            rows.append({"cell": cell.name, "state": "to run: new teacher", "device": "",
                          "seconds": estimate(cell, kept.values(), here)})
         elif cell.name in kept:
             rec = kept[cell.name]
@@ -365,6 +393,11 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
     out = Path(out)
     chosen = selected(cells(study), only)
     given = {c.name: c.config.model_dump(mode="json") for c in chosen}
+    suites = sorted({s for c in chosen for s in c.config.evaluate.suites})
+    if suites:  # before any cell degrades or trains: a typo would otherwise surface after its recovery
+        from .evaluate.lm_eval_runner import check_suites
+
+        check_suites(suites)
     teachers = teacher_hashes(chosen)
     recorded = set()
     if records_dir is not None:
@@ -378,6 +411,7 @@ def run_study(study: StudyConfig, out: Path, jobs: int = 1, only: str | None = N
             else:
                 log(f"{rec['name']}: recorded with another copy of {by_name[rec['name']].model} as teacher; it runs again")
     todo = _as_run([c for c in chosen if c.name not in recorded], log)
+    check_study_folder(out)
     pending = [c for c in todo if not finished(c, out, teachers.get(c.model))]
     log(f"study: {len(chosen)} cells, {len(chosen) - len(pending)} finished already, {len(pending)} to run, "
         f"{max(jobs, 1)} at a time")

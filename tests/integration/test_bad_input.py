@@ -108,6 +108,23 @@ def _foreign(tmp_path):
     return folder
 
 
+def _with_file(tmp_path, tiny_model, name: str, text: str) -> Path:
+    """A copy of the model folder with one file replaced (or added) by `text`."""
+    import shutil
+
+    folder = shutil.copytree(tiny_model, tmp_path / "copy")
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder
+
+
+def _cut_short_run(tmp_path) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.json").write_text("{}")
+    return folder
+
+
 def _degraded(tmp_path, tiny_model, method="prune.magnitude", params=None):
     from recoverlm.degrade import degrade
 
@@ -203,6 +220,49 @@ INPUT_CASES = {
     "skip_first_tokens past the responses": (_run_with("recover: {skip_first_tokens: 64}\n"), "leaves nothing of the teacher's"),
     "SFT on the held-out items' seed": (lambda t, m: ["degrade", "--model", str(m), "--method", "sft", "--param", "seed=999",
                                                       "--out", str(t / "o")], "seed 999 draws the task suites"),
+    "param value not YAML": (lambda t, m: ["degrade", "--model", str(m), "--param", "sparsity=[1", "--out", str(t / "o")],
+                             "--param sparsity"),
+    "suite limit of zero": (lambda t, m: ["evaluate", "--model", str(m), "--suite", "knowledge", "--limit", "0",
+                                          "--out", str(t / "o.json")], "--limit"),
+    "task YAML that is a list": (lambda t, m: ["evaluate", "--model", str(m), "--suite", str(_write(t / "s.yaml", "- 1\n")),
+                                               "--out", str(t / "o.json")], "not an lm-eval task"),
+    "task YAML not UTF-8": (lambda t, m: ["evaluate", "--model", str(m), "--suite", str(_write(t / "s.yaml", b"task: caf\xe9\n")),
+                                          "--out", str(t / "o.json")], "cannot read task YAML"),
+    "inspect a folder whose config is not JSON": (lambda t, m: ["inspect", str(_with_file(t, m, "config.json", "{not json"))],
+                                                  "cannot read"),
+    "inspect a folder whose config is a list": (lambda t, m: ["inspect", str(_with_file(t, m, "config.json", "[1]"))],
+                                                "cannot read"),
+    "inspect with a threshold past 1": (lambda t, m: ["inspect", str(m), "--sparsity-threshold", "5"], "--sparsity-threshold"),
+    "inspect with a NaN threshold": (lambda t, m: ["inspect", str(m), "--sparsity-threshold", "nan"], "--sparsity-threshold"),
+    "report of a run folder cut short": (lambda t, m: ["report", str(_cut_short_run(t))], "not a complete run folder"),
+    "recovery record cut short": (lambda t, m: ["evaluate", "--model", str(_with_file(t, m, "recoverlm/recovery.json", "{bad")),
+                                                "--teacher", str(m), "--out", str(t / "o.json")], "recovery.json cannot be read"),
+    "cka of a missing student": (lambda t, m: ["cka", "--teacher", str(m), "--student", str(t / "nope"), "--out",
+                                               str(t / "o.json")], "model not found"),
+    "cka with an unknown pooling": (lambda t, m: ["cka", "--teacher", str(m), "--student", str(m), "--pooling", "max",
+                                                  "--out", str(t / "o.json")], "pooling"),
+    "cka with a negative token sample": (lambda t, m: ["cka", "--teacher", str(m), "--student", str(m), "--cross-tokens",
+                                                       "-5", "--out", str(t / "o.json")], "cross_tokens"),
+    "evaluate of a missing degraded model": (lambda t, m: ["evaluate", "--model", str(m), "--teacher", str(m), "--degraded",
+                                                           str(t / "nope"), "--out", str(t / "o.json")], "model not found"),
+    "run with a typo in the method": (lambda t, m: ["run", str(_write(t / "c.yaml", f"model: {m}\ndegrade: {{method: prune.bogus}}\n")),
+                                                    "--out", str(t / "o")], "prune.bogus"),
+    "run with a bit width out of range": (lambda t, m: ["run", str(_write(t / "c.yaml", f"model: {m}\ndegrade: {{method: quant.rtn, "
+                                                                                  "params: {bits: 99}}\n")), "--out", str(t / "o")],
+                                          "bits"),
+    "run with an unknown suite": (lambda t, m: ["run", str(_write(t / "c.yaml", f"model: {m}\nevaluate: {{suites: [no_such_suite]}}\n")),
+                                                "--out", str(t / "o")], "no_such_suite"),
+    "run with task prompts that are not there": (lambda t, m: ["run", str(_write(t / "c.yaml", f"model: {m}\ndata: {{task_prompts: "
+                                                                                     f"{t / 'tasks.jsonl'}}}\n")),
+                                                               "--out", str(t / "o")], "tasks.jsonl"),
+    "GPTQ with a negative damping": (lambda t, m: ["degrade", "--model", str(m), "--method", "quant.gptq", "--param",
+                                                   "percdamp=-1", "--out", str(t / "o")], "percdamp"),
+    "study into a folder of other files": (lambda t, m: ["study", str(_write(t / "s.yaml", json.dumps(
+        {"models": [str(m)], "degradations": {"a": {"method": "prune.magnitude"}}, "methods": {"n": {"recover": {"method": "none"}}}}))),
+        "--out", str(_foreign(t))], "which no study wrote"),
+    "study quoting a README that is not there": (lambda t, m: ["study", str(_write(t / "s.yaml", json.dumps(
+        {"models": [str(m)], "degradations": {"a": {"method": "prune.magnitude"}}, "methods": {"n": {"recover": {"method": "none"}}}}))),
+        "--render", "--doc", str(t / "o.json"), "--readme", str(t / "README.md")], "no such file"),
     "missing required option": (lambda t, m: ["degrade", "--model", str(m)], "--out"),
     "unknown command": (lambda t, m: ["degrad"], "degrad"),
     "unknown option": (lambda t, m: ["degrade", "--model", str(m), "--out", str(t / "o"), "--sparsity-ratio", "1"],

@@ -276,7 +276,8 @@ def test_a_cell_taught_by_another_copy_of_the_model_runs_again(tmp_path, tiny_mo
     record["teacher_hash"] = "0" * 16
     path.write_text(json.dumps(record))
     planned = runner.invoke(app, args + ["--plan"])
-    assert planned.exit_code == 0 and "stale: another teacher" in planned.output, planned.output
+    assert planned.exit_code == 0 and "to run: new teacher" in planned.output, planned.output
+    assert "1 cell: 0 finished, 1 to run" in planned.output
     again = runner.invoke(app, args + ["--out", str(tmp_path / "elsewhere")])
     assert again.exit_code == 0 and "it runs again" in again.output and "0 finished already, 1 to run" in again.output
     assert json.loads(path.read_text())["teacher_hash"] == models.model_hash(tiny_model)

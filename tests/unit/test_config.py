@@ -22,3 +22,14 @@ def test_a_run_is_the_same_whatever_its_execution_only_settings(tmp_path):
     assert same_config(stored, RunConfig())
     assert same_config(stored, RunConfig.model_validate({"recover": {"logit_chunk": 256}}))
     assert not same_config(stored, RunConfig.model_validate({"recover": {"lr": 3e-4}}))
+
+
+def test_a_method_named_without_params_takes_its_own_defaults():
+    """Magnitude pruning at 50% is the default damage; quant.rtn named alone is not given a sparsity."""
+    from recoverlm.config import DegradeConfig, RunConfig
+
+    assert DegradeConfig().params == {"sparsity": 0.5}
+    assert DegradeConfig(method="prune.magnitude").params == {"sparsity": 0.5}
+    assert DegradeConfig(method="quant.rtn").params == {}
+    assert RunConfig.model_validate({"degrade": {"method": "quant.nf4", "params": None}}).degrade.params == {}
+    assert RunConfig().model_dump()["degrade"] == {"method": "prune.magnitude", "params": {"sparsity": 0.5}}

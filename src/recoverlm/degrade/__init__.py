@@ -20,12 +20,13 @@ import torch
 from ..errors import RecoverLMError
 from ..lm.blocks import linear_weights
 from ..runs import DEGRADATION_FILE, own_files, side_dir, side_file
-from .calibration import CALIBRATION_DEFAULTS
+from .calibration import CALIBRATION_DEFAULTS, check_calibration_args
+from .checks import check_choice, check_fraction, check_int, check_number
 from .gptq import quantize_gptq
 from .nf4 import quantize_nf4
-from .prune import prune_magnitude, prune_nm, prune_wanda
-from .quantize import quantize_rtn
-from .sft import finetune_sft
+from .prune import check_nm_args, check_sparsity, prune_magnitude, prune_nm, prune_wanda
+from .quantize import check_quant_args, quantize_rtn
+from .sft import check_sft_args, finetune_sft
 from .structured import prune_depth, prune_ffn
 
 _CAL = CALIBRATION_DEFAULTS
@@ -57,6 +58,36 @@ def method_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise RecoverLMError(f"method {method} does not take {', '.join(sorted(unknown))}; it takes {', '.join(defaults)}")
     return {**defaults, **params}
+
+
+def _calibration(calibration, n_calibration, max_length) -> None:
+    check_calibration_args(calibration, n_calibration, max_length)
+    if calibration is not None and not Path(calibration).expanduser().is_file():
+        raise RecoverLMError(f"calibration: file not found: {calibration}")
+
+
+# The checks of each method that need no model (its shapes are checked when it runs).
+_MODEL_FREE_CHECKS: dict[str, Callable[..., None]] = {
+    "prune.magnitude": lambda sparsity, scope: (check_sparsity(sparsity), check_choice("scope", scope, ("row", "tensor"))),
+    "prune.wanda": lambda sparsity, **cal: (check_sparsity(sparsity), _calibration(**cal)),
+    "prune.nm": lambda n, m, score, **cal: (check_nm_args(n, m, score), _calibration(**cal)),
+    "prune.ffn": lambda fraction, **cal: (check_fraction("fraction", fraction), _calibration(**cal)),
+    "prune.depth": lambda n_blocks, **cal: (check_int("n_blocks", n_blocks, 1), _calibration(**cal)),
+    "quant.rtn": lambda bits, group_size, symmetric: check_quant_args(bits, group_size, symmetric),
+    "quant.gptq": lambda bits, group_size, symmetric, percdamp, blocksize, **cal: (
+        check_quant_args(bits, group_size, symmetric), check_number("percdamp", percdamp, 0.0),
+        check_int("blocksize", blocksize, 1), _calibration(**cal)),
+    "quant.nf4": lambda blocksize: check_int("blocksize", blocksize, 2),
+    "sft": check_sft_args,
+}
+
+
+def check_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """method_params, with every check that needs no model done now: a run or a study refuses a
+    bad value before it loads a model, degrades anything or claims a folder."""
+    full = method_params(method, params)
+    _MODEL_FREE_CHECKS[method](**full)
+    return full
 
 
 def apply_method(model, method: str, params: dict[str, Any], tokenizer=None, record: dict | None = None,
@@ -147,7 +178,7 @@ def degrade(model_ref: str | Path, method: str, params: dict[str, Any], out: Pat
     from ..config import DataConfig
     from ..io import atomic_dir, check_output_dir, write_json_atomic
 
-    full = method_params(method, params)
+    full = check_params(method, params)
     split = data_cfg or DataConfig()
     held_out = data.scored_prompts(data.load_prompts(split.prompts), split.n_heldout, split.n_validation,
                                    split.split_seed) if is_calibrated_on_builtin(method, full) else []

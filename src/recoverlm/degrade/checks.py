@@ -28,6 +28,12 @@ def check_fraction(field: str, value) -> float:
     return float(value)
 
 
+def check_number(field: str, value, lo: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= lo:  # NaN fails too
+        raise RecoverLMError(f"{field} must be a number >= {lo}, got {value!r}")
+    return float(value)
+
+
 def check_bool(field: str, value) -> bool:
     if not isinstance(value, bool):
         raise RecoverLMError(f"{field} must be true or false, got {value!r}")

@@ -99,15 +99,19 @@ def prune_wanda(model, sparsity: float = 0.5, calibration=None, n_calibration: i
     return model, SparsityConstraint(masks)
 
 
-def prune_nm(model, n: int = 2, m: int = 4, score: str = "magnitude", calibration=None, n_calibration: int = 128,
-             max_length: int = 128, *, tokenizer=None, record=None, held_out=()):
-    """N:M semi-structured sparsity: at most n non-zero weights in every m consecutive inputs of a
-    row (NVIDIA's 2:4 is what sparse tensor cores run). `score`: magnitude or wanda."""
+def check_nm_args(n, m, score) -> None:
     check_int("m", m, 2)
     check_int("n", n, 1)
     if n >= m:
         raise RecoverLMError(f"n must be smaller than m in N:M sparsity, got n={n}, m={m}")
     check_choice("score", score, ("magnitude", "wanda"))
+
+
+def prune_nm(model, n: int = 2, m: int = 4, score: str = "magnitude", calibration=None, n_calibration: int = 128,
+             max_length: int = 128, *, tokenizer=None, record=None, held_out=()):
+    """N:M semi-structured sparsity: at most n non-zero weights in every m consecutive inputs of a
+    row (NVIDIA's 2:4 is what sparse tensor cores run). `score`: magnitude or wanda."""
+    check_nm_args(n, m, score)
     weights = linear_weights(model)
     check_divides("m", m, weights)
     if score == "magnitude":

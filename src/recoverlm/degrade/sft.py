@@ -29,8 +29,9 @@ def _as_float(value) -> float | None:
         return None
 
 
-def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenizer) -> None:
-    """Every field is checked before any training, each failure a one-line error naming the field."""
+def check_sft_args(task, n_train, steps, batch_size, lr, lora, lora_r, seed) -> None:
+    """Every field is checked before any training (before the model loads, where the caller can), each
+    failure a one-line error naming the field."""
     def integer(name, value, low=1):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise RecoverLMError(f"sft: {name} must be an integer >= {low}, got {value!r}")
@@ -49,8 +50,6 @@ def _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenize
         raise RecoverLMError(f"sft: lr must be a number > 0, got {lr!r}")
     if not isinstance(lora, bool):
         raise RecoverLMError(f"sft: lora must be true or false, got {lora!r}")
-    if tokenizer is None:
-        raise RecoverLMError("sft: needs the model's tokenizer to render the task prompts")
 
 
 def _encode(tokenizer, pairs: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
@@ -88,7 +87,9 @@ def finetune_sft(model, task: str = "extraction", n_train: int = 512, steps: int
     from ..constraints.lora import merged_for_export, wrap_lora
     from ..data import collate, texts_hash
 
-    _validate(task, n_train, steps, batch_size, lr, lora, lora_r, seed, tokenizer)
+    check_sft_args(task, n_train, steps, batch_size, lr, lora, lora_r, seed)
+    if tokenizer is None:
+        raise RecoverLMError("sft: needs the model's tokenizer to render the task prompts")
     pairs = load_task_data(task, n=n_train, seed=seed)
     prompt_ids, response_ids = _encode(tokenizer, pairs)
     builtin = str(task) in TASKS

@@ -25,8 +25,11 @@ def recovery_split(folder: Path) -> dict | None:
     record = side_file(Path(folder), RECOVERY_FILE)
     if not record.is_file():
         return None
-    made = read_json(record)
-    data = made.get("data")
+    try:
+        made = read_json(record)
+    except (ValueError, OSError) as exc:
+        raise RecoverLMError(f"{record} cannot be read ({exc})") from exc
+    data = made.get("data") if isinstance(made, dict) else None
     return {**_split(data), "heldout_hash": made.get("heldout_hash")} if isinstance(data, dict) else None
 
 

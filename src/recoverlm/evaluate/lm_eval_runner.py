@@ -133,8 +133,10 @@ def check_data_files(task_yaml: Path) -> None:
     _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function ... is lm-eval's business
     try:
         spec = yaml.load(task_yaml.read_text(encoding="utf-8"), Loader=_Loader) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise RecoverLMError(f"cannot read task YAML {task_yaml}: {exc}".splitlines()[0]) from exc
+    if not isinstance(spec, dict) or not ({"task", "group"} & set(spec)):
+        raise RecoverLMError(f"task YAML {task_yaml} is not an lm-eval task: it needs a 'task' (or 'group') key")
     files = (spec.get("dataset_kwargs") or {}).get("data_files") if isinstance(spec, dict) else None
     if isinstance(files, dict):
         files = list(files.values())

@@ -49,7 +49,7 @@ from .objective import MicroBatch, loss_mask, loss_sum
 from .schedule import batch_order, lr_at, on_policy_steps, param_groups, stage
 from .teachers import Teachers
 from .timing import PhaseTimer
-from .training_data import training_set
+from .training_data import check_inputs, training_set
 
 
 class Recovery:
@@ -61,6 +61,7 @@ class Recovery:
         self.work = work_dir(self.out)
         self.export_target = self.out.with_name(f"{self.out.name}.{cfg.export}") if cfg.export else None
         cfg.check_data(data_cfg)
+        check_inputs(data_cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.acc = distributed.make_accelerator(cfg, tracking.accelerator_options(cfg.log_with, self.out))

@@ -41,6 +41,18 @@ def unscored(prompts: list[str], scored: set[str], what: str, log=print) -> list
     return kept
 
 
+def check_inputs(data_cfg: DataConfig, log=print) -> None:
+    """The prompt files and their split, read before any model loads: a bad file is then one line
+    at once, not after minutes of teacher responses."""
+    scored = scored_texts(data_cfg)
+    if data_cfg.task_prompts is not None:
+        unscored(task_prompts(data_cfg), scored, "task_prompts", log=lambda _: None)
+    if data_cfg.task_teacher is not None:
+        from .. import models
+
+        models.resolve_model(data_cfg.task_teacher)
+
+
 def training_set(cfg: RecoverConfig, data_cfg: DataConfig, teacher_path: Path, student_path: Path, tokenizer,
                  teacher=None, log=print) -> ResponseSet:
     if cfg.method == "sft-replay" and cfg.replay_source == "data":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+from ..errors import RecoverLMError
 from ..io import read_json
 from ..runs import (
     CONFIG_FILE,
@@ -227,13 +228,17 @@ def write_report(run_dir: Path) -> str:
     from .html import markdown_to_html
 
     run_dir = Path(run_dir)
+    try:
+        text = summary_markdown(run_dir)
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # a folder copied in part, a file cut short
+        raise RecoverLMError(f"{run_dir} is not a complete run folder ({type(exc).__name__}: {exc})".splitlines()[0]
+                             ) from exc
     curve = side_file(run_dir / "recovered", METRICS_FILE)
     if curve.exists():
         from .curves import plot_cka_scatter, plot_recovery_curve
 
         plot_recovery_curve(curve, run_dir / "recovery_curve.png")
         plot_cka_scatter(curve, run_dir / "cka_vs_kl.png")
-    text = summary_markdown(run_dir)
     write_text_atomic(run_dir / "summary.md", text)
     write_text_atomic(run_dir / "report.html", markdown_to_html(text, run_dir, f"recoverlm: {run_dir.name}"))
     return text
