@@ -26,8 +26,9 @@ class DegradeConfig(_Strict):
     def _default_params(cls, raw):
         """The default damage is magnitude pruning at 50%; another method named without params takes
         its own defaults (not a sparsity it does not have)."""
-        if isinstance(raw, dict) and raw.get("params") is None and raw.get("method", "prune.magnitude") == "prune.magnitude":
-            return {**raw, "params": {"sparsity": 0.5}}
+        if isinstance(raw, dict) and raw.get("params") is None:  # absent, or an empty YAML section
+            magnitude = raw.get("method", "prune.magnitude") == "prune.magnitude"
+            return {**raw, "params": {"sparsity": 0.5} if magnitude else {}}
         return raw
 
 
