@@ -191,17 +191,26 @@ def check_study_folder(out: Path) -> None:
     {degraded, METHOD-seedN}, and the hidden scratch of an interrupted write): a user's folder with
     other files in it is refused, not filled."""
     out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
+    if out.exists() and not out.is_dir():
         raise RecoverLMError(f"--out {out} is a file, not a study folder")
+    stray = next(_strays(out), None) if out.exists() else None
+    if stray is not None:
+        raise RecoverLMError(f"--out {out} holds {stray}, which no study wrote; give the study a folder of its own")
+
+
+def _strays(out: Path):
     for model_dir in out.iterdir():
-        strays = [model_dir] if not model_dir.is_dir() else [
-            p for d in model_dir.iterdir() for p in ([d] if not d.is_dir() else d.iterdir())
-            if not (p.name == "degraded" or p.name.startswith(".") or (p.is_dir() and CELL_FOLDER.fullmatch(p.name)))]
-        if strays:
-            raise RecoverLMError(f"--out {out} holds {strays[0]}, which no study wrote; give the study a folder "
-                                 "of its own")
+        if not model_dir.is_dir():
+            yield model_dir
+            continue
+        for degradation in model_dir.iterdir():
+            if not degradation.is_dir():
+                yield degradation
+                continue
+            for entry in degradation.iterdir():
+                ours = entry.is_dir() and (entry.name == "degraded" or CELL_FOLDER.fullmatch(entry.name))
+                if not (ours or entry.name.startswith(".")):
+                    yield entry
 
 
 def _stored_hash(teacher_file: Path) -> str | None:

@@ -291,3 +291,18 @@ def test_a_cells_time_counts_the_stages_of_every_part(tmp_path):
     assert stage_seconds(tmp_path) == 120.5
     (tmp_path / "run.json").write_text("{")
     assert stage_seconds(tmp_path) == 0.0
+
+
+def test_a_study_folder_holds_only_what_studies_write(tmp_path):
+    from recoverlm.errors import RecoverLMError
+    from recoverlm.study import check_study_folder
+
+    check_study_folder(tmp_path / "new")  # not there yet: the study makes it
+    cell = tmp_path / "out" / "model" / "nf4" / "two-stage-seed0"
+    cell.mkdir(parents=True)
+    (cell.parent / "degraded").mkdir()
+    (cell.parent / ".degraded.partial-x1").mkdir()
+    check_study_folder(tmp_path / "out")
+    (cell.parent / "notes.md").write_text("mine")
+    with pytest.raises(RecoverLMError, match="notes.md, which no study wrote"):
+        check_study_folder(tmp_path / "out")
