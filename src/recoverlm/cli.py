@@ -248,15 +248,15 @@ def evaluate(
     if "fidelity" in names and teacher is None:
         raise RecoverLMError("--suite fidelity compares with a teacher: pass --teacher, or name task suites only")
     _models_exist(teacher, degraded, model)
-    if [n for n in names if n != "fidelity"]:
-        check_suites([n for n in names if n != "fidelity"])
+    tasks = [n for n in names if n != "fidelity"]
+    if tasks:
+        check_suites(tasks)
     _, data_cfg = _stage_configs(config)
     data_cfg = _plain_prompts(data_cfg, no_chat_template, teacher or str(model))
     data_cfg = _split_of(data_cfg, [p for p in (degraded, model) if p is not None], config is not None)
     students = {"recovered": model} if degraded else {"model": model}
     if degraded:
         students = {"degraded": degraded, **students}
-    tasks = [n for n in names if n != "fidelity"]
     report = (evaluate_models(teacher, students, data_cfg, use_cache=not no_cache) if "fidelity" in names
               else {"metrics": {}})
     if tasks:

@@ -133,7 +133,8 @@ def load_calibration(tokenizer, calibration=None, n_calibration: int = 128, max_
         raise RecoverLMError(f"calibration: no sample of {source} has two or more tokens")
     texts = [text for text, _ in rendered]
     # Special tokens added to plain texts change the samples, so they are part of what is hashed.
-    added = any(e != tokenizer(t, add_special_tokens=False)["input_ids"] for e, (t, _) in zip(encoded, rendered))
+    added = any(e != tokenizer(t, add_special_tokens=False)["input_ids"]
+                for e, (t, templated) in zip(encoded, rendered) if not templated)
     return Calibration(source, texts, ids, data.texts_hash(texts + [f"max_length={max_length}"]
                                                           + (["special tokens added"] if added else [])))
 

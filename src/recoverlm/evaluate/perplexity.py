@@ -82,6 +82,7 @@ def sliding_window_nll(model, input_ids: torch.Tensor, window: int, stride: int,
     device = next(model.parameters()).device
     ids = input_ids.long().cpu()
     total, n_tokens, per_window = 0.0, 0, []
+    opening = torch.tensor(list(prefix), dtype=torch.long)
     with eval_mode(model), torch.inference_mode():
         bar = tqdm(total=len(spans), desc="perplexity", unit="window", disable=not progress, leave=False)
         for start in range(0, len(spans), batch_size):
@@ -92,7 +93,7 @@ def sliding_window_nll(model, input_ids: torch.Tensor, window: int, stride: int,
             # predicts[r, i]: position i of row r predicts a scored token (the one at i + 1).
             predicts = torch.zeros(len(chunk), length - 1, dtype=torch.bool)
             for r, (begin, end, first) in enumerate(chunk):
-                batch[r, :p] = torch.tensor(list(prefix), dtype=torch.long)
+                batch[r, :p] = opening
                 batch[r, p:p + end - begin] = ids[begin:end]
                 mask[r, :p + end - begin] = 1
                 predicts[r, p + first - begin - 1:p + end - begin - 1] = True

@@ -41,7 +41,7 @@ def unscored(prompts: list[str], scored: set[str], what: str, log=print) -> list
     return kept
 
 
-def check_inputs(data_cfg: DataConfig, log=print) -> None:
+def check_inputs(data_cfg: DataConfig) -> None:
     """The prompt files and their split, read before any model loads: a bad file is then one line
     at once, not after minutes of teacher responses."""
     scored = scored_texts(data_cfg)
